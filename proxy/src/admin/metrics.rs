@@ -1,0 +1,278 @@
+//! Every metric the proxy exports, in one registry. Label values come from the config
+//! (listener, route and cluster names, endpoint addresses) or from small fixed sets (status
+//! class, local-reply reason), so cardinality stays bounded whatever the traffic.
+//!
+//! Hot-path handles ([`RouteStats`], [`ListenerStats`], [`EndpointStats`]) are resolved once
+//! when a snapshot is built; requests only bump atomics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::upstream::EndpointStats;
+
+/// Latency buckets in seconds, from 250µs (a loopback hop) up to the 15s default timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    15.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    local_replies: IntCounterVec,
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    requests_active: IntGaugeVec,
+    tcp_bytes: IntCounterVec,
+    endpoint_healthy: IntGaugeVec,
+    upstream_connect_failures: IntCounterVec,
+    endpoint_ejections: IntCounterVec,
+}
+
+/// Counters for one (listener, route, cluster): requests by status class and their latency.
+#[derive(Clone)]
+pub struct RouteStats {
+    by_status_class: [IntCounter; 5],
+    duration: Histogram,
+}
+
+/// Gauges and counters of one listener.
+#[derive(Clone)]
+pub struct ListenerStats {
+    pub listener: Arc<str>,
+    pub connections_active: IntGauge,
+    pub connections_total: IntCounter,
+    pub requests_active: IntGauge,
+    pub tcp_bytes_downstream_to_upstream: IntCounter,
+    pub tcp_bytes_upstream_to_downstream: IntCounter,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let metrics = Self {
+            requests: counter_vec(
+                &registry,
+                "sluice_http_requests_total",
+                "HTTP requests completed, by listener, route, cluster and status class (2xx, 4xx, ...)",
+                &["listener", "route", "cluster", "status_class"],
+            ),
+            request_duration: {
+                let opts = HistogramOpts::new(
+                    "sluice_http_request_duration_seconds",
+                    "Time from the request's arrival to the response's last byte",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec());
+                register(
+                    &registry,
+                    HistogramVec::new(opts, &["listener", "route", "cluster"]),
+                )
+            },
+            local_replies: counter_vec(
+                &registry,
+                "sluice_http_local_replies_total",
+                "Responses the proxy generated itself instead of forwarding, by reason",
+                &["listener", "reason"],
+            ),
+            connections_active: gauge_vec(
+                &registry,
+                "sluice_downstream_connections_active",
+                "Open downstream connections",
+                &["listener"],
+            ),
+            connections_total: counter_vec(
+                &registry,
+                "sluice_downstream_connections_total",
+                "Downstream connections accepted",
+                &["listener"],
+            ),
+            requests_active: gauge_vec(
+                &registry,
+                "sluice_http_requests_active",
+                "HTTP requests in flight",
+                &["listener"],
+            ),
+            tcp_bytes: counter_vec(
+                &registry,
+                "sluice_tcp_bytes_total",
+                "Bytes proxied by tcp listeners, by direction",
+                &["listener", "direction"],
+            ),
+            endpoint_healthy: gauge_vec(
+                &registry,
+                "sluice_upstream_endpoint_healthy",
+                "1 when the endpoint may receive traffic (passing health checks, not ejected)",
+                &["cluster", "endpoint"],
+            ),
+            upstream_connect_failures: counter_vec(
+                &registry,
+                "sluice_upstream_connect_failures_total",
+                "Failed or timed-out connection attempts to an upstream endpoint",
+                &["cluster", "endpoint"],
+            ),
+            endpoint_ejections: counter_vec(
+                &registry,
+                "sluice_upstream_endpoint_ejections_total",
+                "Times an endpoint was ejected after consecutive connect failures",
+                &["cluster", "endpoint"],
+            ),
+            registry,
+        };
+        Arc::new(metrics)
+    }
+
+    pub fn route_stats(&self, listener: &str, route: &str, cluster: &str) -> RouteStats {
+        let class = |c: &str| {
+            self.requests
+                .with_label_values(&[listener, route, cluster, c])
+        };
+        RouteStats {
+            by_status_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: self
+                .request_duration
+                .with_label_values(&[listener, route, cluster]),
+        }
+    }
+
+    pub fn listener_stats(&self, listener: &str) -> ListenerStats {
+        ListenerStats {
+            listener: listener.into(),
+            connections_active: self.connections_active.with_label_values(&[listener]),
+            connections_total: self.connections_total.with_label_values(&[listener]),
+            requests_active: self.requests_active.with_label_values(&[listener]),
+            tcp_bytes_downstream_to_upstream: self
+                .tcp_bytes
+                .with_label_values(&[listener, "downstream_to_upstream"]),
+            tcp_bytes_upstream_to_downstream: self
+                .tcp_bytes
+                .with_label_values(&[listener, "upstream_to_downstream"]),
+        }
+    }
+
+    pub fn endpoint_stats(&self, cluster: &str, endpoint: &str) -> EndpointStats {
+        EndpointStats {
+            healthy: self
+                .endpoint_healthy
+                .with_label_values(&[cluster, endpoint]),
+            connect_failures: self
+                .upstream_connect_failures
+                .with_label_values(&[cluster, endpoint]),
+            ejections: self
+                .endpoint_ejections
+                .with_label_values(&[cluster, endpoint]),
+        }
+    }
+
+    /// Drops the series of an endpoint that left its cluster, so DNS churn does not grow
+    /// `/metrics` forever.
+    pub fn forget_endpoint(&self, cluster: &str, endpoint: &str) {
+        let labels = [cluster, endpoint];
+        for result in [
+            self.endpoint_healthy.remove_label_values(&labels),
+            self.upstream_connect_failures.remove_label_values(&labels),
+            self.endpoint_ejections.remove_label_values(&labels),
+        ] {
+            if let Err(error) = result {
+                tracing::debug!(cluster, endpoint, %error, "endpoint series already gone");
+            }
+        }
+    }
+
+    /// Counts a local reply. Local replies are the uncommon path, so a label lookup is fine.
+    pub fn local_reply(&self, listener: &str, reason: &str) {
+        self.local_replies
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<M, prometheus::Error>,
+) -> M {
+    // Names and labels are constants of this file; a failure here is a programming error
+    // caught by every test that builds `Metrics`.
+    #[allow(clippy::expect_used)]
+    let metric = metric.expect("metric definition is valid");
+    #[allow(clippy::expect_used)]
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels))
+}
+
+// === impl RouteStats ===
+
+impl RouteStats {
+    pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.by_status_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_stats_land_in_the_text_output() {
+        let metrics = Metrics::new();
+        let stats = metrics.route_stats("main", "prefix:/", "backend");
+        stats.record(http::StatusCode::OK, Duration::from_millis(3));
+        stats.record(http::StatusCode::BAD_GATEWAY, Duration::from_millis(1));
+        metrics.local_reply("main", "no_route");
+        let text = metrics.render();
+        assert!(text.contains(
+            r#"sluice_http_requests_total{cluster="backend",listener="main",route="prefix:/",status_class="2xx"} 1"#
+        ), "{text}");
+        assert!(text.contains(r#"status_class="5xx"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"sluice_http_local_replies_total{listener="main",reason="no_route"} 1"#
+            )
+        );
+        assert!(text.contains("sluice_http_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn forgotten_endpoints_leave_the_output() {
+        let metrics = Metrics::new();
+        let stats = metrics.endpoint_stats("c", "127.0.0.1:1");
+        stats.healthy.set(1);
+        assert!(metrics.render().contains("127.0.0.1:1"));
+        metrics.forget_endpoint("c", "127.0.0.1:1");
+        assert!(!metrics.render().contains("127.0.0.1:1"));
+    }
+}

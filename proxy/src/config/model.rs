@@ -1,0 +1,228 @@
+//! The YAML config file, field for field. Field names are a contract
+//! (`shared/design/config-contract.md`): add fields, never rename or remove them.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored setting.
+//! Defaults live in the `default_*` functions next to the field they fill, and are written out
+//! in the docs of each field.
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{ByteSize, ConfigDuration};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Admin endpoint (metrics, readiness, running config). Absent: no admin endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// Data-plane worker threads. [number of CPUs]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests before exiting anyway. [10s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<ConfigDuration>,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// HTTP filter chain (Proxy-Wasm plugins), request phase in order, response in reverse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterConfig>,
+    /// HTTP routes, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// `protocol: tcp` only: the cluster every connection is proxied to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Close a downstream connection after this long without traffic; `0` never. [1h]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<ConfigDuration>,
+    /// Largest request head (request line + headers) accepted; larger gets 431. [60KiB]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    pub name: String,
+    pub module: String,
+    /// Plugin configuration; a YAML mapping is handed to the plugin as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub fail_open: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FilterLimits>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ByteSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_time: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Label in metrics; defaults to the match written out (e.g. `prefix:/api`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matcher: RouteMatch,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted_clusters: Option<Vec<WeightedCluster>>,
+    /// Whole-request deadline, from the request's start until the response's last byte;
+    /// `0` disables it. [15s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<ConfigDuration>,
+    /// Reset the stream after this long with no response bytes; `0` disables it. [5m]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<ConfigDuration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FilterConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Exact path (the query string is not part of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// Matches one request header. Exactly one of `exact`, `prefix`, `present` is set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedCluster {
+    pub cluster: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    Random,
+    /// Power of two choices over in-flight request counts.
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive pooling (Envoy's default for clusters).
+    #[default]
+    Http1,
+    /// HTTP/2 prior knowledge (h2c); needed for gRPC.
+    Http2,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// `host:port` entries; host names are resolved and re-resolved every `dns_refresh`.
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub lb_policy: LbPolicy,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// [5s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<ConfigDuration>,
+    /// [5s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_refresh: Option<ConfigDuration>,
+    /// Pooled upstream connections idle longer than this are closed. [60s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_idle_timeout: Option<ConfigDuration>,
+    /// Idle connections kept per endpoint and worker. [64]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_idle_connections: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection; on by default (5 consecutive connect failures eject for 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// [/]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// [5s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<ConfigDuration>,
+    /// [1s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<ConfigDuration>,
+    /// Consecutive passes that make an unhealthy endpoint healthy. [2]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that make a healthy endpoint unhealthy. [3]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionConfig {
+    /// `0` turns passive ejection off. [5]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_connect_failures: Option<u32>,
+    /// [30s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection_time: Option<ConfigDuration>,
+}

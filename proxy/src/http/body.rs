@@ -1,0 +1,229 @@
+//! Body types of the proxy. Bodies stream frame by frame; nothing here buffers.
+//!
+//! [`UpstreamBody`] is an upstream response on its way downstream. It carries what must happen
+//! when the response ends: the pooled connection goes back, the request's metrics are
+//! recorded, the in-flight counts drop; and it enforces the route's deadline and idle timeout
+//! while the body streams.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::admin::RouteStats;
+use crate::upstream::{ActiveRequest, ConnReturn};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every body the proxy sends, upstream or downstream.
+pub enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// A downstream request body streamed to the upstream as it arrives.
+    Downstream(Incoming),
+    Upstream(Box<UpstreamBody>),
+}
+
+/// What to record once a request is finished, whichever way it finishes.
+pub struct Completion {
+    stats: RouteStats,
+    status: http::StatusCode,
+    started: Instant,
+    _guards: Vec<Box<dyn std::any::Any>>,
+}
+
+pub struct UpstreamBody {
+    inner: Incoming,
+    deadline: Option<Pin<Box<Sleep>>>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    conn_return: Option<ConnReturn>,
+    completion: Option<Completion>,
+    _active: Option<ActiveRequest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("the route's timeout expired while the response was streaming")]
+    Deadline,
+    #[error("no response bytes for {0:?} (the route's idle timeout)")]
+    Idle(Duration),
+}
+
+// === impl ProxyBody ===
+
+impl ProxyBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        Self::Full(Some(data.into()))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Full(data) => Poll::Ready(
+                data.take()
+                    .filter(|d| !d.is_empty())
+                    .map(|d| Ok(Frame::data(d))),
+            ),
+            Self::Downstream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Self::Upstream(upstream) => Pin::new(upstream.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Full(data) => data.as_ref().is_none_or(Bytes::is_empty),
+            Self::Downstream(incoming) => incoming.is_end_stream(),
+            Self::Upstream(upstream) => upstream.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Self::Downstream(incoming) => incoming.size_hint(),
+            Self::Upstream(upstream) => upstream.inner.size_hint(),
+        }
+    }
+}
+
+// === impl Completion ===
+
+impl Completion {
+    pub fn new(stats: RouteStats, status: http::StatusCode, started: Instant) -> Self {
+        Self {
+            stats,
+            status,
+            started,
+            _guards: Vec::new(),
+        }
+    }
+
+    /// Keeps `guard` alive until the request is finished (in-flight gauges, stream counts).
+    pub fn hold(mut self, guard: impl std::any::Any) -> Self {
+        self._guards.push(Box::new(guard));
+        self
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.stats.record(self.status, self.started.elapsed());
+    }
+}
+
+// === impl UpstreamBody ===
+
+impl UpstreamBody {
+    pub fn new(
+        inner: Incoming,
+        deadline: Option<Instant>,
+        idle_timeout: Option<Duration>,
+        conn_return: Option<ConnReturn>,
+        completion: Completion,
+        active: Option<ActiveRequest>,
+    ) -> Self {
+        Self {
+            inner,
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
+            idle: idle_timeout.map(|period| (period, Box::pin(tokio::time::sleep(period)))),
+            conn_return,
+            completion: Some(completion),
+            _active: active,
+        }
+    }
+
+    /// The response ended: a complete read frees the connection for reuse.
+    fn finish(&mut self, read_to_end: bool) {
+        if let Some(conn) = self.conn_return.take()
+            && read_to_end
+        {
+            conn.give_back();
+        }
+        self.completion.take();
+    }
+
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<StreamError> {
+        if let Some(deadline) = &mut self.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Some(StreamError::Deadline);
+        }
+        if let Some((period, sleep)) = &mut self.idle
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            return Some(StreamError::Idle(*period));
+        }
+        None
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some((period, sleep)) = &mut this.idle {
+                    sleep.as_mut().reset(Instant::now() + *period);
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                tracing::debug!(%error, "upstream response body failed");
+                this.finish(false);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Pending => {
+                let Some(error) = this.poll_timers(cx) else {
+                    return Poll::Pending;
+                };
+                tracing::debug!(%error, "resetting the response stream");
+                this.finish(false);
+                // Dropping the upstream body closes that connection; the error resets ours.
+                Poll::Ready(Some(Err(Box::new(error) as BoxError)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (HEAD, 204, 304) is never polled: it ended all the same.
+        let ended = self.inner.is_end_stream();
+        self.finish(ended);
+    }
+}

@@ -1,0 +1,158 @@
+//! Serving one downstream connection: HTTP/1.1 or HTTP/2 (prior knowledge) detected from the
+//! first bytes, with graceful shutdown on drain and an idle timeout that only counts time
+//! without any request in flight (as Envoy's connection `idle_timeout` does).
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::service::handle;
+use crate::runtime::{DrainWatch, LocalExec, WorkerContext};
+
+/// The smallest buffer hyper accepts; `max_request_headers_size` can't go below it.
+pub const MIN_HEADER_BUFFER: usize = 8 * 1024;
+
+/// What a request needs to know about the connection it arrived on.
+pub struct DownstreamConn {
+    pub worker: Rc<WorkerContext>,
+    /// Index of the listener in the snapshot.
+    pub listener: usize,
+    pub peer: SocketAddr,
+    pub scheme: &'static str,
+    pub activity: Rc<Activity>,
+}
+
+/// Requests in flight on one connection, and since when it has had none.
+pub struct Activity {
+    streams: Cell<usize>,
+    idle_since: Cell<Instant>,
+}
+
+/// One request in flight on a connection.
+pub struct StreamGuard(Rc<Activity>);
+
+pub struct ConnectionSettings {
+    pub idle_timeout: Option<Duration>,
+    pub max_request_headers_size: usize,
+}
+
+// === impl Activity ===
+
+impl Activity {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self {
+            streams: Cell::new(0),
+            idle_since: Cell::new(Instant::now()),
+        })
+    }
+
+    pub fn stream(self: &Rc<Self>) -> StreamGuard {
+        self.streams.set(self.streams.get() + 1);
+        StreamGuard(Rc::clone(self))
+    }
+
+    /// Resolves once the connection has been without requests for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let wake_at = self.idle_since.get() + timeout;
+            if self.streams.get() == 0 && Instant::now() >= wake_at {
+                return;
+            }
+            let next_check = if self.streams.get() == 0 {
+                wake_at
+            } else {
+                Instant::now() + timeout
+            };
+            tokio::time::sleep_until(next_check).await;
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let left = self.0.streams.get().saturating_sub(1);
+        self.0.streams.set(left);
+        if left == 0 {
+            self.0.idle_since.set(Instant::now());
+        }
+    }
+}
+
+/// Serves HTTP on `stream` until the client closes, the idle timeout passes, or the worker
+/// drains (then in-flight requests finish and the connection closes gracefully).
+pub async fn serve_http(
+    stream: TcpStream,
+    conn: DownstreamConn,
+    settings: ConnectionSettings,
+    mut drain: DrainWatch,
+) {
+    let peer = conn.peer;
+    let activity = Rc::clone(&conn.activity);
+    let conn = Rc::new(conn);
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(settings.max_request_headers_size.max(MIN_HEADER_BUFFER));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_request_headers_size).unwrap_or(u32::MAX));
+    let service = service_fn(move |request| handle(Rc::clone(&conn), request));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+
+    let idle = async {
+        match settings.idle_timeout {
+            Some(timeout) => activity.idle_for(timeout).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(idle);
+
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.signaled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = &mut idle => {
+            tracing::debug!(%peer, "closing idle connection");
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "downstream connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn idle_time_counts_only_without_requests() {
+        let activity = Activity::new();
+        let guard = activity.stream();
+        let idle = activity.idle_for(Duration::from_secs(10));
+        tokio::pin!(idle);
+        // A request in flight for a minute keeps the connection open.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), &mut idle)
+                .await
+                .is_err()
+        );
+        drop(guard);
+        let released = Instant::now();
+        idle.await;
+        assert!(released.elapsed() >= Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,237 @@
+//! Header rules of a proxy hop: hop-by-hop headers stop here, forwarding headers are added,
+//! and the URI and `Host` are shaped for the upstream's protocol.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
+
+use crate::config::UpstreamProtocol;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Is this an HTTP/1.1 upgrade request (WebSocket and the like)?
+pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names. An upgrade keeps
+/// `Connection: upgrade` and `Upgrade`, which the next hop needs to switch protocols.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // `TE: trailers` is the one TE value that must reach the upstream: gRPC requires it.
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::UPGRADE, upgrade);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Adds what the upstream should learn about the client: `x-forwarded-for` (appended),
+/// `x-forwarded-proto` (kept when an earlier proxy set it), and an `x-request-id` when absent.
+pub fn add_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
+    let peer_ip = peer.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    }
+    if !headers.contains_key(&X_REQUEST_ID)
+        && let Ok(value) = HeaderValue::from_str(&new_request_id())
+    {
+        headers.insert(X_REQUEST_ID, value);
+    }
+}
+
+/// A random UUID (version 4), the form Envoy generates.
+pub fn new_request_id() -> String {
+    let bits = fastrand::u128(..);
+    // Set the version (4) and variant (10xx) bits.
+    let bits = (bits & !(0xF << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Shapes URI, `Host` and version for the upstream: HTTP/1.1 wants origin-form and a `Host`
+/// header; HTTP/2 wants scheme and authority in the URI (`:scheme`, `:authority`).
+pub fn shape_for_upstream(
+    uri: &mut Uri,
+    version: &mut Version,
+    headers: &mut HeaderMap,
+    protocol: UpstreamProtocol,
+) {
+    let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            *version = Version::HTTP_11;
+            if let Ok(origin_form) = path.parse() {
+                *uri = origin_form;
+            }
+            if !headers.contains_key(header::HOST)
+                && let Some(value) = authority.and_then(|a| HeaderValue::from_str(&a).ok())
+            {
+                headers.insert(header::HOST, value);
+            }
+        }
+        UpstreamProtocol::Http2 => {
+            *version = Version::HTTP_2;
+            let authority = authority.unwrap_or_else(|| "localhost".to_owned());
+            if let Ok(absolute) = format!("http://{authority}{path}").parse() {
+                *uri = absolute;
+            }
+            headers.remove(header::HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, trailers"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut map, false);
+        let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "te"]);
+        assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_headers() {
+        let mut map = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "1"),
+        ]);
+        assert!(is_upgrade_request(Version::HTTP_11, &map));
+        remove_hop_by_hop(&mut map, true);
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+        assert!(!map.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_fill_in() {
+        let peer: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let mut map = headers(&[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        add_forwarding_headers(&mut map, peer, "http");
+        assert_eq!(map["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        let id = map["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4", "version 4 UUID: {id}");
+
+        let mut kept = headers(&[("x-request-id", "abc")]);
+        add_forwarding_headers(&mut kept, peer, "http");
+        assert_eq!(kept["x-request-id"], "abc");
+        assert_eq!(kept["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn uris_take_the_upstream_protocols_form() {
+        let mut uri: Uri = "http://example.com/a?b=1".parse().unwrap();
+        let mut version = Version::HTTP_2;
+        let mut map = HeaderMap::new();
+        shape_for_upstream(&mut uri, &mut version, &mut map, UpstreamProtocol::Http1);
+        assert_eq!(uri, "/a?b=1");
+        assert_eq!(version, Version::HTTP_11);
+        assert_eq!(map["host"], "example.com");
+
+        let mut uri: Uri = "/a".parse().unwrap();
+        let mut map = headers(&[("host", "svc.local:8080")]);
+        shape_for_upstream(&mut uri, &mut version, &mut map, UpstreamProtocol::Http2);
+        assert_eq!(uri, "http://svc.local:8080/a");
+        assert_eq!(version, Version::HTTP_2);
+        assert!(!map.contains_key("host"));
+    }
+}

@@ -1,0 +1,143 @@
+//! Responses the proxy makes itself. This is the one place errors become HTTP responses:
+//! each carries a machine-readable reason in the `x-sluice-reason` header (also the
+//! `reason` label of `sluice_http_local_replies_total`) and a short human explanation.
+//! Internal details such as endpoint addresses go to the log, never to the client.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::ProxyBody;
+use crate::upstream::UpstreamError;
+
+pub const REASON_HEADER: &str = "x-sluice-reason";
+
+/// Why the proxy answered instead of the upstream. The names are a contract for dashboards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    NoRoute,
+    NoHealthyUpstream,
+    UpstreamConnectFailure,
+    UpstreamConnectTimeout,
+    UpstreamReset,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    BadRequest,
+}
+
+#[derive(Debug)]
+pub struct LocalReply {
+    pub status: StatusCode,
+    pub reason: Reason,
+    pub message: String,
+    /// Close the downstream connection after this reply (its framing can't be trusted).
+    pub close: bool,
+}
+
+// === impl Reason ===
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::UpstreamConnectFailure => "upstream_connect_failure",
+            Self::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Self::UpstreamReset => "upstream_reset",
+            Self::UpstreamProtocolError => "upstream_protocol_error",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::BadRequest => "bad_request",
+        }
+    }
+}
+
+// === impl LocalReply ===
+
+impl LocalReply {
+    pub fn new(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason,
+            message: message.into(),
+            close: false,
+        }
+    }
+
+    pub fn no_route(method: &http::Method, path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            Reason::NoRoute,
+            format!("no route matches {method} {path}"),
+        )
+    }
+
+    pub fn no_healthy_upstream(cluster: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::NoHealthyUpstream,
+            format!("no healthy endpoint in cluster {cluster}"),
+        )
+    }
+
+    pub fn upstream_timeout(cluster: &str) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamTimeout,
+            format!("cluster {cluster} did not respond within the route's timeout"),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            close: true,
+            ..Self::new(StatusCode::BAD_REQUEST, Reason::BadRequest, message)
+        }
+    }
+
+    /// Maps an upstream failure to the status Envoy would answer with.
+    pub fn from_upstream(cluster: &str, error: &UpstreamError) -> Self {
+        let (status, reason, what) = match error {
+            UpstreamError::ConnectFailed { .. } | UpstreamError::Handshake { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::UpstreamConnectFailure,
+                "could not connect to",
+            ),
+            UpstreamError::ConnectTimeout { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::UpstreamConnectTimeout,
+                "timed out connecting to",
+            ),
+            UpstreamError::Reset { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::UpstreamReset,
+                "connection closed before a response from",
+            ),
+            UpstreamError::Protocol { .. } => (
+                StatusCode::BAD_GATEWAY,
+                Reason::UpstreamProtocolError,
+                "invalid response from",
+            ),
+        };
+        Self::new(
+            status,
+            reason,
+            format!("{what} an endpoint of cluster {cluster}"),
+        )
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut response = Response::new(ProxyBody::full(format!("{}\n", self.message)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(
+            REASON_HEADER,
+            HeaderValue::from_static(self.reason.as_str()),
+        );
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

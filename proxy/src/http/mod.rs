@@ -1,0 +1,16 @@
+//! The HTTP data path: connections, the per-request pipeline, routing, header rules, bodies,
+//! and local replies.
+
+mod body;
+mod connection;
+mod deadline;
+mod headers;
+mod local_reply;
+mod route;
+mod service;
+mod upgrade;
+
+pub use body::{BoxError, ProxyBody};
+pub use connection::{Activity, ConnectionSettings, DownstreamConn, MIN_HEADER_BUFFER, serve_http};
+pub use local_reply::{LocalReply, REASON_HEADER, Reason};
+pub use route::RouteTable;

@@ -1,0 +1,79 @@
+//! The accept loop of one listener on one worker: hand each connection to the HTTP or TCP
+//! path, until the worker drains.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::ListenerProtocol;
+use crate::http::{Activity, ConnectionSettings, DownstreamConn, serve_http};
+use crate::runtime::{ConnectionTracker, DrainWatch, WorkerContext};
+use crate::tcp::proxy_tcp;
+
+pub async fn accept_loop(
+    worker: Rc<WorkerContext>,
+    listener_index: usize,
+    socket: TcpListener,
+    tracker: ConnectionTracker,
+    mut drain: DrainWatch,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            () = drain.signaled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let snapshot = worker.state.snapshot();
+        let Some(listener) = snapshot.listeners.get(listener_index) else {
+            continue;
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
+        }
+        let stats = listener.stats.clone();
+        stats.connections_total.inc();
+        stats.connections_active.inc();
+        let tracked = tracker.track();
+        match listener.protocol {
+            ListenerProtocol::Http => {
+                let drain = drain.clone();
+                let conn = DownstreamConn {
+                    worker: Rc::clone(&worker),
+                    listener: listener_index,
+                    peer,
+                    scheme: "http",
+                    activity: Activity::new(),
+                };
+                let settings = ConnectionSettings {
+                    idle_timeout: listener.idle_timeout,
+                    max_request_headers_size: listener.max_request_headers_size,
+                };
+                tokio::task::spawn_local(async move {
+                    serve_http(stream, conn, settings, drain).await;
+                    stats.connections_active.dec();
+                    drop(tracked);
+                });
+            }
+            ListenerProtocol::Tcp => {
+                let Some(cluster) = listener.tcp_cluster.clone() else {
+                    continue;
+                };
+                let idle_timeout = listener.idle_timeout;
+                tokio::task::spawn_local(async move {
+                    proxy_tcp(stream, peer, cluster, idle_timeout, &stats).await;
+                    stats.connections_active.dec();
+                    drop(tracked);
+                });
+            }
+        }
+    }
+}

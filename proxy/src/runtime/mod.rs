@@ -1,0 +1,14 @@
+//! Threads and lifecycle: worker threads, the shared process state, graceful drain, and the
+//! [`RunningProxy`] that ties them together.
+
+mod drain;
+mod exec;
+mod proxy;
+mod state;
+mod worker;
+
+pub use drain::{ConnectionTracker, DrainTrigger, DrainWatch, TrackedConnection, drain_channel};
+pub use exec::LocalExec;
+pub use proxy::{RunningProxy, StartError};
+pub use state::{NotReady, ProxyState};
+pub use worker::{WorkerContext, WorkerSocket, spawn_worker};

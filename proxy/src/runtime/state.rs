@@ -1,0 +1,60 @@
+//! Process-wide state every worker and the admin endpoint share: the current snapshot, the
+//! metrics registry, and readiness.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::admin::Metrics;
+use crate::config::Snapshot;
+
+pub struct ProxyState {
+    snapshot: ArcSwap<Snapshot>,
+    pub metrics: Arc<Metrics>,
+    listeners_bound: AtomicBool,
+    draining: AtomicBool,
+}
+
+/// Why the proxy is not ready, for `/ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    Starting,
+    Draining,
+}
+
+// === impl ProxyState ===
+
+impl ProxyState {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            listeners_bound: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The snapshot new requests run on. Callers keep the `Arc` for the whole request.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn mark_listeners_bound(&self) {
+        self.listeners_bound.store(true, Ordering::Release);
+    }
+
+    pub fn mark_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::Acquire) {
+            Err(NotReady::Draining)
+        } else if !self.listeners_bound.load(Ordering::Acquire) {
+            Err(NotReady::Starting)
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! L4 proxying for `protocol: tcp` listeners.
+
+mod activity;
+mod proxy;
+
+pub use proxy::proxy_tcp;
