@@ -57,9 +57,13 @@ fn parse(text: &str, file: &Path) -> Result<ProxyConfig, ConfigError> {
             dot if dot == "." => "(document)".to_owned(),
             path => path,
         };
-        let inner = error.into_inner();
-        // serde_yaml appends "at line L column C" to its messages; keep it, it points at the spot.
-        ConfigError::invalid(file, path, inner.to_string())
+        // serde_yaml starts its message with the same path and ends it with "at line L column
+        // C"; keep the location, drop the repeated path.
+        let message = error.into_inner().to_string();
+        let reason = message
+            .strip_prefix(&format!("{path}: "))
+            .map_or(message.clone(), str::to_owned);
+        ConfigError::invalid(file, path, reason)
     })
 }
 

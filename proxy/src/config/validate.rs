@@ -35,7 +35,12 @@ pub fn validate(config: &ProxyConfig) -> Result<(), Vec<ConfigProblem>> {
                 format!("duplicate listener name {:?}", listener.name),
             );
         }
-        if !listener_addresses.insert(listener.address.as_str()) {
+        // Port 0 asks the OS for a free port, so two such listeners never collide.
+        let ephemeral = listener
+            .address
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.port() == 0);
+        if !ephemeral && !listener_addresses.insert(listener.address.as_str()) {
             check.problem(
                 format!("{path}.address"),
                 format!("{} is already used by another listener", listener.address),
@@ -336,6 +341,20 @@ clusters:
             );
         }
         assert_eq!(found.len(), expect.len(), "{found:#?}");
+    }
+
+    #[test]
+    fn listeners_may_share_only_port_zero() {
+        let yaml = |address: &str| {
+            format!(
+                "listeners:\n  - {{ name: a, address: \"{address}\", routes: [{{ match: {{ prefix: / }}, cluster: c }}] }}\n  - {{ name: b, address: \"{address}\", routes: [{{ match: {{ prefix: / }}, cluster: c }}] }}\nclusters: [{{ name: c, endpoints: [\"127.0.0.1:2\"] }}]\n"
+            )
+        };
+        assert!(paths(&yaml("127.0.0.1:0")).is_empty());
+        assert_eq!(
+            paths(&yaml("127.0.0.1:8000")),
+            ["listeners[1].address: 127.0.0.1:8000 is already used by another listener"]
+        );
     }
 
     #[test]

@@ -20,7 +20,6 @@ pub enum Reason {
     UpstreamReset,
     UpstreamProtocolError,
     UpstreamTimeout,
-    BadRequest,
 }
 
 #[derive(Debug)]
@@ -28,8 +27,6 @@ pub struct LocalReply {
     pub status: StatusCode,
     pub reason: Reason,
     pub message: String,
-    /// Close the downstream connection after this reply (its framing can't be trusted).
-    pub close: bool,
 }
 
 // === impl Reason ===
@@ -44,7 +41,6 @@ impl Reason {
             Self::UpstreamReset => "upstream_reset",
             Self::UpstreamProtocolError => "upstream_protocol_error",
             Self::UpstreamTimeout => "upstream_timeout",
-            Self::BadRequest => "bad_request",
         }
     }
 }
@@ -57,7 +53,6 @@ impl LocalReply {
             status,
             reason,
             message: message.into(),
-            close: false,
         }
     }
 
@@ -83,13 +78,6 @@ impl LocalReply {
             Reason::UpstreamTimeout,
             format!("cluster {cluster} did not respond within the route's timeout"),
         )
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self {
-            close: true,
-            ..Self::new(StatusCode::BAD_REQUEST, Reason::BadRequest, message)
-        }
     }
 
     /// Maps an upstream failure to the status Envoy would answer with.
@@ -135,9 +123,6 @@ impl LocalReply {
             REASON_HEADER,
             HeaderValue::from_static(self.reason.as_str()),
         );
-        if self.close {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         response
     }
 }

@@ -76,9 +76,6 @@ async fn forward(
         stats.record(reply.status, started.elapsed());
         reply.into_response()
     };
-    if let Some(problem) = framing_problem(request.headers()) {
-        return local(&listener.unrouted, LocalReply::bad_request(problem));
-    }
     let Some(route) =
         listener
             .routes
@@ -179,15 +176,4 @@ async fn forward(
         active,
     );
     Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)))
-}
-
-/// Requests whose framing is ambiguous are refused: a proxy that picks one reading while the
-/// upstream picks another is how request smuggling works.
-fn framing_problem(headers: &http::HeaderMap) -> Option<&'static str> {
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        && headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return Some("the request has both Content-Length and Transfer-Encoding");
-    }
-    None
 }

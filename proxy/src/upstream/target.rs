@@ -35,14 +35,27 @@ impl EndpointTarget {
         })
     }
 
-    /// Every address the target stands for right now.
+    /// Every address the target stands for right now. IPv4 answers win when there are any
+    /// (Envoy's `V4_PREFERRED`): `localhost` often resolves to `::1` too, where a service
+    /// bound to 127.0.0.1 is not listening.
     pub async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
         match self {
             Self::Address(address) => Ok(vec![*address]),
-            Self::Host { name, port } => Ok(tokio::net::lookup_host((name.as_str(), *port))
-                .await?
-                .collect()),
+            Self::Host { name, port } => {
+                let all: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), *port))
+                    .await?
+                    .collect();
+                Ok(prefer_ipv4(all))
+            }
         }
+    }
+}
+
+fn prefer_ipv4(addresses: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    if addresses.iter().any(SocketAddr::is_ipv4) {
+        addresses.into_iter().filter(SocketAddr::is_ipv4).collect()
+    } else {
+        addresses
     }
 }
 
@@ -82,6 +95,14 @@ mod tests {
                 .unwrap_err()
                 .contains("invalid host")
         );
+    }
+
+    #[test]
+    fn ipv4_answers_are_preferred() {
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert_eq!(prefer_ipv4(vec![v6, v4]), vec![v4]);
+        assert_eq!(prefer_ipv4(vec![v6]), vec![v6]);
     }
 
     #[tokio::test]

@@ -1,0 +1,182 @@
+//! The real `sluice` binary: exit codes, error messages, and draining on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn sluice() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.env("SLUICE_LOG", "info");
+    command
+}
+
+/// A config file in a fresh temp folder.
+fn write_config(name: &str, yaml: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let file = write_config("valid", &simple_config("\"127.0.0.1:1\"", "", ""));
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("valid (1 listeners, 1 clusters)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_file_field_and_reason_and_exits_2() {
+    let yaml = simple_config("\"127.0.0.1:1\"", "    lb_policy: fastest", "");
+    let file = write_config("invalid", &yaml);
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "sluice: {}: clusters[0].lb_policy: unknown variant `fastest`",
+        file.display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+
+    let missing = sluice()
+        .args(["check", "--config", "/nonexistent/sluice.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("/nonexistent/sluice.yaml: cannot read the config file")
+    );
+
+    let usage = sluice().args(["proxy"]).output().unwrap();
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "missing --config is bad usage"
+    );
+}
+
+#[test]
+fn a_taken_port_is_a_runtime_failure_naming_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let yaml =
+        simple_config("\"127.0.0.1:1\"", "", "").replace("127.0.0.1:0", &address.to_string());
+    let file = write_config("taken", &yaml);
+    let output = sluice()
+        .args(["proxy", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("listener \"main\": cannot bind {address}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let upstream = TestUpstream::start("app").await;
+    let yaml = simple_config(&format!("\"{}\"", upstream.addr), "", "");
+    let file = write_config("drain", &yaml);
+    let mut child = sluice()
+        .args(["proxy", "--config"])
+        .arg(&file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log line `listening listener=main address=...` tells the port the OS chose.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let address = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "sluice exited before listening"
+        );
+        if let Some(rest) = line.split("listener=main address=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<std::net::SocketAddr>()
+                .unwrap();
+        }
+    };
+    let in_flight = tokio::spawn(async move { get(address, "/slow/700").await });
+    // Let the slow request reach the upstream before the signal.
+    let reached = eventually(Duration::from_secs(5), async || upstream.requests() == 1).await;
+    assert!(reached);
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        reply.status, 200,
+        "the in-flight request finished during the drain"
+    );
+    assert_eq!(reply.body, "slow\n");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(address).await.is_err(),
+        "nothing accepts after the drain"
+    );
+}
+
+#[test]
+fn every_example_config_is_valid() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let output = sluice()
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "found {checked} example configs");
+}

@@ -1,0 +1,15 @@
+//! End-to-end tests: the real proxy (in-process, or the real binary) on 127.0.0.1 ports in
+//! front of real upstream servers. One test binary keeps link time down.
+
+// The whole crate is test code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod admin;
+mod balancing;
+mod binary;
+mod failures;
+mod forwarding;
+mod malformed;
+mod protocols;
+mod routing;
+mod support;

@@ -1,0 +1,117 @@
+//! Clients for the tests: a hyper client (HTTP/1.1 or h2c, one connection per call unless a
+//! connection is reused explicitly) and raw-socket helpers for malformed input.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a test looks at in a response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The value of `name:` in an echo body (headers the upstream received).
+    pub fn echoed(&self, name: &str) -> Option<&str> {
+        let prefix = format!("{name}: ");
+        self.body
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(
+        addr,
+        Request::get(path)
+            .header("host", "test.local")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.unwrap();
+    collect(response).await
+}
+
+/// Sends one request on a fresh h2c (prior knowledge) connection.
+pub async fn send_h2(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.unwrap();
+    collect(response).await
+}
+
+async fn collect(response: http::Response<hyper::body::Incoming>) -> Reply {
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        trailers,
+    }
+}
+
+/// Writes raw bytes and reads until the peer closes or `timeout` passes; returns the text.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    read_for(&mut stream, timeout).await
+}
+
+/// Reads what arrives until the peer closes or `timeout` passes.
+pub async fn read_for(stream: &mut TcpStream, timeout: Duration) -> String {
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(timeout, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Polls `check` every 20ms until it holds or `within` passes. For waiting on real background
+/// work (health checks on real sockets), not for asserting timing.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}

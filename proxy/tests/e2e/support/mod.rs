@@ -1,0 +1,67 @@
+//! What every end-to-end test needs: real upstreams, the real proxy in-process, clients.
+
+pub mod client;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+pub use client::*;
+use sluice::RunningProxy;
+pub use upstream::TestUpstream;
+
+pub struct TestProxy {
+    pub proxy: RunningProxy,
+    /// The address of the listener named `main`.
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts the proxy from YAML. Listeners and admin should use port 0; `{name}` placeholders are
+/// replaced by the address of the upstream of that name.
+pub async fn start_proxy(yaml: &str, upstreams: &[&TestUpstream]) -> TestProxy {
+    let mut yaml = yaml.to_owned();
+    for upstream in upstreams {
+        yaml = yaml.replace(
+            &format!("{{{}}}", upstream.name),
+            &upstream.addr.to_string(),
+        );
+    }
+    if !yaml.contains("admin:") {
+        yaml = format!("admin: {{ address: \"127.0.0.1:0\" }}\n{yaml}");
+    }
+    let loaded = sluice::config::load_str(&yaml, Path::new("test.yaml"))
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let proxy = RunningProxy::start(&loaded).await.unwrap();
+    let addr = proxy
+        .listener_address("main")
+        .expect("a listener named main");
+    let admin = proxy.admin_address().expect("admin endpoint");
+    TestProxy { proxy, addr, admin }
+}
+
+/// One listener `main` routing everything to cluster `backend` with the given endpoints.
+pub fn simple_config(endpoints: &str, cluster_extra: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+workers: 2
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: {{ prefix: / }}
+        cluster: backend
+{route_extra}
+clusters:
+  - name: backend
+    endpoints: [{endpoints}]
+{cluster_extra}
+"#
+    )
+}
+
+impl TestProxy {
+    pub async fn metrics(&self) -> String {
+        get(self.admin, "/metrics").await.body
+    }
+}
