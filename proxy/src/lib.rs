@@ -12,5 +12,6 @@ pub mod listener;
 pub mod runtime;
 pub mod tcp;
 pub mod upstream;
+pub mod wasm;
 
 pub use runtime::RunningProxy;

@@ -14,6 +14,7 @@ use prometheus::{
 };
 
 use crate::upstream::EndpointStats;
+use crate::wasm::{PluginHealth, WasmMetricFamilies};
 
 /// Latency buckets in seconds, from 250µs (a loopback hop) up to the 15s default timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +34,11 @@ pub struct Metrics {
     endpoint_healthy: IntGaugeVec,
     upstream_connect_failures: IntCounterVec,
     endpoint_ejections: IntCounterVec,
+    wasm: WasmMetricFamilies,
+    plugin_failures: IntCounterVec,
+    plugin_vm_starts: IntCounterVec,
+    plugin_fail_policy: IntCounterVec,
+    plugin_crash_looping: IntGaugeVec,
 }
 
 /// Counters for one (listener, route, cluster): requests by status class and their latency.
@@ -124,6 +130,53 @@ impl Metrics {
                 "Times an endpoint was ejected after consecutive connect failures",
                 &["cluster", "endpoint"],
             ),
+            wasm: WasmMetricFamilies {
+                counters: counter_vec(
+                    &registry,
+                    "sluice_wasm_counter",
+                    "Counters defined by Wasm plugins",
+                    &["plugin", "name"],
+                ),
+                gauges: gauge_vec(
+                    &registry,
+                    "sluice_wasm_gauge",
+                    "Gauges defined by Wasm plugins",
+                    &["plugin", "name"],
+                ),
+                histograms: {
+                    let buckets = prometheus::exponential_buckets(1.0, 4.0, 12).unwrap_or_default();
+                    let opts = HistogramOpts::new(
+                        "sluice_wasm_histogram",
+                        "Histograms defined by Wasm plugins",
+                    )
+                    .buckets(buckets);
+                    register(&registry, HistogramVec::new(opts, &["plugin", "name"]))
+                },
+            },
+            plugin_failures: counter_vec(
+                &registry,
+                "sluice_wasm_vm_failures_total",
+                "Plugin VMs that failed, by reason (trap, timeout, memory, start)",
+                &["plugin", "reason"],
+            ),
+            plugin_vm_starts: counter_vec(
+                &registry,
+                "sluice_wasm_vm_starts_total",
+                "Plugin VMs started (first start and rebuilds after failures)",
+                &["plugin"],
+            ),
+            plugin_fail_policy: counter_vec(
+                &registry,
+                "sluice_wasm_fail_policy_total",
+                "Streams that got a plugin's fail policy, by policy (open: skipped, closed: 503)",
+                &["plugin", "policy"],
+            ),
+            plugin_crash_looping: gauge_vec(
+                &registry,
+                "sluice_wasm_plugin_crash_looping",
+                "Workers whose VM of the plugin is rebuilding with backoff after repeated failures",
+                &["plugin"],
+            ),
             registry,
         };
         Arc::new(metrics)
@@ -189,6 +242,23 @@ impl Metrics {
             if let Err(error) = result {
                 tracing::debug!(cluster, endpoint, %error, "endpoint series already gone");
             }
+        }
+    }
+
+    pub fn wasm_families(&self) -> WasmMetricFamilies {
+        self.wasm.clone()
+    }
+
+    pub fn plugin_health(&self, plugin: &str) -> PluginHealth {
+        PluginHealth {
+            crash_looping: std::sync::atomic::AtomicUsize::new(0),
+            failures: self.plugin_failures.clone(),
+            vm_starts: self.plugin_vm_starts.with_label_values(&[plugin]),
+            fail_open_applied: self.plugin_fail_policy.with_label_values(&[plugin, "open"]),
+            fail_closed_applied: self
+                .plugin_fail_policy
+                .with_label_values(&[plugin, "closed"]),
+            crash_looping_gauge: self.plugin_crash_looping.with_label_values(&[plugin]),
         }
     }
 

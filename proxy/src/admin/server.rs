@@ -73,6 +73,12 @@ fn respond(state: &ProxyState, request: &Request<Incoming>) -> Response<Full<Byt
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: draining\n".into(),
             ),
+            Err(NotReady::PluginCrashLooping(plugin)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: plugin {plugin} is crash-looping (its VM keeps failing and is rebuilt with backoff)\n"
+                ),
+            ),
         },
         "/config" => {
             let body =

@@ -79,6 +79,26 @@ pub struct FilterConfig {
     pub fail_open: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<FilterLimits>,
+    /// Plugins with the same `vm_id` share shared data and queues. [""]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
+    /// Selects the root context in SDKs that host several (C++, AssemblyScript). [""]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_id: Option<String>,
+    /// The plugin's log level: trace, debug, info, warn, error or critical. [info]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<PluginLogLevel>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginLogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Critical,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

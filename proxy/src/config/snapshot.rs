@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use super::error::ConfigError;
 use super::load::LoadedConfig;
-use super::model::{ListenerProtocol, ProxyConfig};
+use super::model::{FilterConfig, ListenerProtocol, ProxyConfig};
 use crate::admin::{ListenerStats, Metrics, RouteStats};
 use crate::http::RouteTable;
 use crate::upstream::Cluster;
+use crate::wasm::PluginSpec;
 
 pub struct Snapshot {
     pub version: u64,
@@ -28,6 +29,8 @@ pub struct ListenerSnapshot {
     pub name: String,
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
+    /// Wasm filters every request on this listener passes, in order.
+    pub filters: Vec<Arc<PluginSpec>>,
     pub routes: RouteTable,
     /// `protocol: tcp` only.
     pub tcp_cluster: Option<Arc<Cluster>>,
@@ -65,8 +68,33 @@ impl Snapshot {
                 .address
                 .parse()
                 .map_err(|e| invalid(format!("{path}.address"), format!("{e}")))?;
-            let routes = RouteTable::build(&listener.name, &listener.routes, &clusters, metrics)
-                .map_err(|reason| invalid(format!("{path}.routes"), reason))?;
+            let filters = load_filters(
+                loaded,
+                &format!("{path}.filters"),
+                &listener.filters,
+                metrics,
+            )?;
+            let route_filters = listener
+                .routes
+                .iter()
+                .enumerate()
+                .map(|(r, route)| {
+                    load_filters(
+                        loaded,
+                        &format!("{path}.routes[{r}].filters"),
+                        &route.filters,
+                        metrics,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let routes = RouteTable::build(
+                &listener.name,
+                &listener.routes,
+                &clusters,
+                metrics,
+                route_filters,
+            )
+            .map_err(|reason| invalid(format!("{path}.routes"), reason))?;
             let tcp_cluster = match &listener.cluster {
                 Some(name) => Some(Arc::clone(clusters.get(name).ok_or_else(|| {
                     invalid(
@@ -80,6 +108,7 @@ impl Snapshot {
                 name: listener.name.clone(),
                 address,
                 protocol: listener.protocol,
+                filters,
                 routes,
                 tcp_cluster,
                 idle_timeout: listener
@@ -125,12 +154,58 @@ impl Snapshot {
         })
     }
 
+    /// Every plugin of the snapshot: listener filters, then route filters.
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<PluginSpec>> {
+        self.listeners.iter().flat_map(|listener| {
+            listener.filters.iter().chain(
+                listener
+                    .routes
+                    .routes()
+                    .flat_map(|route| route.filters.iter()),
+            )
+        })
+    }
+
     /// The running snapshot as `/config` shows it.
     pub fn to_json(&self) -> serde_json::Value {
+        let modules: Vec<serde_json::Value> = self
+            .plugins()
+            .map(|plugin| {
+                serde_json::json!({
+                    "plugin": plugin.info.name,
+                    "sha256": plugin.digest,
+                    "abi": plugin.abi.as_str(),
+                })
+            })
+            .collect();
         serde_json::json!({
             "version": self.version,
             "config": self.config,
-            "modules": serde_json::Value::Array(Vec::new()),
+            "modules": modules,
         })
     }
+}
+
+/// Loads (verifies, compiles, canaries) the plugins of one filter chain.
+fn load_filters(
+    loaded: &LoadedConfig,
+    path: &str,
+    filters: &[FilterConfig],
+    metrics: &Arc<Metrics>,
+) -> Result<Vec<Arc<PluginSpec>>, ConfigError> {
+    filters
+        .iter()
+        .enumerate()
+        .map(|(index, filter)| {
+            PluginSpec::load(
+                filter,
+                loaded.base_dir(),
+                Some(metrics.wasm_families()),
+                metrics.plugin_health(&filter.name),
+            )
+            .map_err(|error| {
+                ConfigError::invalid(&loaded.file, format!("{path}[{index}]"), error.to_string())
+            })
+        })
+        .collect()
 }

@@ -235,15 +235,31 @@ impl Checker {
                     format!("duplicate filter name {:?} in this chain", filter.name),
                 );
             }
-            // The Proxy-Wasm host is a separate piece of work; refusing here is honest, where
-            // accepting would silently serve traffic without the filter the operator asked for.
-            self.problem(
-                filter_path,
-                format!(
-                    "filter {:?}: this build of sluice has no Proxy-Wasm host yet, so it cannot load {:?}",
-                    filter.name, filter.module
-                ),
-            );
+            if filter.module.is_empty() {
+                self.problem(
+                    format!("{filter_path}.module"),
+                    "must name a .wasm file or sha256:<digest>",
+                );
+            }
+            if let Some(memory) = filter.limits.as_ref().and_then(|l| l.memory)
+                && memory.0 > crate::wasm::MAX_MEMORY_LIMIT
+            {
+                self.problem(
+                    format!("{filter_path}.limits.memory"),
+                    "must be at most 1GiB",
+                );
+            }
+            if filter
+                .limits
+                .as_ref()
+                .and_then(|l| l.callback_time)
+                .is_some_and(|t| t.0.is_zero())
+            {
+                self.problem(
+                    format!("{filter_path}.limits.callback_time"),
+                    "must be more than 0",
+                );
+            }
         }
     }
 
@@ -358,21 +374,27 @@ clusters:
     }
 
     #[test]
-    fn filters_are_refused_until_the_wasm_host_exists() {
+    fn filter_entries_are_checked() {
         let found = paths(
             r#"
 listeners:
   - name: a
     address: 127.0.0.1:1
-    filters: [{ name: probe, module: probe.wasm }]
+    filters:
+      - { name: probe, module: "", limits: { memory: 2GiB, callback_time: 0 } }
+      - { name: probe, module: probe.wasm }
     routes: [{ match: { prefix: / }, cluster: c }]
 clusters: [{ name: c, endpoints: ["127.0.0.1:2"] }]
 "#,
         );
-        assert_eq!(found.len(), 1);
-        assert!(
-            found[0].starts_with("listeners[0].filters[0]: filter \"probe\""),
-            "{found:?}"
+        assert_eq!(
+            found,
+            [
+                "listeners[0].filters[0].module: must name a .wasm file or sha256:<digest>",
+                "listeners[0].filters[0].limits.memory: must be at most 1GiB",
+                "listeners[0].filters[0].limits.callback_time: must be more than 0",
+                "listeners[0].filters[1].name: duplicate filter name \"probe\" in this chain",
+            ]
         );
     }
 

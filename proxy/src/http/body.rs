@@ -26,6 +26,8 @@ pub enum ProxyBody {
     /// A downstream request body streamed to the upstream as it arrives.
     Downstream(Incoming),
     Upstream(Box<UpstreamBody>),
+    /// A body passing through Wasm filters.
+    Filtered(Box<crate::wasm::FilteredBody>),
 }
 
 /// What to record once a request is finished, whichever way it finishes.
@@ -78,6 +80,7 @@ impl Body for ProxyBody {
             ),
             Self::Downstream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             Self::Upstream(upstream) => Pin::new(upstream.as_mut()).poll_frame(cx),
+            Self::Filtered(filtered) => Pin::new(filtered.as_mut()).poll_frame(cx),
         }
     }
 
@@ -87,6 +90,7 @@ impl Body for ProxyBody {
             Self::Full(data) => data.as_ref().is_none_or(Bytes::is_empty),
             Self::Downstream(incoming) => incoming.is_end_stream(),
             Self::Upstream(upstream) => upstream.inner.is_end_stream(),
+            Self::Filtered(filtered) => filtered.is_end_stream(),
         }
     }
 
@@ -96,6 +100,7 @@ impl Body for ProxyBody {
             Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Self::Downstream(incoming) => incoming.size_hint(),
             Self::Upstream(upstream) => upstream.inner.size_hint(),
+            Self::Filtered(filtered) => filtered.size_hint(),
         }
     }
 }

@@ -25,6 +25,10 @@ pub struct DownstreamConn {
     /// Index of the listener in the snapshot.
     pub listener: usize,
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
+    /// Process-wide connection number (`connection.id` for filters).
+    pub id: u64,
     pub scheme: &'static str,
     pub activity: Rc<Activity>,
 }

@@ -20,6 +20,10 @@ pub enum Reason {
     UpstreamReset,
     UpstreamProtocolError,
     UpstreamTimeout,
+    /// A fail-closed Wasm plugin failed (Envoy's response details `wasm_fail_stream`).
+    WasmFailStream,
+    /// A Wasm filter answered with `proxy_send_local_response`.
+    FilterLocalReply,
 }
 
 #[derive(Debug)]
@@ -41,6 +45,8 @@ impl Reason {
             Self::UpstreamReset => "upstream_reset",
             Self::UpstreamProtocolError => "upstream_protocol_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::WasmFailStream => "wasm_fail_stream",
+            Self::FilterLocalReply => "filter_local_reply",
         }
     }
 }
@@ -70,6 +76,11 @@ impl LocalReply {
             Reason::NoHealthyUpstream,
             format!("no healthy endpoint in cluster {cluster}"),
         )
+    }
+
+    /// Envoy answers a fail-closed plugin failure with an empty 503; the reason header says why.
+    pub fn wasm_fail_stream() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, Reason::WasmFailStream, "")
     }
 
     pub fn upstream_timeout(cluster: &str) -> Self {
@@ -112,7 +123,12 @@ impl LocalReply {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut response = Response::new(ProxyBody::full(format!("{}\n", self.message)));
+        let body = if self.message.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::full(format!("{}\n", self.message))
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(

@@ -10,6 +10,7 @@ use http::{HeaderMap, HeaderName, Method};
 use crate::admin::{Metrics, RouteStats};
 use crate::config::{HeaderMatch, RouteConfig, RouteMatch};
 use crate::upstream::Cluster;
+use crate::wasm::PluginSpec;
 
 pub struct RouteTable {
     routes: Vec<Route>,
@@ -23,6 +24,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Longest silence on the response stream; `None` when disabled.
     pub idle_timeout: Option<Duration>,
+    /// Wasm filters that run after the listener's, for this route only.
+    pub filters: Vec<Arc<PluginSpec>>,
 }
 
 /// A cluster as seen from one route, with that route's metric handles.
@@ -71,7 +74,10 @@ impl RouteTable {
         routes: &[RouteConfig],
         clusters: &HashMap<String, Arc<Cluster>>,
         metrics: &Metrics,
+        mut route_filters: Vec<Vec<Arc<PluginSpec>>>,
     ) -> Result<Self, String> {
+        route_filters.resize_with(routes.len(), Vec::new);
+        let mut route_filters = route_filters.into_iter();
         let target = |name: &str, route: &str| -> Result<ClusterTarget, String> {
             let cluster = clusters
                 .get(name)
@@ -108,10 +114,20 @@ impl RouteTable {
                 idle_timeout: config
                     .idle_timeout
                     .map_or(Some(Duration::from_secs(300)), |t| t.non_zero()),
+                filters: route_filters.next().unwrap_or_default(),
                 name,
             });
         }
         Ok(Self { routes: compiled })
+    }
+
+    /// Whether any route has filters of its own.
+    pub fn has_filters(&self) -> bool {
+        self.routes.iter().any(|r| !r.filters.is_empty())
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
     }
 
     pub fn find(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Route> {
@@ -244,8 +260,14 @@ mod tests {
             .iter()
             .map(|c| (c.name.clone(), Cluster::new(c, Arc::clone(&metrics))))
             .collect();
-        RouteTable::build("l", &loaded.config.listeners[0].routes, &clusters, &metrics)
-            .expect("builds")
+        RouteTable::build(
+            "l",
+            &loaded.config.listeners[0].routes,
+            &clusters,
+            &metrics,
+            Vec::new(),
+        )
+        .expect("builds")
     }
 
     fn route_name(

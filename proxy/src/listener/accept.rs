@@ -46,10 +46,14 @@ pub async fn accept_loop(
         match listener.protocol {
             ListenerProtocol::Http => {
                 let drain = drain.clone();
+                static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(1);
                 let conn = DownstreamConn {
                     worker: Rc::clone(&worker),
                     listener: listener_index,
                     peer,
+                    local: stream.local_addr().unwrap_or(listener.address),
+                    id: NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                     scheme: "http",
                     activity: Activity::new(),
                 };

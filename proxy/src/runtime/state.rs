@@ -17,10 +17,12 @@ pub struct ProxyState {
 }
 
 /// Why the proxy is not ready, for `/ready`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReady {
     Starting,
     Draining,
+    /// A plugin's VM keeps failing on some worker (named).
+    PluginCrashLooping(String),
 }
 
 // === impl ProxyState ===
@@ -53,6 +55,8 @@ impl ProxyState {
             Err(NotReady::Draining)
         } else if !self.listeners_bound.load(Ordering::Acquire) {
             Err(NotReady::Starting)
+        } else if let Some(plugin) = self.snapshot().plugins().find(|p| p.is_crash_looping()) {
+            Err(NotReady::PluginCrashLooping(plugin.info.name.clone()))
         } else {
             Ok(())
         }

@@ -13,12 +13,14 @@ use super::drain::{ConnectionTracker, DrainWatch};
 use super::state::ProxyState;
 use crate::listener::accept_loop;
 use crate::upstream::UpstreamPools;
+use crate::wasm::WorkerPlugins;
 
 /// What a worker's tasks share: process state plus this worker's own pools.
 pub struct WorkerContext {
     pub id: usize,
     pub state: Arc<ProxyState>,
     pub pools: Rc<UpstreamPools>,
+    pub plugins: WorkerPlugins,
 }
 
 /// One bound socket for a worker: the listener's index in the snapshot and the socket.
@@ -56,6 +58,7 @@ pub fn spawn_worker(
                 id,
                 state,
                 pools: Rc::new(UpstreamPools::default()),
+                plugins: WorkerPlugins::default(),
             });
             LocalSet::new().block_on(
                 &runtime,

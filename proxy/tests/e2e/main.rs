@@ -13,3 +13,4 @@ mod malformed;
 mod protocols;
 mod routing;
 mod support;
+mod wasm;

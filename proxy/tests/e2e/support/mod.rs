@@ -1,12 +1,14 @@
 //! What every end-to-end test needs: real upstreams, the real proxy in-process, clients.
 
 pub mod client;
+pub mod fixtures;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 pub use client::*;
+pub use fixtures::fixture;
 use sluice::RunningProxy;
 pub use upstream::TestUpstream;
 

@@ -1,0 +1,247 @@
+//! Header and trailer maps (`proxy_*_header_map_*`). A map is reachable only while the
+//! stream holds it, as in Envoy: request headers inside `on_request_headers` (and while that
+//! callback keeps the stream paused) and read-only in `on_log`.
+
+use wasmtime::{Caller, Linker};
+
+use crate::wasm::guest::{CallResult, finish, read, read_string, return_bytes, write_u32};
+use crate::wasm::pairs::{self, Pair};
+use crate::wasm::state::{HostState, MapSlot};
+use crate::wasm::status::{AbiVersion, Status};
+
+const MAX_MAP_TYPE: u32 = 7;
+
+pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut caller: Caller<'_, HostState>, kind: i32, ptr_out: i32, size_out: i32| {
+            let result: CallResult = (|| {
+                check_kind(kind)?;
+                // An unavailable map reads as empty here, never as an error.
+                let encoded = with_map(&mut caller, kind as u32, |slot| {
+                    Ok(slot.pairs.as_deref().map(pairs::encode_pairs))
+                })
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+                return_bytes(&mut caller, &encoded, ptr_out, size_out)
+            })();
+            finish(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut caller: Caller<'_, HostState>, kind: i32, ptr: i32, len: i32| {
+            let result: CallResult = (|| {
+                check_kind(kind)?;
+                let new_pairs: Vec<Pair> = pairs::decode(&read(&caller, ptr, len)?)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect();
+                with_writable(&mut caller, kind as u32, |list| *list = new_pairs)
+            })();
+            finish(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut caller: Caller<'_, HostState>, kind: i32, size_out: i32| {
+            let result: CallResult = (|| {
+                check_kind(kind)?;
+                let size = with_map(&mut caller, kind as u32, |slot| {
+                    let list = slot.pairs.as_ref().ok_or(Status::BadArgument)?;
+                    Ok(list.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>())
+                })?;
+                write_u32(&mut caller, size_out, size as u32)?;
+                Ok(())
+            })();
+            finish(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut caller: Caller<'_, HostState>,
+         kind: i32,
+         key_ptr: i32,
+         key_len: i32,
+         ptr_out: i32,
+         size_out: i32| {
+            finish(get_value(
+                &mut caller,
+                kind,
+                key_ptr,
+                key_len,
+                ptr_out,
+                size_out,
+            ))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_add_header_map_value",
+        |mut caller: Caller<'_, HostState>,
+         kind: i32,
+         key_ptr: i32,
+         key_len: i32,
+         value_ptr: i32,
+         value_len: i32| {
+            let result: CallResult = (|| {
+                check_kind(kind)?;
+                let key = read_string(&caller, key_ptr, key_len)?.to_ascii_lowercase();
+                let value = read(&caller, value_ptr, value_len)?;
+                with_writable(&mut caller, kind as u32, |list| list.push((key, value)))
+            })();
+            finish(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_replace_header_map_value",
+        |mut caller: Caller<'_, HostState>,
+         kind: i32,
+         key_ptr: i32,
+         key_len: i32,
+         value_ptr: i32,
+         value_len: i32| {
+            let result: CallResult = (|| {
+                check_kind(kind)?;
+                let key = read_string(&caller, key_ptr, key_len)?.to_ascii_lowercase();
+                let value = read(&caller, value_ptr, value_len)?;
+                with_writable(&mut caller, kind as u32, |list| replace(list, key, value))
+            })();
+            finish(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut caller: Caller<'_, HostState>, kind: i32, key_ptr: i32, key_len: i32| {
+            let result: CallResult = (|| {
+                check_kind(kind)?;
+                let key = read_string(&caller, key_ptr, key_len)?.to_ascii_lowercase();
+                with_writable(&mut caller, kind as u32, |list| {
+                    list.retain(|(k, _)| *k != key)
+                })
+            })();
+            finish(result)
+        },
+    )?;
+    Ok(())
+}
+
+fn check_kind(kind: i32) -> Result<(), Status> {
+    if kind as u32 > MAX_MAP_TYPE {
+        return Err(Status::BadArgument);
+    }
+    Ok(())
+}
+
+/// Runs `f` on map `kind` of the acting stream. Maps 4–7 (gRPC metadata, callout responses)
+/// and streamless contexts have no maps: BAD_ARGUMENT, as Envoy answers.
+fn with_map<T>(
+    caller: &mut Caller<'_, HostState>,
+    kind: u32,
+    f: impl FnOnce(&mut MapSlot) -> Result<T, Status>,
+) -> Result<T, Status> {
+    let stream = caller
+        .data_mut()
+        .acting_stream()
+        .ok_or(Status::BadArgument)?;
+    let slot = match kind {
+        0 => &mut stream.request_headers,
+        1 => &mut stream.request_trailers,
+        2 => &mut stream.response_headers,
+        3 => &mut stream.response_trailers,
+        _ => return Err(Status::BadArgument),
+    };
+    f(slot)
+}
+
+fn with_writable(
+    caller: &mut Caller<'_, HostState>,
+    kind: u32,
+    f: impl FnOnce(&mut Vec<Pair>),
+) -> CallResult {
+    with_map(caller, kind, |slot| {
+        match (&mut slot.pairs, slot.writable) {
+            (Some(list), true) => {
+                f(list);
+                Ok(())
+            }
+            _ => Err(Status::BadArgument),
+        }
+    })?;
+    Ok(())
+}
+
+/// Envoy's `setCopy`: the first entry takes the new value in place, later duplicates go.
+fn replace(list: &mut Vec<Pair>, key: String, value: Vec<u8>) {
+    match list.iter().position(|(k, _)| *k == key) {
+        Some(first) => {
+            list[first].1 = value;
+            let mut index = 0;
+            list.retain(|(k, _)| {
+                index += 1;
+                index - 1 == first || *k != key
+            });
+        }
+        None => list.push((key, value)),
+    }
+}
+
+fn get_value(
+    caller: &mut Caller<'_, HostState>,
+    kind: i32,
+    key_ptr: i32,
+    key_len: i32,
+    ptr_out: i32,
+    size_out: i32,
+) -> CallResult {
+    check_kind(kind)?;
+    let key = read_string(caller, key_ptr, key_len)?.to_ascii_lowercase();
+    let legacy = caller.data().abi == AbiVersion::V0_1_0;
+    let in_log = caller.data_mut().acting_stream().is_some_and(|s| s.in_log);
+    let found = with_map(caller, kind as u32, |slot| match &slot.pairs {
+        Some(list) => Ok(list.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())),
+        None if in_log => Err(Status::NotFound),
+        None => Err(Status::BadArgument),
+    });
+    let value = match found {
+        Ok(Some(value)) => value,
+        // ABI 0.1.0 answered a missing key (or map) with an empty value.
+        Ok(None) | Err(_) if legacy => Vec::new(),
+        Ok(None) => return Err(Status::NotFound.into()),
+        Err(status) => return Err(status.into()),
+    };
+    return_bytes(caller, &value, ptr_out, size_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_keeps_the_first_position_and_drops_duplicates() {
+        let mut list: Vec<Pair> = vec![
+            ("a".into(), b"1".to_vec()),
+            ("x".into(), b"old".to_vec()),
+            ("b".into(), b"2".to_vec()),
+            ("x".into(), b"dup".to_vec()),
+        ];
+        replace(&mut list, "x".into(), b"new".to_vec());
+        assert_eq!(
+            list,
+            vec![
+                ("a".into(), b"1".to_vec()),
+                ("x".into(), b"new".to_vec()),
+                ("b".into(), b"2".to_vec())
+            ]
+        );
+        replace(&mut list, "y".into(), b"added".to_vec());
+        assert_eq!(list.last(), Some(&("y".to_owned(), b"added".to_vec())));
+    }
+}

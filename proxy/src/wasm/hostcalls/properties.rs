@@ -1,0 +1,179 @@
+//! Properties (Envoy attribute names) and foreign functions.
+
+use wasmtime::{Caller, Linker};
+
+use crate::wasm::guest::{CallResult, finish, read, return_bytes};
+use crate::wasm::pairs;
+use crate::wasm::state::{HostState, StreamState};
+use crate::wasm::status::Status;
+
+/// A property value before encoding (ABI reference §5.1).
+enum Value {
+    Bytes(Vec<u8>),
+    Int(i64),
+    Uint(u64),
+    Timestamp(i64),
+    Map(Vec<(String, Vec<u8>)>),
+}
+
+pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut caller: Caller<'_, HostState>,
+         path_ptr: i32,
+         path_len: i32,
+         ptr_out: i32,
+         size_out: i32| {
+            let result: CallResult = (|| {
+                let path = read(&caller, path_ptr, path_len)?;
+                let segments: Vec<&[u8]> = path.split(|b| *b == 0).collect();
+                let value = lookup(caller.data_mut(), &segments).ok_or(Status::NotFound)?;
+                return_bytes(&mut caller, &encode(value), ptr_out, size_out)
+            })();
+            finish(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut caller: Caller<'_, HostState>,
+         path_ptr: i32,
+         path_len: i32,
+         value_ptr: i32,
+         value_len: i32| {
+            let result: CallResult = (|| {
+                let path = read(&caller, path_ptr, path_len)?;
+                let value = read(&caller, value_ptr, value_len)?;
+                // Envoy keeps these as stream filter state: a root context has none.
+                let stream = caller.data_mut().acting_stream().ok_or(Status::NotFound)?;
+                stream.filter_state.insert(path, value);
+                Ok(())
+            })();
+            finish(result)
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |caller: Caller<'_, HostState>, name_ptr: i32, name_len: i32, _args_ptr: i32, _args_len: i32, _ptr_out: i32, _size_out: i32| {
+            let result: CallResult = (|| {
+                let name = String::from_utf8_lossy(&read(&caller, name_ptr, name_len)?).into_owned();
+                tracing::debug!(plugin = %caller.data().plugin.name, function = %name, "unknown foreign function");
+                // No host extension is registered yet: every name is unknown, as in Envoy.
+                Err(Status::NotFound.into())
+            })();
+            finish(result)
+        },
+    )?;
+    Ok(())
+}
+
+fn encode(value: Value) -> Vec<u8> {
+    match value {
+        Value::Bytes(bytes) => bytes,
+        Value::Int(v) | Value::Timestamp(v) => v.to_le_bytes().to_vec(),
+        Value::Uint(v) => v.to_le_bytes().to_vec(),
+        Value::Map(entries) => pairs::encode_pairs(&entries),
+    }
+}
+
+fn text(value: impl Into<String>) -> Value {
+    Value::Bytes(value.into().into_bytes())
+}
+
+fn lookup(state: &mut HostState, segments: &[&[u8]]) -> Option<Value> {
+    let plugin = &state.plugin;
+    let first = segments.first().copied().unwrap_or_default();
+    match (first, segments.get(1).copied()) {
+        (b"plugin_name", None) => return Some(text(plugin.name.clone())),
+        (b"plugin_root_id", None) => return Some(text(plugin.root_id.clone())),
+        (b"plugin_vm_id", None) => return Some(text(plugin.vm_id.clone())),
+        _ => {}
+    }
+    let stream = state.acting_stream()?;
+    stream_property(stream, segments)
+}
+
+fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
+    let info = &stream.info;
+    let header = |name: &str| -> Option<String> {
+        let list = stream.request_headers.pairs.as_ref()?;
+        let values: Vec<String> = list
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    };
+    let first = segments[0];
+    let second = segments.get(1).copied();
+    let value = match (first, second) {
+        (b"source", Some(b"address")) => text(info.source.to_string()),
+        (b"source", Some(b"port")) => Value::Int(i64::from(info.source.port())),
+        (b"destination", Some(b"address")) => text(info.destination.to_string()),
+        (b"destination", Some(b"port")) => Value::Int(i64::from(info.destination.port())),
+        (b"connection", Some(b"id")) | (b"connection_id", None) => Value::Uint(info.connection_id),
+        (b"connection", Some(b"mtls")) => Value::Bytes(vec![0]),
+        (b"request", Some(b"protocol")) => text(info.protocol),
+        (b"request", Some(b"time")) => Value::Timestamp(
+            info.start
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64),
+        ),
+        // Header-derived request attributes exist only while the stream holds the headers.
+        (b"request", Some(b"path")) => text(header(":path")?),
+        (b"request", Some(b"url_path")) => {
+            let path = header(":path")?;
+            text(path.split('?').next().unwrap_or_default().to_owned())
+        }
+        (b"request", Some(b"query")) => text(
+            header(":path")?
+                .split_once('?')
+                .map(|(_, q)| q.to_owned())
+                .unwrap_or_default(),
+        ),
+        (b"request", Some(b"host")) => text(header(":authority")?),
+        (b"request", Some(b"scheme")) => text(header(":scheme")?),
+        (b"request", Some(b"method")) => text(header(":method")?),
+        (b"request", Some(b"referer")) => text(header("referer")?),
+        (b"request", Some(b"useragent")) => text(header("user-agent")?),
+        (b"request", Some(b"id")) => text(header("x-request-id")?),
+        (b"request", Some(b"headers")) => match segments.get(2) {
+            Some(name) => text(header(&String::from_utf8_lossy(name).to_ascii_lowercase())?),
+            None => {
+                let list = stream.request_headers.pairs.as_ref()?;
+                Value::Map(list.clone())
+            }
+        },
+        (b"response", Some(b"code")) => Value::Int(i64::from(stream.response_code?)),
+        (b"response", Some(b"headers")) => {
+            let list = stream.response_headers.pairs.as_ref()?;
+            match segments.get(2) {
+                Some(name) => {
+                    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                    let values: Vec<String> = list
+                        .iter()
+                        .filter(|(k, _)| *k == name)
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                        .collect();
+                    if values.is_empty() {
+                        return None;
+                    }
+                    text(values.join(","))
+                }
+                None => Value::Map(list.clone()),
+            }
+        }
+        (b"xds", Some(b"route_name")) | (b"route_name", None) => text(info.route_name.clone()?),
+        (b"xds", Some(b"cluster_name")) | (b"cluster_name", None) => {
+            text(info.cluster_name.clone()?)
+        }
+        // Anything else: what `proxy_set_property` stored under that path.
+        _ => {
+            let joined = segments.join(&0u8);
+            Value::Bytes(stream.filter_state.get(&joined)?.clone())
+        }
+    };
+    Some(value)
+}

@@ -1,0 +1,33 @@
+//! The Proxy-Wasm host, in three layers as proxy-wasm-cpp-host has them:
+//! [`runtime`] (engine, compiled-module cache), [`vm`] (one Store and instance per plugin and
+//! worker), and [`state`] (per-context data the host calls work on). [`hostcalls`] holds every
+//! imported function, grouped by capability; [`chain`] runs a stream's filters.
+
+mod body;
+mod chain;
+mod convert;
+mod error;
+mod guest;
+mod hostcalls;
+mod metrics;
+mod pairs;
+mod plugin;
+mod runtime;
+mod shared;
+mod state;
+mod status;
+mod vm;
+mod worker;
+
+pub use body::FilteredBody;
+pub use chain::{FilterChain, Interruption, request_headers, response_headers};
+pub use convert::{
+    apply_request_pairs, apply_response_pairs, local_response, request_pairs, response_pairs,
+};
+pub use error::{VmFailure, WasmError};
+pub use metrics::WasmMetricFamilies;
+pub use pairs::{Pair, decode as decode_pairs, encode_pairs};
+pub use plugin::{PluginHealth, PluginSpec};
+pub use runtime::MAX_MEMORY_LIMIT;
+pub use state::StreamInfo;
+pub use worker::WorkerPlugins;

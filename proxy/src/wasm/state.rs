@@ -1,0 +1,199 @@
+//! Layer 3 of the host: the data a VM's host calls work on, kept in the wasmtime `Store`
+//! (never in globals). Contexts, the stream data each callback may touch, and what the guest
+//! asked for that takes effect after it returns (continue, local reply).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use wasmtime::{Memory, StoreLimits, TypedFunc};
+
+use super::metrics::VmMetrics;
+use super::pairs::Pair;
+use super::status::AbiVersion;
+
+/// Who a plugin is: fixed for its lifetime, shared by all of its VMs.
+#[derive(Debug)]
+pub struct PluginInfo {
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    pub vm_config: Vec<u8>,
+    pub plugin_config: Vec<u8>,
+    /// Most verbose level logged: 0 trace … 5 critical.
+    pub log_level: u32,
+}
+
+/// A locally generated reply a filter asked for with `proxy_send_local_response`.
+#[derive(Debug, Clone)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub details: String,
+    pub body: Vec<u8>,
+    pub headers: Vec<Pair>,
+    pub grpc_status: Option<u32>,
+}
+
+/// A header map as the guest sees it, and whether it may change it now.
+#[derive(Debug, Default)]
+pub struct MapSlot {
+    pub pairs: Option<Vec<Pair>>,
+    pub writable: bool,
+}
+
+/// Facts about the stream that properties expose.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub connection_id: u64,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub protocol: &'static str,
+    pub start: SystemTime,
+    pub route_name: Option<String>,
+    pub cluster_name: Option<String>,
+}
+
+/// What one HTTP stream context can reach during a callback.
+#[derive(Debug)]
+pub struct StreamState {
+    pub info: Rc<StreamInfo>,
+    pub request_headers: MapSlot,
+    pub request_trailers: MapSlot,
+    pub response_headers: MapSlot,
+    pub response_trailers: MapSlot,
+    /// The body buffer of the callback in progress (or being accumulated while paused).
+    pub request_body: Option<Vec<u8>>,
+    pub response_body: Option<Vec<u8>>,
+    pub response_code: Option<u16>,
+    pub local_response: Option<LocalResponse>,
+    pub continue_request: bool,
+    pub continue_response: bool,
+    pub close_stream: bool,
+    /// Wakes the request pipeline when the guest resumes a paused stream.
+    pub resumed: Rc<Notify>,
+    /// Inside `proxy_on_log`: absent maps read as NOT_FOUND instead of BAD_ARGUMENT.
+    pub in_log: bool,
+    /// `proxy_set_property` values (Envoy's `wasm.<name>` filter state).
+    pub filter_state: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// The context ids of one VM (ids are per VM instance, as in Envoy).
+#[derive(Debug, Default)]
+pub struct Contexts {
+    pub root: u32,
+    next: u32,
+    /// The context the host is calling into right now.
+    pub current: u32,
+    /// Set by `proxy_set_effective_context` for the rest of the current callback.
+    pub effective: Option<u32>,
+    pub live: HashSet<u32>,
+}
+
+pub struct HostState {
+    pub plugin: Arc<PluginInfo>,
+    pub abi: AbiVersion,
+    pub limits: StoreLimits,
+    pub memory: Option<Memory>,
+    pub allocator: Option<TypedFunc<i32, i32>>,
+    pub contexts: Contexts,
+    pub streams: HashMap<u32, StreamState>,
+    /// True only while `proxy_on_configure` runs: the plugin configuration buffer exists then.
+    pub in_configure: bool,
+    /// Set when the guest changes its tick period; the VM owner re-arms the timer.
+    pub tick_period: Option<Duration>,
+    pub tick_changed: bool,
+    pub metrics: VmMetrics,
+    /// `proxy_done` was called for the root context.
+    pub root_done: bool,
+    /// Where `proxy_on_queue_ready` notifications for queues this VM registered are sent
+    /// (the VM's worker listens); `None` for a canary VM.
+    pub queue_events: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
+    /// Unsupported host calls already logged, so each is logged once per VM.
+    pub logged_once: HashSet<&'static str>,
+}
+
+// === impl Contexts ===
+
+impl Contexts {
+    pub fn allocate(&mut self) -> u32 {
+        self.next += 1;
+        self.live.insert(self.next);
+        self.next
+    }
+
+    /// The context host calls act on: the effective one if it is still alive, else the current.
+    pub fn acting(&self) -> u32 {
+        match self.effective {
+            Some(id) if self.live.contains(&id) => id,
+            _ => self.current,
+        }
+    }
+}
+
+// === impl StreamState ===
+
+impl StreamState {
+    pub fn new(info: Rc<StreamInfo>) -> Self {
+        Self {
+            info,
+            request_headers: MapSlot::default(),
+            request_trailers: MapSlot::default(),
+            response_headers: MapSlot::default(),
+            response_trailers: MapSlot::default(),
+            request_body: None,
+            response_body: None,
+            response_code: None,
+            local_response: None,
+            continue_request: false,
+            continue_response: false,
+            close_stream: false,
+            resumed: Rc::new(Notify::new()),
+            in_log: false,
+            filter_state: HashMap::new(),
+        }
+    }
+}
+
+// === impl HostState ===
+
+impl HostState {
+    pub fn new(
+        plugin: Arc<PluginInfo>,
+        abi: AbiVersion,
+        limits: StoreLimits,
+        metrics: VmMetrics,
+    ) -> Self {
+        Self {
+            plugin,
+            abi,
+            limits,
+            memory: None,
+            allocator: None,
+            contexts: Contexts::default(),
+            streams: HashMap::new(),
+            in_configure: false,
+            tick_period: None,
+            tick_changed: false,
+            metrics,
+            root_done: false,
+            queue_events: None,
+            logged_once: HashSet::new(),
+        }
+    }
+
+    /// The stream the acting context belongs to, if it is a stream context.
+    pub fn acting_stream(&mut self) -> Option<&mut StreamState> {
+        let id = self.contexts.acting();
+        self.streams.get_mut(&id)
+    }
+
+    /// Logs an unsupported host call once per VM, naming the plugin.
+    pub fn log_unsupported_once(&mut self, call: &'static str, what_happens: &str) {
+        if self.logged_once.insert(call) {
+            tracing::warn!(plugin = %self.plugin.name, call, "{what_happens}");
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Layer 2 of the host: one VM — a `Store` and instance — for one plugin on one worker.
+//! Starting it runs the module's initializer, creates the root context and runs
+//! `proxy_on_vm_start` and `proxy_on_configure`; a `false` from either rejects the plugin.
+//! Every call into the guest gets a fresh epoch deadline, so a runaway callback is stopped.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use wasmtime::{Instance, Store, StoreLimitsBuilder, TypedFunc, WasmParams, WasmResults};
+
+use super::error::{FailureKind, VmFailure, WasmError};
+use super::metrics::VmMetrics;
+use super::plugin::PluginSpec;
+use super::state::{HostState, StreamInfo, StreamState};
+use super::status::AbiVersion;
+
+/// `proxy_on_request_headers` and `proxy_on_response_headers` lost their end-of-stream
+/// argument only in ABI 0.1.0.
+enum HeadersCallback {
+    WithEndOfStream(TypedFunc<(i32, i32, i32), i32>),
+    Legacy(TypedFunc<(i32, i32), i32>),
+}
+
+/// The guest's exported callbacks, resolved once. Absent ones mean "Continue" / no-op.
+struct Callbacks {
+    context_create: Option<TypedFunc<(i32, i32), ()>>,
+    vm_start: Option<TypedFunc<(i32, i32), i32>>,
+    configure: Option<TypedFunc<(i32, i32), i32>>,
+    request_headers: Option<HeadersCallback>,
+    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    response_headers: Option<HeadersCallback>,
+    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_trailers: Option<TypedFunc<(i32, i32), i32>>,
+    log: Option<TypedFunc<i32, ()>>,
+    done: Option<TypedFunc<i32, i32>>,
+    delete: Option<TypedFunc<i32, ()>>,
+    tick: Option<TypedFunc<i32, ()>>,
+    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+}
+
+pub struct PluginVm {
+    store: Store<HostState>,
+    callbacks: Callbacks,
+    pub root_id: u32,
+    spec: Arc<PluginSpec>,
+}
+
+// === impl PluginVm ===
+
+impl PluginVm {
+    /// Instantiates and configures a VM. `queue_events` receives notifications for shared
+    /// queues this VM registers (none for a canary).
+    pub fn start(
+        spec: &Arc<PluginSpec>,
+        queue_events: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
+    ) -> Result<Self, WasmError> {
+        let plugin = &spec.info.name;
+        let start_error = |what: String| WasmError::Start {
+            plugin: plugin.clone(),
+            what,
+        };
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(spec.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let metrics = VmMetrics::new(plugin, spec.metric_families.clone());
+        let mut state = HostState::new(Arc::clone(&spec.info), spec.abi, limits, metrics);
+        state.queue_events = queue_events;
+        let mut store = Store::new(spec.runtime_engine(), state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(spec.start_deadline_ticks);
+
+        let instance = spec
+            .instance_pre
+            .instantiate(&mut store)
+            .map_err(|e| start_error(format!("instantiation failed: {e:?}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| start_error("the module exports no memory".into()))?;
+        // cpp-host looks for `malloc` first, then `proxy_on_memory_allocate`.
+        let allocator = optional::<i32, i32>(&mut store, &instance, "malloc")
+            .transpose()
+            .or_else(|| optional::<i32, i32>(&mut store, &instance, "proxy_on_memory_allocate").transpose())
+            .transpose()
+            .map_err(start_error)?
+            .ok_or_else(|| start_error("missing malloc function (neither malloc nor proxy_on_memory_allocate is exported)".into()))?;
+        store.data_mut().memory = Some(memory);
+        store.data_mut().allocator = Some(allocator);
+
+        run_initializer(&mut store, &instance).map_err(start_error)?;
+        let callbacks = resolve_callbacks(&mut store, &instance, spec.abi).map_err(start_error)?;
+
+        let root_id = store.data_mut().contexts.allocate();
+        store.data_mut().contexts.root = root_id;
+        let mut vm = Self {
+            store,
+            callbacks,
+            root_id,
+            spec: Arc::clone(spec),
+        };
+        let root = root_id as i32;
+        if let Some(create) = vm.callbacks.context_create.clone() {
+            vm.call(&create, root_id, (root, 0), "proxy_on_context_create")
+                .map_err(|f| start_error(f.to_string()))?;
+        }
+        if let Some(vm_start) = vm.callbacks.vm_start.clone() {
+            let size = spec.info.vm_config.len() as i32;
+            let accepted = vm
+                .call(&vm_start, root_id, (root, size), "proxy_on_vm_start")
+                .map_err(|f| start_error(f.to_string()))?;
+            if accepted == 0 {
+                return Err(WasmError::Rejected {
+                    plugin: plugin.clone(),
+                    callback: "proxy_on_vm_start",
+                    rejected: "vm_config",
+                });
+            }
+        }
+        if let Some(configure) = vm.callbacks.configure.clone() {
+            let size = spec.info.plugin_config.len() as i32;
+            vm.store.data_mut().in_configure = true;
+            let outcome = vm.call(&configure, root_id, (root, size), "proxy_on_configure");
+            vm.store.data_mut().in_configure = false;
+            if outcome.map_err(|f| start_error(f.to_string()))? == 0 {
+                return Err(WasmError::Rejected {
+                    plugin: plugin.clone(),
+                    callback: "proxy_on_configure",
+                    rejected: "config",
+                });
+            }
+        }
+        Ok(vm)
+    }
+
+    pub fn spec(&self) -> &Arc<PluginSpec> {
+        &self.spec
+    }
+
+    pub fn state(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    pub fn stream(&mut self, context: u32) -> Option<&mut StreamState> {
+        self.store.data_mut().streams.get_mut(&context)
+    }
+
+    /// Calls into the guest on behalf of `context`, with a fresh CPU deadline.
+    fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        func: &TypedFunc<P, R>,
+        context: u32,
+        params: P,
+        callback: &'static str,
+    ) -> Result<R, VmFailure> {
+        let contexts = &mut self.store.data_mut().contexts;
+        contexts.current = context;
+        contexts.effective = None;
+        self.store
+            .set_epoch_deadline(self.spec.callback_deadline_ticks);
+        func.call(&mut self.store, params)
+            .map_err(|error| VmFailure::from_error(callback, &error))
+    }
+
+    /// Creates a stream context (`proxy_on_context_create(id, root)`).
+    pub fn create_stream(&mut self, info: Rc<StreamInfo>) -> Result<u32, VmFailure> {
+        let id = self.store.data_mut().contexts.allocate();
+        self.store
+            .data_mut()
+            .streams
+            .insert(id, StreamState::new(info));
+        if let Some(create) = self.callbacks.context_create.clone() {
+            self.call(
+                &create,
+                id,
+                (id as i32, self.root_id as i32),
+                "proxy_on_context_create",
+            )?;
+        }
+        Ok(id)
+    }
+
+    pub fn on_request_headers(
+        &mut self,
+        context: u32,
+        count: usize,
+        end_of_stream: bool,
+    ) -> Result<i32, VmFailure> {
+        let callback = self
+            .callbacks
+            .request_headers
+            .as_ref()
+            .map(clone_headers_callback);
+        self.headers(
+            callback,
+            context,
+            count,
+            end_of_stream,
+            "proxy_on_request_headers",
+        )
+    }
+
+    pub fn on_response_headers(
+        &mut self,
+        context: u32,
+        count: usize,
+        end_of_stream: bool,
+    ) -> Result<i32, VmFailure> {
+        let callback = self
+            .callbacks
+            .response_headers
+            .as_ref()
+            .map(clone_headers_callback);
+        self.headers(
+            callback,
+            context,
+            count,
+            end_of_stream,
+            "proxy_on_response_headers",
+        )
+    }
+
+    fn headers(
+        &mut self,
+        callback: Option<HeadersCallback>,
+        context: u32,
+        count: usize,
+        end_of_stream: bool,
+        name: &'static str,
+    ) -> Result<i32, VmFailure> {
+        let (ctx, count, eos) = (context as i32, count as i32, i32::from(end_of_stream));
+        match callback {
+            Some(HeadersCallback::WithEndOfStream(f)) => {
+                self.call(&f, context, (ctx, count, eos), name)
+            }
+            Some(HeadersCallback::Legacy(f)) => self.call(&f, context, (ctx, count), name),
+            None => Ok(0),
+        }
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        context: u32,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<i32, VmFailure> {
+        let callback = self.callbacks.request_body.clone();
+        self.body(
+            callback,
+            context,
+            size,
+            end_of_stream,
+            "proxy_on_request_body",
+        )
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        context: u32,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<i32, VmFailure> {
+        let callback = self.callbacks.response_body.clone();
+        self.body(
+            callback,
+            context,
+            size,
+            end_of_stream,
+            "proxy_on_response_body",
+        )
+    }
+
+    fn body(
+        &mut self,
+        callback: Option<TypedFunc<(i32, i32, i32), i32>>,
+        context: u32,
+        size: usize,
+        end_of_stream: bool,
+        name: &'static str,
+    ) -> Result<i32, VmFailure> {
+        match callback {
+            Some(f) => self.call(
+                &f,
+                context,
+                (context as i32, size as i32, i32::from(end_of_stream)),
+                name,
+            ),
+            None => Ok(0),
+        }
+    }
+
+    pub fn on_request_trailers(&mut self, context: u32, count: usize) -> Result<i32, VmFailure> {
+        match self.callbacks.request_trailers.clone() {
+            Some(f) => self.call(
+                &f,
+                context,
+                (context as i32, count as i32),
+                "proxy_on_request_trailers",
+            ),
+            None => Ok(0),
+        }
+    }
+
+    pub fn on_response_trailers(&mut self, context: u32, count: usize) -> Result<i32, VmFailure> {
+        match self.callbacks.response_trailers.clone() {
+            Some(f) => self.call(
+                &f,
+                context,
+                (context as i32, count as i32),
+                "proxy_on_response_trailers",
+            ),
+            None => Ok(0),
+        }
+    }
+
+    /// Ends a stream context the way Envoy does for HTTP: `on_log`, `on_done`, `on_delete`.
+    pub fn finish_stream(&mut self, context: u32) -> Result<(), VmFailure> {
+        if let Some(stream) = self.stream(context) {
+            stream.in_log = true;
+            stream.request_headers.writable = false;
+            stream.response_headers.writable = false;
+            stream.response_trailers.writable = false;
+            stream.request_trailers.pairs = None;
+        }
+        let outcome = (|| {
+            let id = context as i32;
+            if let Some(log) = self.callbacks.log.clone() {
+                self.call(&log, context, id, "proxy_on_log")?;
+            }
+            if let Some(done) = self.callbacks.done.clone() {
+                // A stream's answer is not honoured (only roots may defer their deletion).
+                self.call(&done, context, id, "proxy_on_done")?;
+            }
+            if let Some(delete) = self.callbacks.delete.clone() {
+                self.call(&delete, context, id, "proxy_on_delete")?;
+            }
+            Ok(())
+        })();
+        let state = self.store.data_mut();
+        state.streams.remove(&context);
+        state.contexts.live.remove(&context);
+        outcome
+    }
+
+    pub fn on_tick(&mut self) -> Result<(), VmFailure> {
+        match self.callbacks.tick.clone() {
+            Some(f) => self.call(&f, self.root_id, self.root_id as i32, "proxy_on_tick"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn on_queue_ready(&mut self, token: u32) -> Result<(), VmFailure> {
+        match self.callbacks.queue_ready.clone() {
+            Some(f) => self.call(
+                &f,
+                self.root_id,
+                (self.root_id as i32, token as i32),
+                "proxy_on_queue_ready",
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// The tick period if the guest changed it since the last look.
+    pub fn take_tick_change(&mut self) -> Option<Option<std::time::Duration>> {
+        let state = self.store.data_mut();
+        std::mem::take(&mut state.tick_changed).then_some(state.tick_period)
+    }
+}
+
+fn clone_headers_callback(callback: &HeadersCallback) -> HeadersCallback {
+    match callback {
+        HeadersCallback::WithEndOfStream(f) => HeadersCallback::WithEndOfStream(f.clone()),
+        HeadersCallback::Legacy(f) => HeadersCallback::Legacy(f.clone()),
+    }
+}
+
+/// An export with exactly this signature; a wrong signature fails the load, as Envoy's
+/// default runtime does, instead of silently skipping the callback.
+fn optional<P: WasmParams, R: WasmResults>(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, String> {
+    match instance.get_func(&mut *store, name) {
+        None => Ok(None),
+        Some(func) => func
+            .typed::<P, R>(&*store)
+            .map(Some)
+            .map_err(|e| format!("export {name} has the wrong signature: {e}")),
+    }
+}
+
+/// WASI reactor (`_initialize`, then `main(0, 0)` or `__main_void`) or command (`_start`).
+fn run_initializer(store: &mut Store<HostState>, instance: &Instance) -> Result<(), String> {
+    let failed = |name: &str, e: wasmtime::Error| format!("{name} failed: {e:?}");
+    if let Some(initialize) = optional::<(), ()>(store, instance, "_initialize")? {
+        initialize
+            .call(&mut *store, ())
+            .map_err(|e| failed("_initialize", e))?;
+        if let Some(main) = optional::<(i32, i32), i32>(store, instance, "main")? {
+            main.call(&mut *store, (0, 0))
+                .map_err(|e| failed("main", e))?;
+        } else if let Some(main) = optional::<(), i32>(store, instance, "__main_void")? {
+            main.call(&mut *store, ())
+                .map_err(|e| failed("__main_void", e))?;
+        }
+    } else if let Some(start) = optional::<(), ()>(store, instance, "_start")? {
+        // TinyGo ends `_start` with proc_exit(0): a normal finish, not a failure.
+        if let Err(error) = start.call(&mut *store, ())
+            && !format!("{error:?}").contains("proc_exit(0)")
+        {
+            return Err(failed("_start", error));
+        }
+    }
+    Ok(())
+}
+
+fn resolve_callbacks(
+    store: &mut Store<HostState>,
+    instance: &Instance,
+    abi: AbiVersion,
+) -> Result<Callbacks, String> {
+    let headers =
+        |store: &mut Store<HostState>, name: &str| -> Result<Option<HeadersCallback>, String> {
+            Ok(if abi == AbiVersion::V0_1_0 {
+                optional(store, instance, name)?.map(HeadersCallback::Legacy)
+            } else {
+                optional(store, instance, name)?.map(HeadersCallback::WithEndOfStream)
+            })
+        };
+    Ok(Callbacks {
+        context_create: optional(store, instance, "proxy_on_context_create")?,
+        vm_start: optional(store, instance, "proxy_on_vm_start")?,
+        configure: optional(store, instance, "proxy_on_configure")?,
+        request_headers: headers(store, "proxy_on_request_headers")?,
+        request_body: optional(store, instance, "proxy_on_request_body")?,
+        request_trailers: optional(store, instance, "proxy_on_request_trailers")?,
+        response_headers: headers(store, "proxy_on_response_headers")?,
+        response_body: optional(store, instance, "proxy_on_response_body")?,
+        response_trailers: optional(store, instance, "proxy_on_response_trailers")?,
+        log: optional(store, instance, "proxy_on_log")?,
+        done: optional(store, instance, "proxy_on_done")?,
+        delete: optional(store, instance, "proxy_on_delete")?,
+        tick: optional(store, instance, "proxy_on_tick")?,
+        queue_ready: optional(store, instance, "proxy_on_queue_ready")?,
+    })
+}
+
+impl VmFailure {
+    pub fn start(what: &WasmError) -> Self {
+        Self {
+            callback: "vm start",
+            kind: FailureKind::Start,
+            message: what.to_string(),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Each worker's VMs: one per plugin, created on first use, rebuilt after a failure. A single
+//! failure costs only the streams that were on the VM: the next request gets a fresh VM.
+//! Repeated failures with no successful stream between them are a crash loop: rebuilding
+//! then waits (100ms doubling to 30s) and the plugin shows as unhealthy on `/ready`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::error::VmFailure;
+use super::plugin::PluginSpec;
+use super::vm::PluginVm;
+
+/// Failures in a row before rebuilding backs off.
+const CRASH_LOOP_AFTER: u32 = 3;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct WorkerPlugins {
+    by_spec: RefCell<HashMap<usize, Rc<WorkerVm>>>,
+}
+
+/// A plugin's VM slot on one worker.
+pub struct WorkerVm {
+    pub spec: Arc<PluginSpec>,
+    vm: RefCell<Option<PluginVm>>,
+    /// Bumped on every rebuild: a stream context belongs to one generation.
+    generation: Cell<u64>,
+    consecutive_failures: Cell<u32>,
+    retry_at: Cell<Option<Instant>>,
+    timer: RefCell<Option<tokio::task::JoinHandle<()>>>,
+    queue_listener: RefCell<Option<tokio::task::JoinHandle<()>>>,
+}
+
+// === impl WorkerPlugins ===
+
+impl WorkerPlugins {
+    pub fn slot(&self, spec: &Arc<PluginSpec>) -> Rc<WorkerVm> {
+        let key = Arc::as_ptr(spec) as usize;
+        let mut by_spec = self.by_spec.borrow_mut();
+        // Slots of specs no longer in any snapshot go (the map holds the spec alive, so a key
+        // is never reused while its slot exists).
+        by_spec.retain(|_, slot| Arc::strong_count(&slot.spec) > 1);
+        Rc::clone(by_spec.entry(key).or_insert_with(|| {
+            Rc::new(WorkerVm {
+                spec: Arc::clone(spec),
+                vm: RefCell::new(None),
+                generation: Cell::new(0),
+                consecutive_failures: Cell::new(0),
+                retry_at: Cell::new(None),
+                timer: RefCell::new(None),
+                queue_listener: RefCell::new(None),
+            })
+        }))
+    }
+}
+
+// === impl WorkerVm ===
+
+impl WorkerVm {
+    /// The current generation, starting a VM if there is none (unless in backoff).
+    pub fn ensure_started(self: &Rc<Self>) -> Result<u64, VmFailure> {
+        if self.vm.borrow().is_some() {
+            return Ok(self.generation.get());
+        }
+        if let Some(at) = self.retry_at.get()
+            && Instant::now() < at
+        {
+            return Err(VmFailure::start(&super::WasmError::Start {
+                plugin: self.spec.info.name.clone(),
+                what: "the VM is crash-looping; waiting before rebuilding it".into(),
+            }));
+        }
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let started = PluginVm::start(&self.spec, Some(events_tx));
+        self.spec.health.vm_starts.inc();
+        match started {
+            Ok(vm) => {
+                *self.vm.borrow_mut() = Some(vm);
+                self.generation.set(self.generation.get() + 1);
+                self.listen_to_queues(events_rx);
+                self.after_call();
+                Ok(self.generation.get())
+            }
+            Err(error) => {
+                let failure = VmFailure::start(&error);
+                self.record_failure(&failure);
+                Err(failure)
+            }
+        }
+    }
+
+    /// Runs `f` on the VM of generation `generation`; a failure destroys the VM.
+    pub fn with_vm<T>(
+        self: &Rc<Self>,
+        generation: u64,
+        f: impl FnOnce(&mut PluginVm) -> Result<T, VmFailure>,
+    ) -> Result<T, VmFailure> {
+        if generation != self.generation.get() {
+            return Err(self.gone());
+        }
+        let outcome = {
+            let mut slot = self.vm.borrow_mut();
+            let vm = slot.as_mut().ok_or_else(|| self.gone())?;
+            f(vm)
+        };
+        match &outcome {
+            Ok(_) => self.after_call(),
+            Err(failure) => self.fail(failure),
+        }
+        outcome
+    }
+
+    /// A stream finished on this VM without failing it: the crash streak is over.
+    pub fn stream_succeeded(&self) {
+        if self.consecutive_failures.replace(0) >= CRASH_LOOP_AFTER {
+            self.spec
+                .health
+                .crash_looping
+                .fetch_sub(1, Ordering::Relaxed);
+            self.spec.health.crash_looping_gauge.dec();
+        }
+        self.retry_at.set(None);
+    }
+
+    fn gone(&self) -> VmFailure {
+        VmFailure {
+            callback: "stream",
+            kind: super::error::FailureKind::Trap,
+            message: "the plugin's VM failed while this stream was in flight".into(),
+        }
+    }
+
+    fn fail(&self, failure: &VmFailure) {
+        tracing::error!(plugin = %self.spec.info.name, %failure, "plugin VM failed; it will be rebuilt");
+        *self.vm.borrow_mut() = None;
+        if let Some(timer) = self.timer.borrow_mut().take() {
+            timer.abort();
+        }
+        if let Some(listener) = self.queue_listener.borrow_mut().take() {
+            listener.abort();
+        }
+        self.record_failure(failure);
+    }
+
+    fn record_failure(&self, failure: &VmFailure) {
+        self.spec
+            .health
+            .failures
+            .with_label_values(&[self.spec.info.name.as_str(), failure.kind.as_str()])
+            .inc();
+        let failures = self.consecutive_failures.get() + 1;
+        self.consecutive_failures.set(failures);
+        if failures == CRASH_LOOP_AFTER {
+            self.spec
+                .health
+                .crash_looping
+                .fetch_add(1, Ordering::Relaxed);
+            self.spec.health.crash_looping_gauge.inc();
+            tracing::error!(plugin = %self.spec.info.name, failures, "plugin is crash-looping; rebuilding with backoff");
+        }
+        if failures >= CRASH_LOOP_AFTER {
+            let exponent = (failures - CRASH_LOOP_AFTER).min(16);
+            let backoff = (Duration::from_millis(100) * 2u32.pow(exponent)).min(MAX_BACKOFF);
+            self.retry_at.set(Some(Instant::now() + backoff));
+        }
+    }
+
+    /// After every guest call: re-arm the tick timer if the guest changed its period.
+    fn after_call(self: &Rc<Self>) {
+        let change = self
+            .vm
+            .borrow_mut()
+            .as_mut()
+            .and_then(PluginVm::take_tick_change);
+        let Some(period) = change else { return };
+        if let Some(timer) = self.timer.borrow_mut().take() {
+            timer.abort();
+        }
+        let Some(period) = period else { return };
+        let weak = Rc::downgrade(self);
+        let generation = self.generation.get();
+        *self.timer.borrow_mut() = Some(tokio::task::spawn_local(tick_loop(
+            weak, generation, period,
+        )));
+    }
+
+    fn listen_to_queues(self: &Rc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<u32>) {
+        let weak = Rc::downgrade(self);
+        let generation = self.generation.get();
+        let listener = tokio::task::spawn_local(async move {
+            while let Some(token) = events.recv().await {
+                let Some(slot) = weak.upgrade() else { return };
+                if slot
+                    .with_vm(generation, |vm| vm.on_queue_ready(token))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        *self.queue_listener.borrow_mut() = Some(listener);
+    }
+}
+
+async fn tick_loop(slot: Weak<WorkerVm>, generation: u64, period: Duration) {
+    let mut interval = tokio::time::interval_at(Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(slot) = slot.upgrade() else { return };
+        if slot.with_vm(generation, PluginVm::on_tick).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! Proxy-Wasm filters built with the official Rust SDK, run by the real proxy in front of a
+//! real upstream. Each test states the behaviour Envoy shows for the same module.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+/// A config with one listener `main`; `{filters}` and `{route_filters}` are YAML lists.
+fn wasm_config(filters: &str, extra_routes: &str) -> String {
+    format!(
+        r#"
+workers: 2
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filters: {filters}
+    routes:
+{extra_routes}
+      - match: {{ prefix: / }}
+        cluster: backend
+clusters:
+  - name: backend
+    endpoints: ["{{app}}"]
+"#
+    )
+}
+
+fn filter(name: &str, fixture_name: &str, extra: &str) -> String {
+    format!(
+        "{{ name: {name}, module: \"{}\"{extra} }}",
+        fixture(fixture_name).display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_read_and_rewritten_in_chain_order() {
+    let upstream = TestUpstream::start("app").await;
+    let filters = format!(
+        "[{}, {}]",
+        filter("first", "headers", ", config: a"),
+        filter("second", "headers", ", config: b")
+    );
+    let proxy = start_proxy(&wasm_config(&filters, ""), &[&upstream]).await;
+    let request = Request::get("/echo")
+        .header("x-wasm-remove-me", "1")
+        .body(Full::default())
+        .unwrap();
+    let reply = send(proxy.addr, request).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // Request phase in chain order: first, then second.
+    assert!(
+        reply.body.contains("x-wasm-order: a\nx-wasm-order: b\n"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.echoed("x-wasm-remove-me"), None);
+    assert_eq!(
+        reply.echoed("x-wasm-plugin"),
+        Some("second"),
+        "plugin_name is the filter's name"
+    );
+    assert!(
+        reply
+            .echoed("x-wasm-source")
+            .is_some_and(|s| s.starts_with("127.0.0.1:")),
+        "{}",
+        reply.body
+    );
+    assert_eq!(reply.echoed("x-wasm-method"), Some("GET"));
+    // Response phase in reverse: second, then first (whose `set` wins).
+    let order: Vec<&str> = reply
+        .headers
+        .get_all("x-wasm-order")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(order, ["b", "a"]);
+    assert_eq!(reply.header("x-wasm-tag"), Some("a"));
+    assert_eq!(reply.header("x-wasm-saw-status"), Some("200"));
+
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_wasm_counter{name="requests",plugin="first"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_wasm_counter{name="requests",plugin="second"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_response_skips_the_upstream_and_later_filters() {
+    let upstream = TestUpstream::start("app").await;
+    let filters = format!(
+        "[{}, {}]",
+        filter("first", "headers", ", config: a"),
+        filter("second", "headers", ", config: b")
+    );
+    let proxy = start_proxy(&wasm_config(&filters, ""), &[&upstream]).await;
+    let reply = get(proxy.addr, "/deny").await;
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.body, "denied by wasm\n");
+    assert_eq!(reply.header("x-denied-by"), Some("a"));
+    // The reply passed back through the filter that sent it, and not through `second`.
+    let order: Vec<&str> = reply
+        .headers
+        .get_all("x-wasm-order")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(order, ["a"]);
+    assert_eq!(reply.header("x-wasm-saw-status"), Some("403"));
+    assert_eq!(upstream.requests(), 0);
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"sluice_http_local_replies_total{listener="main",reason="filter_local_reply"} 1"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_sees_the_path_a_listener_filter_rewrote_and_route_filters_apply_per_route() {
+    let (app, other) = (
+        TestUpstream::start("app").await,
+        TestUpstream::start("other").await,
+    );
+    let route_filter = filter("route-only", "headers", ", config: routed");
+    let routes = format!(
+        "      - match: {{ path: /rewritten }}\n        cluster: other\n      - match: {{ prefix: /routed }}\n        cluster: backend\n        filters: [{route_filter}]\n"
+    );
+    let yaml = wasm_config(
+        &format!("[{}]", filter("first", "headers", ", config: a")),
+        &routes,
+    ) + "  - name: other\n    endpoints: [\"{other}\"]\n";
+    let proxy = start_proxy(&yaml, &[&app, &other]).await;
+
+    let rewritten = get(proxy.addr, "/rewrite/me").await;
+    assert_eq!(
+        rewritten.header("x-upstream"),
+        Some("other"),
+        "the route was chosen after the rewrite"
+    );
+    assert!(
+        rewritten.body.starts_with("GET /rewritten HTTP/1.1"),
+        "{}",
+        rewritten.body
+    );
+
+    let routed = get(proxy.addr, "/routed").await;
+    assert!(
+        routed
+            .body
+            .contains("x-wasm-order: a\nx-wasm-order: routed\n"),
+        "{}",
+        routed.body
+    );
+    let plain = get(proxy.addr, "/plain").await;
+    assert!(
+        !plain.body.contains("routed"),
+        "the route filter runs only on its route:\n{}",
+        plain.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_buffered_and_rewritten() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(
+        &wasm_config(&format!("[{}]", filter("body", "body", "")), ""),
+        &[&upstream],
+    )
+    .await;
+    let raw = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+        5\r\nhello\r\n7\r\n, wasm \r\n5\r\nworld\r\n0\r\n\r\n";
+    let response = raw_exchange(proxy.addr, raw, Duration::from_secs(5)).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("HELLO, WASM WORLD"),
+        "the upstream got the rewritten body:\n{response}"
+    );
+    // The note names the size of the whole buffered response body the filter saw.
+    assert!(
+        response.contains("HELLO, WASM WORLD\n-- seen by wasm: 175 bytes\r\n"),
+        "{response}"
+    );
+
+    let large: Vec<u8> = std::iter::repeat_n(b'x', 300_000).collect();
+    let reply = send(
+        proxy.addr,
+        Request::post("/echo")
+            .body(Full::new(Bytes::from(large)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.body.contains(&"X".repeat(300_000)),
+        "a body in many chunks is buffered whole"
+    );
+}
+
+fn hostile_config(extra: &str) -> String {
+    wasm_config(&format!("[{}]", filter("hostile", "hostile", extra)), "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_filter_fails_closed_and_the_next_request_gets_a_fresh_vm() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(
+        &hostile_config("").replace("workers: 2", "workers: 1"),
+        &[&upstream],
+    )
+    .await;
+    let reply = get(proxy.addr, "/panic").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("x-sluice-reason"), Some("wasm_fail_stream"));
+    assert_eq!(reply.body, "", "Envoy's fail-closed reply has no body");
+    assert_eq!(upstream.requests(), 0);
+    let next = get(proxy.addr, "/fine").await;
+    assert_eq!(
+        next.status, 200,
+        "a trap does not poison the plugin: {}",
+        next.body
+    );
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_wasm_vm_failures_total{plugin="hostile",reason="trap"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_wasm_fail_policy_total{plugin="hostile",policy="closed"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(get(proxy.admin, "/ready").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_skips_a_failing_filter() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&hostile_config(", fail_open: true"), &[&upstream]).await;
+    let reply = get(proxy.addr, "/panic").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("x-upstream"), Some("app"));
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_wasm_fail_policy_total{plugin="hostile",policy="open"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_and_memory_hogging_callbacks_are_stopped() {
+    let upstream = TestUpstream::start("app").await;
+    let limits = ", limits: { callback_time: 50ms, memory: 64MiB }";
+    let proxy = start_proxy(&hostile_config(limits), &[&upstream]).await;
+    let looping = tokio::time::timeout(Duration::from_secs(10), get(proxy.addr, "/loop"))
+        .await
+        .expect("an infinite loop is interrupted");
+    assert_eq!(looping.status, 503);
+    let hog = get(proxy.addr, "/hog").await;
+    assert_eq!(hog.status, 503);
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_wasm_vm_failures_total{plugin="hostile",reason="timeout"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_wasm_vm_failures_total{plugin="hostile",reason="memory"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(get(proxy.addr, "/fine").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_guest_pointers_are_refused_with_status_6() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&hostile_config(""), &[&upstream]).await;
+    let reply = get(proxy.addr, "/bad-pointers").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.echoed("x-log-status"), Some("6"));
+    assert_eq!(reply.echoed("x-map-status"), Some("6"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_backs_off_and_shows_on_ready() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(
+        &hostile_config("").replace("workers: 2", "workers: 1"),
+        &[&upstream],
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(proxy.addr, "/panic").await.status, 503);
+    }
+    let ready = get(proxy.admin, "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.contains("plugin hostile is crash-looping"),
+        "{}",
+        ready.body
+    );
+    // After the backoff a fresh VM serves again, and a good request ends the crash loop.
+    let recovered = eventually(Duration::from_secs(5), async || {
+        get(proxy.addr, "/fine").await.status == 200
+    })
+    .await;
+    assert!(recovered);
+    assert_eq!(get(proxy.admin, "/ready").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_requests_resume_from_a_tick_and_shared_state_spans_workers() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(
+        &wasm_config(&format!("[{}]", filter("pauser", "pauser", "")), ""),
+        &[&upstream],
+    )
+    .await;
+    let paused = tokio::time::timeout(Duration::from_secs(5), get(proxy.addr, "/pause"))
+        .await
+        .expect("the tick resumes the paused request");
+    assert_eq!(paused.status, 200, "{}", paused.body);
+    let mut hits = Vec::new();
+    for _ in 0..6 {
+        let reply = get(proxy.addr, "/count").await;
+        hits.push(reply.echoed("x-hits").unwrap().parse::<u64>().unwrap());
+    }
+    // One counter for all workers' VMs, so hits strictly increase.
+    assert!(hits.windows(2).all(|w| w[1] > w[0]), "{hits:?}");
+    let dequeued = eventually(Duration::from_secs(5), async || {
+        get(proxy.addr, "/count")
+            .await
+            .header("x-dequeued")
+            .is_some_and(|d| d != "0")
+    })
+    .await;
+    assert!(dequeued, "queue events reach on_queue_ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_that_cannot_serve_are_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("sluice-wasm-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.wasm");
+    std::fs::write(&garbage, b"definitely not wasm").unwrap();
+    let no_abi = dir.join("no-abi.wasm");
+    std::fs::write(&no_abi, b"\0asm\x01\0\0\0").unwrap();
+
+    let cases = [
+        (
+            format!("{{ name: f, module: \"{}\" }}", garbage.display()),
+            "does not compile",
+        ),
+        (
+            format!("{{ name: f, module: \"{}\" }}", no_abi.display()),
+            "exports no known Proxy-Wasm ABI version",
+        ),
+        (
+            filter("f", "hostile", ", config: reject"),
+            "proxy_on_configure returned false",
+        ),
+        (
+            "{ name: f, module: missing.wasm }".to_owned(),
+            "cannot read module",
+        ),
+    ];
+    for (entry, expected) in cases {
+        let yaml = wasm_config(&format!("[{entry}]"), "").replace("{app}", "127.0.0.1:1");
+        let error = sluice::config::load_str(&yaml, std::path::Path::new("test.yaml"))
+            .map_err(|e| e.to_string())
+            .and_then(|loaded| {
+                sluice::config::Snapshot::build(&loaded, 1, &sluice::admin::Metrics::new())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .expect_err(expected);
+        assert!(
+            error.starts_with("test.yaml: listeners[0].filters[0]: "),
+            "{error}"
+        );
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_lists_each_plugin_with_its_digest() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(
+        &wasm_config(
+            &format!("[{}]", filter("first", "headers", ", config: a")),
+            "",
+        ),
+        &[&upstream],
+    )
+    .await;
+    let json: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin, "/config").await.body).unwrap();
+    let module = &json["modules"][0];
+    assert_eq!(module["plugin"], "first");
+    assert_eq!(module["abi"], "0.2.1");
+    assert_eq!(module["sha256"].as_str().unwrap().len(), 64);
+}
