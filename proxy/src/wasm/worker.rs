@@ -42,21 +42,24 @@ pub struct WorkerVm {
 impl WorkerPlugins {
     pub fn slot(&self, spec: &Arc<PluginSpec>) -> Rc<WorkerVm> {
         let key = Arc::as_ptr(spec) as usize;
+        if let Some(slot) = self.by_spec.borrow().get(&key) {
+            return Rc::clone(slot);
+        }
         let mut by_spec = self.by_spec.borrow_mut();
-        // Slots of specs no longer in any snapshot go (the map holds the spec alive, so a key
-        // is never reused while its slot exists).
+        // A new spec means a new snapshot: slots whose spec no snapshot holds any more go now.
+        // (The map keeps each spec alive, so a key is never reused while its slot exists.)
         by_spec.retain(|_, slot| Arc::strong_count(&slot.spec) > 1);
-        Rc::clone(by_spec.entry(key).or_insert_with(|| {
-            Rc::new(WorkerVm {
-                spec: Arc::clone(spec),
-                vm: RefCell::new(None),
-                generation: Cell::new(0),
-                consecutive_failures: Cell::new(0),
-                retry_at: Cell::new(None),
-                timer: RefCell::new(None),
-                queue_listener: RefCell::new(None),
-            })
-        }))
+        let slot = Rc::new(WorkerVm {
+            spec: Arc::clone(spec),
+            vm: RefCell::new(None),
+            generation: Cell::new(0),
+            consecutive_failures: Cell::new(0),
+            retry_at: Cell::new(None),
+            timer: RefCell::new(None),
+            queue_listener: RefCell::new(None),
+        });
+        by_spec.insert(key, Rc::clone(&slot));
+        slot
     }
 }
 
