@@ -180,3 +180,49 @@ fn every_example_config_is_valid() {
     }
     assert!(checked >= 3, "found {checked} example configs");
 }
+
+#[test]
+fn compiled_modules_are_cached_on_disk_across_restarts() {
+    let cache =
+        std::env::temp_dir().join(format!("sluice-e2e-{}-module-cache", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let filters = format!(
+        "[{{ name: probe, module: \"{}\" }}]",
+        fixture("headers").display()
+    );
+    let yaml = simple_config("\"127.0.0.1:1\"", "", "").replace(
+        "    routes:\n",
+        &format!("    filters: {filters}\n    routes:\n"),
+    );
+    let file = write_config("cache", &yaml);
+    let run = || {
+        sluice()
+            .env("SLUICE_MODULE_CACHE", &cache)
+            .env("SLUICE_LOG", "sluice::wasm=debug")
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].to_string_lossy().ends_with(".cwasm"));
+
+    let second = run();
+    assert!(second.status.success());
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        log.contains("loaded precompiled module from the cache"),
+        "{log}"
+    );
+}
