@@ -72,7 +72,7 @@ fn per_request(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, &count| {
             b.iter(|| {
                 local.block_on(&runtime, async {
-                    let chain = Rc::new(RefCell::new(FilterChain::new(Rc::clone(&info))));
+                    let chain = Rc::new(RefCell::new(FilterChain::new(Rc::clone(&info), 1 << 20)));
                     chain.borrow_mut().extend(&plugins, &specs[..count]);
                     let pairs = sluice::wasm::request_pairs(&request, "http");
                     let pairs = sluice::wasm::request_headers(&chain, pairs, true, 0)

@@ -60,6 +60,10 @@ pub struct ListenerConfig {
     /// Close a downstream connection after this long without traffic; `0` never. [1h]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<ConfigDuration>,
+    /// Most body bytes a Wasm filter may hold while it pauses (buffers) a request or response;
+    /// more gets 413 (request) or a reset (response already started). [1MiB]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_buffer: Option<ByteSize>,
     /// Largest request head (request line + headers) accepted; larger gets 431. [60KiB]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_headers_size: Option<ByteSize>,

@@ -36,6 +36,7 @@ pub struct ListenerSnapshot {
     pub tcp_cluster: Option<Arc<Cluster>>,
     pub idle_timeout: Option<Duration>,
     pub max_request_headers_size: usize,
+    pub max_body_buffer: usize,
     pub stats: ListenerStats,
     /// Where requests that matched no route are counted (`route="none"`).
     pub unrouted: RouteStats,
@@ -117,6 +118,7 @@ impl Snapshot {
                 max_request_headers_size: listener
                     .max_request_headers_size
                     .map_or(60 * 1024, |s| s.0 as usize),
+                max_body_buffer: listener.max_body_buffer.map_or(1 << 20, |s| s.0 as usize),
                 stats: metrics.listener_stats(&listener.name),
                 unrouted: metrics.route_stats(&listener.name, "none", "none"),
             });

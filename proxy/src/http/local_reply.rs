@@ -24,6 +24,8 @@ pub enum Reason {
     WasmFailStream,
     /// A Wasm filter answered with `proxy_send_local_response`.
     FilterLocalReply,
+    /// A filter buffered more of the request body than `max_body_buffer`.
+    BodyTooLarge,
 }
 
 #[derive(Debug)]
@@ -47,6 +49,7 @@ impl Reason {
             Self::UpstreamTimeout => "upstream_timeout",
             Self::WasmFailStream => "wasm_fail_stream",
             Self::FilterLocalReply => "filter_local_reply",
+            Self::BodyTooLarge => "body_too_large",
         }
     }
 }
@@ -81,6 +84,14 @@ impl LocalReply {
     /// Envoy answers a fail-closed plugin failure with an empty 503; the reason header says why.
     pub fn wasm_fail_stream() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, Reason::WasmFailStream, "")
+    }
+
+    pub fn body_too_large(plugin: &str, limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::BodyTooLarge,
+            format!("the request body is larger than the {limit} bytes filter {plugin} may buffer"),
+        )
     }
 
     pub fn upstream_timeout(cluster: &str) -> Self {

@@ -106,7 +106,10 @@ impl Exchange<'_> {
                 route_name: None,
                 cluster_name: None,
             });
-            self.chain = Some(Rc::new(RefCell::new(FilterChain::new(info))));
+            self.chain = Some(Rc::new(RefCell::new(FilterChain::new(
+                info,
+                listener.max_body_buffer,
+            ))));
             if let Err(interruption) = self
                 .run_request_filters(&listener.filters, &mut parts, end_of_stream)
                 .await
@@ -319,6 +322,10 @@ impl Exchange<'_> {
                 self.finish_chain();
                 Err(Box::new(StreamClosedByFilter))
             }
+            Interruption::BodyTooLarge { plugin, limit } => {
+                self.local(stats, LocalReply::body_too_large(&plugin, limit))
+                    .await
+            }
         }
     }
 
@@ -375,7 +382,7 @@ impl Exchange<'_> {
                 self.finish_chain();
                 Ok(reply.into_response())
             }
-            Err(Interruption::Reset) => {
+            Err(Interruption::Reset) | Err(Interruption::BodyTooLarge { .. }) => {
                 self.finish_chain();
                 Err(Box::new(StreamClosedByFilter))
             }

@@ -29,6 +29,8 @@ pub enum Interruption {
     Failed { plugin: String },
     /// The guest closed the stream (`proxy_close_stream`).
     Reset,
+    /// A filter buffered more body than the listener's `max_body_buffer` allows.
+    BodyTooLarge { plugin: String, limit: usize },
 }
 
 /// What a body chunk turned into after the filters saw it.
@@ -56,6 +58,8 @@ struct ChainFilter {
 pub struct FilterChain {
     filters: Vec<ChainFilter>,
     info: Rc<StreamInfo>,
+    /// Most body bytes one filter may hold while it pauses.
+    buffer_limit: usize,
     /// A fail-closed failure while creating contexts, reported by `take_start_failure`.
     start_failure: Option<String>,
     /// Request headers as the upstream got them, for `on_log`.
@@ -76,10 +80,11 @@ enum Phase {
 // === impl FilterChain ===
 
 impl FilterChain {
-    pub fn new(info: Rc<StreamInfo>) -> Self {
+    pub fn new(info: Rc<StreamInfo>, buffer_limit: usize) -> Self {
         Self {
             filters: Vec::new(),
             info,
+            buffer_limit,
             start_failure: None,
             logged_request: None,
             logged_response: None,
@@ -292,6 +297,13 @@ impl FilterChain {
                 }
                 None => data,
             };
+            // Envoy's buffer limit: a filter may not make the proxy hold unbounded bodies.
+            if current.len() > self.buffer_limit {
+                return BodyStep::Interrupted(Interruption::BodyTooLarge {
+                    plugin: filter.slot.spec.info.name.clone(),
+                    limit: self.buffer_limit,
+                });
+            }
             let context = filter.context;
             let backup = filter.slot.spec.fail_open.then(|| current.clone());
             let mut local = None;

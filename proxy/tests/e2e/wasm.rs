@@ -206,6 +206,47 @@ async fn bodies_are_buffered_and_rewritten() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffering_past_the_limit_is_refused_with_413() {
+    let upstream = TestUpstream::start("app").await;
+    let yaml = wasm_config(&format!("[{}]", filter("body", "body", "")), "").replace(
+        "    address: 127.0.0.1:0\n",
+        "    address: 127.0.0.1:0\n    max_body_buffer: 64KiB\n",
+    );
+    let proxy = start_proxy(&yaml, &[&upstream]).await;
+    let large: Vec<u8> = std::iter::repeat_n(b'x', 300_000).collect();
+    let reply = send(
+        proxy.addr,
+        Request::post("/echo")
+            .body(Full::new(Bytes::from(large)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 413, "{}", reply.body);
+    assert_eq!(reply.header("x-sluice-reason"), Some("body_too_large"));
+    // The reply runs back through the filter's response phase, which notes what it saw.
+    assert!(
+        reply.body.starts_with(
+            "the request body is larger than the 65536 bytes filter body may buffer\n"
+        ),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.ends_with("-- seen by wasm: 71 bytes"),
+        "{}",
+        reply.body
+    );
+    let small = send(
+        proxy.addr,
+        Request::post("/echo")
+            .body(Full::new(Bytes::from_static(b"fits")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(small.status, 200);
+}
+
 fn hostile_config(extra: &str) -> String {
     wasm_config(&format!("[{}]", filter("hostile", "hostile", extra)), "")
 }
