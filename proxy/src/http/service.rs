@@ -265,10 +265,8 @@ impl Exchange<'_> {
         };
         let pairs = wasm::request_pairs(parts, self.conn.scheme);
         let pairs = wasm::request_headers(chain, pairs, end_of_stream, from).await?;
-        chain
-            .borrow_mut()
-            .remember_for_log(Some(pairs.clone()), None);
-        wasm::apply_request_pairs(parts, pairs);
+        wasm::apply_request_pairs(parts, &pairs);
+        chain.borrow_mut().remember_for_log(Some(pairs), None);
         Ok(())
     }
 
@@ -351,10 +349,8 @@ impl Exchange<'_> {
         let pairs = wasm::response_pairs(&parts);
         match wasm::response_headers(chain, pairs, end_of_stream, upto).await {
             Ok(pairs) => {
-                chain
-                    .borrow_mut()
-                    .remember_for_log(None, Some(pairs.clone()));
-                wasm::apply_response_pairs(&mut parts, pairs);
+                wasm::apply_response_pairs(&mut parts, &pairs);
+                chain.borrow_mut().remember_for_log(None, Some(pairs));
                 let body = FilteredBody::response(body, Rc::clone(chain), upto);
                 Ok(Response::from_parts(
                     parts,

@@ -512,12 +512,18 @@ impl FilterChain {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        for filter in &self.filters {
+        let last_live = self.filters.iter().rposition(|f| !f.skipped);
+        for (index, filter) in self.filters.iter().enumerate() {
             if filter.skipped {
                 continue;
             }
             let context = filter.context;
-            let (request, response) = (self.logged_request.clone(), self.logged_response.clone());
+            // Every filter's on_log sees the maps; the last one can have them without a copy.
+            let (request, response) = if Some(index) == last_live {
+                (self.logged_request.take(), self.logged_response.take())
+            } else {
+                (self.logged_request.clone(), self.logged_response.clone())
+            };
             let outcome = filter.slot.with_vm(filter.generation, |vm| {
                 if let Some(stream) = vm.stream(context) {
                     stream.request_headers.pairs = request;

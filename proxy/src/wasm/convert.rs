@@ -61,13 +61,13 @@ fn append_headers(pairs: &mut Vec<Pair>, headers: &HeaderMap) {
 
 /// Writes what the filters left back into the request: method, path (origin form),
 /// `:authority` as `Host`, and the headers.
-pub fn apply_request_pairs(parts: &mut request::Parts, pairs: Vec<Pair>) {
+pub fn apply_request_pairs(parts: &mut request::Parts, pairs: &[Pair]) {
     let mut headers = HeaderMap::with_capacity(pairs.len());
     let mut authority = None;
     for (name, value) in pairs {
         match name.as_str() {
             ":method" => {
-                if let Ok(method) = Method::from_bytes(&value) {
+                if let Ok(method) = Method::from_bytes(value) {
                     parts.method = method;
                 }
             }
@@ -78,24 +78,24 @@ pub fn apply_request_pairs(parts: &mut request::Parts, pairs: Vec<Pair>) {
             }
             ":authority" => authority = Some(value),
             ":scheme" => {}
-            _ => insert(&mut headers, &name, &value),
+            _ => insert(&mut headers, name, value),
         }
     }
     // `:authority` is what the filters see and may change; `Host` follows it.
     if let Some(host) = authority
         .filter(|a| !a.is_empty())
-        .and_then(|a| HeaderValue::from_bytes(&a).ok())
+        .and_then(|a| HeaderValue::from_bytes(a).ok())
     {
         headers.insert(http::header::HOST, host);
     }
     parts.headers = headers;
 }
 
-pub fn apply_response_pairs(parts: &mut response::Parts, pairs: Vec<Pair>) {
+pub fn apply_response_pairs(parts: &mut response::Parts, pairs: &[Pair]) {
     let mut headers = HeaderMap::with_capacity(pairs.len());
     for (name, value) in pairs {
         if name == ":status" {
-            if let Some(status) = std::str::from_utf8(&value)
+            if let Some(status) = std::str::from_utf8(value)
                 .ok()
                 .and_then(|s| s.parse::<u16>().ok())
                 .and_then(|s| StatusCode::from_u16(s).ok())
@@ -103,7 +103,7 @@ pub fn apply_response_pairs(parts: &mut response::Parts, pairs: Vec<Pair>) {
                 parts.status = status;
             }
         } else if !name.starts_with(':') {
-            insert(&mut headers, &name, &value);
+            insert(&mut headers, name, value);
         }
     }
     parts.headers = headers;
@@ -198,7 +198,7 @@ mod tests {
         pairs[1].1 = b"/rewritten".to_vec();
         pairs.push(("x-added".into(), b"yes".to_vec()));
         pairs.push(("bad name".into(), b"dropped".to_vec()));
-        apply_request_pairs(&mut parts, pairs);
+        apply_request_pairs(&mut parts, &pairs);
         assert_eq!(parts.uri, "/rewritten");
         assert_eq!(parts.method, Method::POST);
         assert_eq!(parts.headers["host"], "svc.local");

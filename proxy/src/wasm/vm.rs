@@ -154,13 +154,14 @@ impl PluginVm {
         params: P,
         callback: &'static str,
     ) -> Result<R, VmFailure> {
-        let contexts = &mut self.store.data_mut().contexts;
-        contexts.current = context;
-        contexts.effective = None;
-        self.store
-            .set_epoch_deadline(self.spec.callback_deadline_ticks);
-        func.call(&mut self.store, params)
-            .map_err(|error| VmFailure::from_error(callback, &error))
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            func,
+            context,
+            params,
+            callback,
+        )
     }
 
     /// Creates a stream context (`proxy_on_context_create(id, root)`).
@@ -170,11 +171,15 @@ impl PluginVm {
             .data_mut()
             .streams
             .insert(id, StreamState::new(info));
-        if let Some(create) = self.callbacks.context_create.clone() {
-            self.call(
-                &create,
+        if let Some(create) = &self.callbacks.context_create {
+            let ticks = self.spec.callback_deadline_ticks;
+            let params = (id as i32, self.root_id as i32);
+            invoke(
+                &mut self.store,
+                ticks,
+                create,
                 id,
-                (id as i32, self.root_id as i32),
+                params,
                 "proxy_on_context_create",
             )?;
         }
@@ -187,17 +192,16 @@ impl PluginVm {
         count: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let callback = self
-            .callbacks
-            .request_headers
-            .as_ref()
-            .map(clone_headers_callback);
-        self.headers(
-            callback,
+        let ticks = self.spec.callback_deadline_ticks;
+        let name = "proxy_on_request_headers";
+        headers(
+            &mut self.store,
+            ticks,
+            self.callbacks.request_headers.as_ref(),
             context,
             count,
             end_of_stream,
-            "proxy_on_request_headers",
+            name,
         )
     }
 
@@ -207,36 +211,17 @@ impl PluginVm {
         count: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let callback = self
-            .callbacks
-            .response_headers
-            .as_ref()
-            .map(clone_headers_callback);
-        self.headers(
-            callback,
+        let ticks = self.spec.callback_deadline_ticks;
+        let name = "proxy_on_response_headers";
+        headers(
+            &mut self.store,
+            ticks,
+            self.callbacks.response_headers.as_ref(),
             context,
             count,
             end_of_stream,
-            "proxy_on_response_headers",
+            name,
         )
-    }
-
-    fn headers(
-        &mut self,
-        callback: Option<HeadersCallback>,
-        context: u32,
-        count: usize,
-        end_of_stream: bool,
-        name: &'static str,
-    ) -> Result<i32, VmFailure> {
-        let (ctx, count, eos) = (context as i32, count as i32, i32::from(end_of_stream));
-        match callback {
-            Some(HeadersCallback::WithEndOfStream(f)) => {
-                self.call(&f, context, (ctx, count, eos), name)
-            }
-            Some(HeadersCallback::Legacy(f)) => self.call(&f, context, (ctx, count), name),
-            None => Ok(0),
-        }
     }
 
     pub fn on_request_body(
@@ -245,14 +230,7 @@ impl PluginVm {
         size: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let callback = self.callbacks.request_body.clone();
-        self.body(
-            callback,
-            context,
-            size,
-            end_of_stream,
-            "proxy_on_request_body",
-        )
+        self.body(false, context, size, end_of_stream)
     }
 
     pub fn on_response_body(
@@ -261,57 +239,62 @@ impl PluginVm {
         size: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let callback = self.callbacks.response_body.clone();
-        self.body(
-            callback,
-            context,
-            size,
-            end_of_stream,
-            "proxy_on_response_body",
-        )
+        self.body(true, context, size, end_of_stream)
     }
 
     fn body(
         &mut self,
-        callback: Option<TypedFunc<(i32, i32, i32), i32>>,
+        response: bool,
         context: u32,
         size: usize,
         end_of_stream: bool,
-        name: &'static str,
     ) -> Result<i32, VmFailure> {
-        match callback {
-            Some(f) => self.call(
-                &f,
-                context,
-                (context as i32, size as i32, i32::from(end_of_stream)),
-                name,
-            ),
-            None => Ok(0),
-        }
+        let (callback, name) = if response {
+            (&self.callbacks.response_body, "proxy_on_response_body")
+        } else {
+            (&self.callbacks.request_body, "proxy_on_request_body")
+        };
+        let Some(f) = callback else { return Ok(0) };
+        let params = (context as i32, size as i32, i32::from(end_of_stream));
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            f,
+            context,
+            params,
+            name,
+        )
     }
 
     pub fn on_request_trailers(&mut self, context: u32, count: usize) -> Result<i32, VmFailure> {
-        match self.callbacks.request_trailers.clone() {
-            Some(f) => self.call(
-                &f,
-                context,
-                (context as i32, count as i32),
-                "proxy_on_request_trailers",
-            ),
-            None => Ok(0),
-        }
+        self.trailers(false, context, count)
     }
 
     pub fn on_response_trailers(&mut self, context: u32, count: usize) -> Result<i32, VmFailure> {
-        match self.callbacks.response_trailers.clone() {
-            Some(f) => self.call(
-                &f,
-                context,
-                (context as i32, count as i32),
+        self.trailers(true, context, count)
+    }
+
+    fn trailers(&mut self, response: bool, context: u32, count: usize) -> Result<i32, VmFailure> {
+        let (callback, name) = if response {
+            (
+                &self.callbacks.response_trailers,
                 "proxy_on_response_trailers",
-            ),
-            None => Ok(0),
-        }
+            )
+        } else {
+            (
+                &self.callbacks.request_trailers,
+                "proxy_on_request_trailers",
+            )
+        };
+        let Some(f) = callback else { return Ok(0) };
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            f,
+            context,
+            (context as i32, count as i32),
+            name,
+        )
     }
 
     /// Ends a stream context the way Envoy does for HTTP: `on_log`, `on_done`, `on_delete`.
@@ -323,17 +306,19 @@ impl PluginVm {
             stream.response_trailers.writable = false;
             stream.request_trailers.pairs = None;
         }
+        let ticks = self.spec.callback_deadline_ticks;
+        let id = context as i32;
+        let store = &mut self.store;
         let outcome = (|| {
-            let id = context as i32;
-            if let Some(log) = self.callbacks.log.clone() {
-                self.call(&log, context, id, "proxy_on_log")?;
+            if let Some(log) = &self.callbacks.log {
+                invoke(store, ticks, log, context, id, "proxy_on_log")?;
             }
-            if let Some(done) = self.callbacks.done.clone() {
+            if let Some(done) = &self.callbacks.done {
                 // A stream's answer is not honoured (only roots may defer their deletion).
-                self.call(&done, context, id, "proxy_on_done")?;
+                invoke(store, ticks, done, context, id, "proxy_on_done")?;
             }
-            if let Some(delete) = self.callbacks.delete.clone() {
-                self.call(&delete, context, id, "proxy_on_delete")?;
+            if let Some(delete) = &self.callbacks.delete {
+                invoke(store, ticks, delete, context, id, "proxy_on_delete")?;
             }
             Ok(())
         })();
@@ -344,22 +329,34 @@ impl PluginVm {
     }
 
     pub fn on_tick(&mut self) -> Result<(), VmFailure> {
-        match self.callbacks.tick.clone() {
-            Some(f) => self.call(&f, self.root_id, self.root_id as i32, "proxy_on_tick"),
-            None => Ok(()),
-        }
+        let Some(f) = &self.callbacks.tick else {
+            return Ok(());
+        };
+        let root = self.root_id;
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            f,
+            root,
+            root as i32,
+            "proxy_on_tick",
+        )
     }
 
     pub fn on_queue_ready(&mut self, token: u32) -> Result<(), VmFailure> {
-        match self.callbacks.queue_ready.clone() {
-            Some(f) => self.call(
-                &f,
-                self.root_id,
-                (self.root_id as i32, token as i32),
-                "proxy_on_queue_ready",
-            ),
-            None => Ok(()),
-        }
+        let Some(f) = &self.callbacks.queue_ready else {
+            return Ok(());
+        };
+        let root = self.root_id;
+        let params = (root as i32, token as i32);
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            f,
+            root,
+            params,
+            "proxy_on_queue_ready",
+        )
     }
 
     /// The tick period if the guest changed it since the last look.
@@ -369,10 +366,42 @@ impl PluginVm {
     }
 }
 
-fn clone_headers_callback(callback: &HeadersCallback) -> HeadersCallback {
+/// Calls `func` on behalf of `context` with a fresh CPU deadline (the effective context resets
+/// at every entry, as in Envoy).
+fn invoke<P: WasmParams, R: WasmResults>(
+    store: &mut Store<HostState>,
+    deadline_ticks: u64,
+    func: &TypedFunc<P, R>,
+    context: u32,
+    params: P,
+    callback: &'static str,
+) -> Result<R, VmFailure> {
+    let contexts = &mut store.data_mut().contexts;
+    contexts.current = context;
+    contexts.effective = None;
+    store.set_epoch_deadline(deadline_ticks);
+    func.call(&mut *store, params)
+        .map_err(|error| VmFailure::from_error(callback, &error))
+}
+
+fn headers(
+    store: &mut Store<HostState>,
+    deadline_ticks: u64,
+    callback: Option<&HeadersCallback>,
+    context: u32,
+    count: usize,
+    end_of_stream: bool,
+    name: &'static str,
+) -> Result<i32, VmFailure> {
+    let (ctx, count, eos) = (context as i32, count as i32, i32::from(end_of_stream));
     match callback {
-        HeadersCallback::WithEndOfStream(f) => HeadersCallback::WithEndOfStream(f.clone()),
-        HeadersCallback::Legacy(f) => HeadersCallback::Legacy(f.clone()),
+        Some(HeadersCallback::WithEndOfStream(f)) => {
+            invoke(store, deadline_ticks, f, context, (ctx, count, eos), name)
+        }
+        Some(HeadersCallback::Legacy(f)) => {
+            invoke(store, deadline_ticks, f, context, (ctx, count), name)
+        }
+        None => Ok(0),
     }
 }
 

