@@ -239,9 +239,10 @@ sluice_wasm_filter() {
 # Envoy's Proxy-Wasm HTTP filter running module $2 in V8, the runtime the official builds ship,
 # as an entry of http_filters. $1 is the plugin name; optional: $3 vm_id (omitted when empty, as
 # Sluice's default is ""), $4 the plugin configuration as a StringValue (what Sluice's string
-# `config:` is; omitted when empty), $5 failure_policy (FAIL_OPEN...; omitted when empty, which
-# is Envoy's fail-closed default, so a module that does not load stops Envoy instead of being
-# skipped). root_id "" matches the Rust SDK's single root context.
+# `config:` is; omitted when empty), $5 failure_policy (FAIL_CLOSED, FAIL_OPEN, ...; or
+# `fail_open` for the deprecated `fail_open: true`; omitted when empty, which is Envoy's
+# fail-closed default, so a module that does not load stops Envoy instead of being skipped).
+# root_id "" matches the Rust SDK's single root context.
 envoy_wasm_filter() {
   cat <<EOF
                   - name: envoy.filters.http.wasm
@@ -256,7 +257,11 @@ EOF
                           "@type": type.googleapis.com/google.protobuf.StringValue
                           value: "$4"
 EOF
-  [[ -z ${5:-} ]] || echo "                        failure_policy: $5"
+  case ${5:-} in
+    "") ;;
+    fail_open) echo "                        fail_open: true" ;;
+    *) echo "                        failure_policy: $5" ;;
+  esac
   echo "                        vm_config:"
   [[ -z ${3:-} ]] || echo "                          vm_id: $3"
   cat <<EOF

@@ -3,7 +3,8 @@
 # (proxy/tests/fixtures) in Envoy (V8) and in Sluice, sends both the same requests, normalizes what
 # the client got and what the upstream received, and prints `| fixture | case | same? |` plus a
 # unified diff for every difference. Exit 0 if every case is the same (or differs exactly where
-# EXPECTED says it must), 1 otherwise. See benches/README.md, "envoy_diff.sh".
+# EXPECTED says it must), 1 otherwise, 2 if it could not compare (a tool missing, a proxy that
+# does not start). See benches/README.md, "envoy_diff.sh".
 #
 #   bash benches/envoy_diff.sh
 #   RUNS="headers body" KEEP_WORK=1 bash benches/envoy_diff.sh
@@ -11,6 +12,9 @@ set -euo pipefail
 
 # shellcheck source=benches/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# Exit 1 means "a case differs"; anything that stops the comparison itself exits 2.
+die() { log "error: $*"; exit 2; }
 
 # === knobs (environment; SKIP_INSTALL, SLUICE_BIN, ENVOY_BIN, PYTHON: see common.sh) ===
 RUNS=${RUNS:-}                      # a subset of the runs below, by name; empty: all
@@ -23,16 +27,22 @@ readonly CURL_TIMEOUT=10            # seconds, every request
 readonly BENCHES="$ROOT/benches"
 
 # One proxy process per run and proxy: a run is a fixture filter with its settings, and the
-# requests of its cases_<run> function (dashes as underscores), sent in order. Columns: run, fixture (its module is
-# fixture_<fixture>.wasm, and the filter is named after it, which the filter sees as
-# plugin_name), plugin config string (- for none), fail_open.
+# requests of its cases_<run> function (dashes as underscores), sent in order. Columns: run,
+# fixture (its module is fixture_<fixture>.wasm, and the filter is named after it, which the
+# filter sees as plugin_name), plugin config string (- for none), fail policy:
+#   closed       Sluice fail_open: false; Envoy failure_policy: FAIL_CLOSED (its default)
+#   open         Sluice fail_open: true;  Envoy failure_policy: FAIL_OPEN
+#   open-legacy  Sluice fail_open: true;  Envoy's deprecated fail_open: true, which differs from
+#                FAIL_OPEN on the request that traps (see the README)
 readonly ALL_RUNS=(
-  "headers      headers tag-a false"
-  "body         body    -     false"
-  "hostile      hostile -     false"
-  "hostile-open hostile -     true"
-  "pauser       pauser  -     false"
-  "bench        bench   -     false"
+  "headers             headers tag-a closed"
+  "body                body    -     closed"
+  "hostile             hostile -     closed"
+  "hostile-open        hostile -     open"
+  "hostile-open-legacy hostile -     open-legacy"
+  "hostile-memory      hostile -     closed"
+  "pauser              pauser  -     closed"
+  "bench               bench   -     closed"
 )
 
 # Cases that must differ, and why. A case listed here that comes out the same fails the run too,
@@ -40,6 +50,8 @@ readonly ALL_RUNS=(
 declare -A EXPECTED=(
   [hostile/after-panic]="A trap does not poison the plugin forever in Sluice: the request that trapped gets the fail policy, then the VM is rebuilt, so this request is served normally. Envoy's default keeps the failed VM and answers 503 to every later request (../shared/design/architecture.md, \"Where Sluice deliberately differs from Envoy 1.40\")."
   [hostile-open/bad-pointers-after-panic]="The same deliberate difference with fail_open: after the trap Sluice rebuilds the VM, so the filter runs again and sets x-log-status/x-map-status; Envoy's failed VM stays failed and fail-open skips the filter for every later request."
+  [hostile-open-legacy/bad-pointers-after-panic]="As hostile-open/bad-pointers-after-panic: Sluice rebuilds the trapped VM, Envoy skips the failed filter from then on."
+  [hostile-memory/hog]="Sluice caps each VM's linear memory (limits.memory, 256MiB by default; README, \"Wasm filters\"), so the 512MiB allocation traps and the request gets the fail-closed 503. Envoy sets no such cap on V8, so the allocation succeeds."
 )
 
 CUR_PORT=""                         # the port of the proxy taking requests
@@ -56,6 +68,9 @@ CASE_NO=0
 # x-wasm-saw-status.
 cases_headers() {
   req plain GET /plain
+  # The proxy's own headers: Envoy adds x-forwarded-proto and x-request-id before the filters
+  # run (so they count in x-wasm-header-count); sent by the client, both proxies keep them.
+  req client-request-id GET /plain -H 'x-request-id: client-id-1' -H 'x-forwarded-proto: http'
   req remove-header GET /remove -H 'x-wasm-remove-me: one' -H 'x-wasm-remove-me: two' -H 'x-keep-me: yes'
   req deny GET /deny
   req deny-with-body POST /deny/upload --data-binary @"$WORK/small.txt"
@@ -68,14 +83,13 @@ cases_headers() {
 
 # body: drops content-length both ways, upper-cases the whole request body (buffering it until
 # end of stream) and appends "-- seen by wasm: <n> bytes" to the whole response body. The upstream
-# answers with the request body alone (x-echo-reply: body), so the note counts the same bytes
-# behind both proxies.
+# answers with the request body alone (x-echo-reply: body): its usual listing shows the headers
+# each proxy adds, which would make the note count different bytes behind each proxy.
 cases_body() {
   req chunked POST /upper -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/small.txt"
   req content-length POST /upper -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
   req large-chunked POST /upper -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/large.txt"
   req empty-response GET /empty -H 'x-echo-reply: body'
-  req listing GET /listing
 }
 
 # hostile, fail closed: /panic traps (Rust panic), /bad-pointers hands the host pointers outside
@@ -89,10 +103,19 @@ cases_hostile() {
   req after-panic GET /after-panic
 }
 
-# hostile, fail open: the trapping request skips the filter and reaches the upstream.
+# hostile, fail open: the filter is skipped for the trapping request and, in Envoy, from then on.
 cases_hostile_open() {
   req panic GET /panic
   req bad-pointers-after-panic GET /bad-pointers
+}
+
+cases_hostile_open_legacy() { cases_hostile_open; }
+
+# hostile, fail closed: /hog allocates 512MiB. (/loop, which spins forever, is not sent: Envoy has
+# no per-callback CPU limit, so it would spin its only worker until killed.)
+cases_hostile_memory() {
+  req hog GET /hog
+  req after-hog GET /after-hog
 }
 
 # pauser: every request bumps a shared-data counter (x-hits) and enqueues an event whose
@@ -135,9 +158,12 @@ req() {
     -X "$method" "$@" -o "$raw" "http://$HOST:$CUR_PORT$path" || status=$?
   [[ -f $raw ]] || : >"$raw"
   after=$(upstream_count)
-  local shown="$method $path${*:+ $*}"
-  "$PYTHON" "$BENCHES/envoy_diff_normalize.py" "$raw" "$status" "$((after - before))" \
-    "${shown//"$WORK"\//}" >"$file.txt"
+  local arg shown="$method $path"
+  for arg; do
+    arg=${arg//"$WORK"\//}
+    if [[ $arg == *' '* ]]; then shown+=" '$arg'"; else shown+=" $arg"; fi
+  done
+  "$PYTHON" "$BENCHES/envoy_diff_normalize.py" "$raw" "$status" "$((after - before))" "$shown" >"$file.txt"
 }
 
 # Request bodies: a small one, and one of 256 KiB that arrives in many reads.
@@ -156,15 +182,17 @@ start_echo() {
 }
 
 # Starts proxy $1 (envoy|sluice) for a run: $2 run name, $3 fixture, $4 config (- none),
-# $5 fail_open. Leaves its pid in LAST_PID.
+# $5 fail policy (see ALL_RUNS). Leaves its pid in LAST_PID.
 start_proxy() {
-  local proxy=$1 run=$2 fixture=$3 config=$4 fail_open=$5 module conf log
+  local proxy=$1 run=$2 fixture=$3 config=$4 policy=$5 module conf log
   module=$(wasm_fixture_path "$fixture")
   [[ $config != - ]] || config=""
   conf="$WORK/$proxy-$run.yaml"
   log="$WORK/$proxy-$run.log"
   case $proxy in
     sluice)
+      local fail_open=false
+      [[ $policy == closed ]] || fail_open=true
       sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$ECHO_PORT" \
         "[$(sluice_wasm_filter "$fixture" "$module" "$config" "$fail_open")]" >"$conf"
       require_free_port "$SLUICE_PORT"
@@ -174,10 +202,15 @@ start_proxy() {
       CUR_PORT=$SLUICE_PORT
       ;;
     envoy)
-      local policy=FAIL_CLOSED
-      [[ $fail_open != true ]] || policy=FAIL_OPEN
+      local failure_policy
+      case $policy in
+        closed) failure_policy=FAIL_CLOSED ;;
+        open) failure_policy=FAIL_OPEN ;;
+        open-legacy) failure_policy=fail_open ;;
+        *) die "unknown fail policy '$policy'" ;;
+      esac
       envoy_config "$ENVOY_ADMIN_PORT" "$ENVOY_PORT" "$ECHO_PORT" \
-        "$(envoy_wasm_filter "$fixture" "$module" "" "$config" "$policy")" >"$conf"
+        "$(envoy_wasm_filter "$fixture" "$module" "" "$config" "$failure_policy")" >"$conf"
       require_free_port "$ENVOY_PORT"
       require_free_port "$ENVOY_ADMIN_PORT"
       # --disable-hot-restart: no shared-memory segment in /dev/shm, so no clash with another
@@ -193,11 +226,11 @@ start_proxy() {
 
 # Runs every case of run $2 through proxy $1, in a fresh proxy process.
 run_cases() {
-  local proxy=$1 run=$2 fixture config fail_open pid
-  read -r _ fixture config fail_open <<<"$(run_spec "$run")"
+  local proxy=$1 run=$2 fixture config policy pid
+  read -r _ fixture config policy <<<"$(run_spec "$run")"
   CUR_DIR="$WORK/out/$proxy/$run"
   mkdir -p "$CUR_DIR"
-  start_proxy "$proxy" "$run" "$fixture" "$config" "$fail_open"
+  start_proxy "$proxy" "$run" "$fixture" "$config" "$policy"
   pid=$LAST_PID
   CASE_NO=0
   "cases_${run//-/_}"
@@ -220,7 +253,12 @@ run_spec() {
 # Prints the table, then the diff of every case that differs, and returns 1 if any difference
 # was not expected or an expected one did not happen.
 report() {
-  local run file name key envoy sluice verdict failed=0 diffs=""
+  local run file name key envoy sluice verdict diffs="" same=0 expected=0 unexpected=0
+  echo "Normalized away in both (benches/README.md, \"envoy_diff.sh\"): date, server, connection,"
+  echo "keep-alive, content-length, transfer-encoding, x-forwarded-for, x-forwarded-proto, x-envoy-*,"
+  echo "x-sluice-*, UUIDs in x-request-id, the client port in x-wasm-source, the reason phrase;"
+  echo "header names lowercased."
+  echo
   echo "| fixture | case | same? |"
   echo "|---|---|---|"
   for run in "${SELECTED[@]}"; do
@@ -233,17 +271,19 @@ report() {
       if cmp -s "$envoy" "$sluice"; then
         if [[ -n ${EXPECTED[$key]:-} ]]; then
           verdict="**no: the same, but a difference is expected**"
-          failed=1
+          unexpected=$((unexpected + 1))
         else
           verdict="yes"
+          same=$((same + 1))
         fi
       else
         if [[ -n ${EXPECTED[$key]:-} ]]; then
           verdict="no, as expected"
+          expected=$((expected + 1))
           diffs+=$'\n'"### $key: differs as expected"$'\n\n'"${EXPECTED[$key]}"$'\n'
         else
           verdict="**NO**"
-          failed=1
+          unexpected=$((unexpected + 1))
           diffs+=$'\n'"### $key: UNEXPECTED difference"$'\n'
         fi
         diffs+=$'\n```diff\n'"$(diff -u --label "envoy $ENVOY_VERSION: $key" --label "sluice: $key" \
@@ -252,8 +292,10 @@ report() {
       echo "| $run | $name | $verdict |"
     done
   done
+  echo
+  echo "$((same + expected + unexpected)) cases: $same the same, $expected differ as expected, $unexpected unexpected"
   [[ -z $diffs ]] || printf '\n## Differences\n%s' "$diffs"
-  return "$failed"
+  ((unexpected == 0))
 }
 
 versions() {

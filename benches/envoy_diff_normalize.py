@@ -21,6 +21,7 @@ DROPPED = {
     "x-forwarded-for", "x-forwarded-proto",      # each proxy's forwarding policy
 }
 DROPPED_PREFIXES = ("x-envoy-", "x-sluice-")     # each proxy's own diagnostics
+UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I)
 BIG_BODY = 4096                                  # larger bodies are summarized
 
 CURL_EXITS = {
@@ -39,7 +40,7 @@ def normalize_header(name, value):
     if name in DROPPED or name.startswith(DROPPED_PREFIXES):
         return None
     if name == "x-request-id":
-        value = "<generated>"  # a fresh UUID per request; that it is there still counts
+        value = UUID.sub("<uuid>", value)  # a fresh one per request; that it is there still counts
     if name == "x-wasm-source":
         value = re.sub(r":\d+$", ":<client port>", value)  # an ephemeral port
     return name, value

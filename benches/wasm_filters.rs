@@ -27,6 +27,7 @@ fn load(name: &str, module: &std::path::Path, metrics: &Metrics) -> Arc<PluginSp
         std::path::Path::new("."),
         Some(metrics.wasm_families()),
         metrics.plugin_health(name),
+        Default::default(),
     )
     .unwrap()
 }
@@ -54,7 +55,7 @@ fn per_request(c: &mut Criterion) {
         .build()
         .unwrap();
     let local = tokio::task::LocalSet::new();
-    let plugins = WorkerPlugins::default();
+    let plugins = WorkerPlugins::new(Default::default());
     let request = request_parts();
     let response = http::Response::new(()).into_parts().0;
     let info = Rc::new(StreamInfo {

@@ -13,7 +13,7 @@ use super::model::{FilterConfig, ListenerProtocol, ProxyConfig};
 use crate::admin::{ListenerStats, Metrics, RouteStats};
 use crate::http::RouteTable;
 use crate::upstream::Cluster;
-use crate::wasm::PluginSpec;
+use crate::wasm::{Clusters, PluginSpec};
 
 pub struct Snapshot {
     pub version: u64,
@@ -56,11 +56,12 @@ impl Snapshot {
         let invalid =
             |path: String, reason: String| ConfigError::invalid(&loaded.file, path, reason);
 
-        let clusters: HashMap<String, Arc<Cluster>> = config
+        let clusters: Arc<HashMap<String, Arc<Cluster>>> = config
             .clusters
             .iter()
             .map(|c| (c.name.clone(), Cluster::new(c, Arc::clone(metrics))))
-            .collect();
+            .collect::<HashMap<_, _>>()
+            .into();
 
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (index, listener) in config.listeners.iter().enumerate() {
@@ -74,6 +75,7 @@ impl Snapshot {
                 &format!("{path}.filters"),
                 &listener.filters,
                 metrics,
+                &clusters,
             )?;
             let route_filters = listener
                 .routes
@@ -85,6 +87,7 @@ impl Snapshot {
                         &format!("{path}.routes[{r}].filters"),
                         &route.filters,
                         metrics,
+                        &clusters,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -194,6 +197,7 @@ fn load_filters(
     path: &str,
     filters: &[FilterConfig],
     metrics: &Arc<Metrics>,
+    clusters: &Clusters,
 ) -> Result<Vec<Arc<PluginSpec>>, ConfigError> {
     filters
         .iter()
@@ -204,6 +208,7 @@ fn load_filters(
                 loaded.base_dir(),
                 Some(metrics.wasm_families()),
                 metrics.plugin_health(&filter.name),
+                Arc::clone(clusters),
             )
             .map_err(|error| {
                 ConfigError::invalid(&loaded.file, format!("{path}[{index}]"), error.to_string())

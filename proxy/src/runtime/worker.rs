@@ -54,11 +54,12 @@ pub fn spawn_worker(
                     return;
                 }
             };
+            let pools = Rc::new(UpstreamPools::default());
             let context = Rc::new(WorkerContext {
                 id,
                 state,
-                pools: Rc::new(UpstreamPools::default()),
-                plugins: WorkerPlugins::default(),
+                plugins: WorkerPlugins::new(Rc::clone(&pools)),
+                pools,
             });
             LocalSet::new().block_on(
                 &runtime,

@@ -5,6 +5,7 @@
 
 mod body;
 mod build;
+mod callout;
 mod chain;
 mod convert;
 mod error;
@@ -22,6 +23,7 @@ mod worker;
 
 pub use body::FilteredBody;
 pub use build::build_wasm_workspace;
+pub use callout::Clusters;
 pub use chain::{FilterChain, Interruption, request_headers, response_headers};
 pub use convert::{
     apply_request_pairs, apply_response_pairs, local_response, request_pairs, response_pairs,

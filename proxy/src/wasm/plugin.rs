@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use wasmtime::{Engine, InstancePre, Linker, Module};
 
+use super::callout::Clusters;
 use super::error::WasmError;
 use super::hostcalls;
 use super::metrics::WasmMetricFamilies;
@@ -40,6 +41,8 @@ pub struct PluginSpec {
     pub start_deadline_ticks: u64,
     pub metric_families: Option<WasmMetricFamilies>,
     pub health: PluginHealth,
+    /// Where `proxy_http_call` may send (the clusters of the plugin's snapshot).
+    pub clusters: Clusters,
     _module: Arc<Module>,
 }
 
@@ -52,6 +55,7 @@ impl PluginSpec {
         base_dir: &Path,
         metric_families: Option<WasmMetricFamilies>,
         health: PluginHealth,
+        clusters: Clusters,
     ) -> Result<Arc<Self>, WasmError> {
         let runtime = WasmRuntime::global()?;
         let bytes = read_module(&filter.module, base_dir)?;
@@ -96,6 +100,7 @@ impl PluginSpec {
             start_deadline_ticks: callback_deadline_ticks.max(1000 / EPOCH_TICK.as_millis() as u64),
             metric_families,
             health,
+            clusters,
             _module: module,
         });
         spec.canary()?;

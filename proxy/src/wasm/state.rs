@@ -111,6 +111,16 @@ pub struct HostState {
     /// Where `proxy_on_queue_ready` notifications for queues this VM registered are sent
     /// (the VM's worker listens); `None` for a canary VM.
     pub queue_events: Option<tokio::sync::mpsc::UnboundedSender<u32>>,
+    /// The clusters `proxy_http_call` may target.
+    pub clusters: Option<super::callout::Clusters>,
+    /// Callout tokens are 4, 8, 12, … (low two bits 0 mark an HTTP call, as in cpp-host).
+    pub last_call_token: u32,
+    /// Callouts the guest asked for in the callback in progress, sent when it returns.
+    pub pending_calls: Vec<super::callout::PendingCall>,
+    /// The response being delivered by `proxy_on_http_call_response` (maps 6/7, buffer 4).
+    pub call_response: Option<super::callout::CallResponse>,
+    /// What `proxy_get_status` reports: the last callout's outcome.
+    pub call_status: (u32, Vec<u8>),
     /// Unsupported host calls already logged, so each is logged once per VM.
     pub logged_once: HashSet<&'static str>,
 }
@@ -180,6 +190,11 @@ impl HostState {
             metrics,
             root_done: false,
             queue_events: None,
+            clusters: None,
+            last_call_token: 0,
+            pending_calls: Vec::new(),
+            call_response: None,
+            call_status: (0, Vec::new()),
             logged_once: HashSet::new(),
         }
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use wasmtime::{Instance, Store, StoreLimitsBuilder, TypedFunc, WasmParams, WasmResults};
 
+use super::callout::{CallOutcome, PendingCall};
 use super::error::{FailureKind, VmFailure, WasmError};
 use super::metrics::VmMetrics;
 use super::plugin::PluginSpec;
@@ -20,6 +21,9 @@ enum HeadersCallback {
     WithEndOfStream(TypedFunc<(i32, i32, i32), i32>),
     Legacy(TypedFunc<(i32, i32), i32>),
 }
+
+/// `proxy_on_http_call_response(root_id, token, headers, body_size, trailers)`.
+type CallResponseCallback = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The guest's exported callbacks, resolved once. Absent ones mean "Continue" / no-op.
 struct Callbacks {
@@ -37,6 +41,7 @@ struct Callbacks {
     delete: Option<TypedFunc<i32, ()>>,
     tick: Option<TypedFunc<i32, ()>>,
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    http_call_response: Option<CallResponseCallback>,
 }
 
 pub struct PluginVm {
@@ -67,6 +72,7 @@ impl PluginVm {
         let metrics = VmMetrics::new(plugin, spec.metric_families.clone());
         let mut state = HostState::new(Arc::clone(&spec.info), spec.abi, limits, metrics);
         state.queue_events = queue_events;
+        state.clusters = Some(Arc::clone(&spec.clusters));
         let mut store = Store::new(spec.runtime_engine(), state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_trap();
@@ -359,6 +365,58 @@ impl PluginVm {
         )
     }
 
+    /// Callouts the guest asked for since the last look.
+    pub fn take_pending_calls(&mut self) -> Vec<PendingCall> {
+        std::mem::take(&mut self.store.data_mut().pending_calls)
+    }
+
+    /// Delivers a callout's outcome to the root context (`proxy_on_http_call_response`); the
+    /// response is readable only during the callback, as in Envoy.
+    pub fn on_http_call_response(
+        &mut self,
+        token: u32,
+        outcome: CallOutcome,
+    ) -> Result<(), VmFailure> {
+        let (counts, response, status) = match outcome {
+            CallOutcome::Response(response) => {
+                let counts = (
+                    response.headers.len(),
+                    response.body.len(),
+                    response.trailers.len(),
+                );
+                (counts, Some(response), (0, Vec::new()))
+            }
+            // Envoy reports a broken-off call with code 11 (BROKEN_CONNECTION) and "reset".
+            CallOutcome::Reset => ((0, 0, 0), None, (11, b"reset".to_vec())),
+        };
+        let state = self.store.data_mut();
+        state.call_response = response;
+        state.call_status = status;
+        let outcome = match &self.callbacks.http_call_response {
+            Some(f) => {
+                let root = self.root_id;
+                let params = (
+                    root as i32,
+                    token as i32,
+                    counts.0 as i32,
+                    counts.1 as i32,
+                    counts.2 as i32,
+                );
+                invoke(
+                    &mut self.store,
+                    self.spec.callback_deadline_ticks,
+                    f,
+                    root,
+                    params,
+                    "proxy_on_http_call_response",
+                )
+            }
+            None => Ok(()),
+        };
+        self.store.data_mut().call_response = None;
+        outcome
+    }
+
     /// The tick period if the guest changed it since the last look.
     pub fn take_tick_change(&mut self) -> Option<Option<std::time::Duration>> {
         let state = self.store.data_mut();
@@ -474,6 +532,7 @@ fn resolve_callbacks(
         delete: optional(store, instance, "proxy_on_delete")?,
         tick: optional(store, instance, "proxy_on_tick")?,
         queue_ready: optional(store, instance, "proxy_on_queue_ready")?,
+        http_call_response: optional(store, instance, "proxy_on_http_call_response")?,
     })
 }
 

@@ -12,22 +12,26 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::callout::perform;
 use super::error::VmFailure;
 use super::plugin::PluginSpec;
 use super::vm::PluginVm;
+use crate::upstream::UpstreamPools;
 
 /// Failures in a row before rebuilding backs off.
 const CRASH_LOOP_AFTER: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-#[derive(Default)]
 pub struct WorkerPlugins {
     by_spec: RefCell<HashMap<usize, Rc<WorkerVm>>>,
+    /// The worker's upstream connections, which callouts use too.
+    pools: Rc<UpstreamPools>,
 }
 
 /// A plugin's VM slot on one worker.
 pub struct WorkerVm {
     pub spec: Arc<PluginSpec>,
+    pools: Rc<UpstreamPools>,
     vm: RefCell<Option<PluginVm>>,
     /// Bumped on every rebuild: a stream context belongs to one generation.
     generation: Cell<u64>,
@@ -40,6 +44,13 @@ pub struct WorkerVm {
 // === impl WorkerPlugins ===
 
 impl WorkerPlugins {
+    pub fn new(pools: Rc<UpstreamPools>) -> Self {
+        Self {
+            by_spec: RefCell::default(),
+            pools,
+        }
+    }
+
     pub fn slot(&self, spec: &Arc<PluginSpec>) -> Rc<WorkerVm> {
         let key = Arc::as_ptr(spec) as usize;
         if let Some(slot) = self.by_spec.borrow().get(&key) {
@@ -51,6 +62,7 @@ impl WorkerPlugins {
         by_spec.retain(|_, slot| Arc::strong_count(&slot.spec) > 1);
         let slot = Rc::new(WorkerVm {
             spec: Arc::clone(spec),
+            pools: Rc::clone(&self.pools),
             vm: RefCell::new(None),
             generation: Cell::new(0),
             consecutive_failures: Cell::new(0),
@@ -174,8 +186,30 @@ impl WorkerVm {
         }
     }
 
-    /// After every guest call: re-arm the tick timer if the guest changed its period.
+    /// After every guest call: send the callouts it asked for, and re-arm the tick timer if the
+    /// guest changed its period.
     fn after_call(self: &Rc<Self>) {
+        let calls = self
+            .vm
+            .borrow_mut()
+            .as_mut()
+            .map(PluginVm::take_pending_calls)
+            .unwrap_or_default();
+        for call in calls {
+            let (slot, generation, pools) = (
+                Rc::downgrade(self),
+                self.generation.get(),
+                Rc::clone(&self.pools),
+            );
+            tokio::task::spawn_local(async move {
+                let token = call.token;
+                let outcome = perform(pools, call).await;
+                // The VM may have been rebuilt meanwhile: its successor never made this call.
+                if let Some(slot) = slot.upgrade() {
+                    let _ = slot.with_vm(generation, |vm| vm.on_http_call_response(token, outcome));
+                }
+            });
+        }
         let change = self
             .vm
             .borrow_mut()

@@ -448,3 +448,83 @@ async fn config_lists_each_plugin_with_its_digest() {
     assert_eq!(module["abi"], "0.2.1");
     assert_eq!(module["sha256"].as_str().unwrap().len(), 64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callouts_hold_the_request_until_the_answer() {
+    let (app, auth) = (
+        TestUpstream::start("app").await,
+        TestUpstream::start("auth").await,
+    );
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = wasm_config(&format!("[{}]", filter("authz", "callout", "")), "")
+        + &format!(
+            "  - name: auth\n    endpoints: [\"{{auth}}\"]\n  - name: dead\n    endpoints: [\"{dead}\"]\n"
+        );
+    let proxy = start_proxy(&yaml, &[&app, &auth]).await;
+    let ask = |headers: &[(&str, &str)]| {
+        let mut request = Request::get("/resource");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(proxy.addr, request.body(Full::default()).unwrap())
+    };
+
+    let allowed = ask(&[]).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(
+        allowed.echoed("x-auth-said"),
+        Some("GET /allow HTTP/1.1"),
+        "{}",
+        allowed.body
+    );
+    assert_eq!(auth.requests(), 1);
+
+    let denied = ask(&[("x-check-path", "/status/403")]).await;
+    assert_eq!(denied.status, 403);
+    assert_eq!(denied.body, "denied: auth answered 403: status\n");
+
+    // Upstream trouble arrives as the response Envoy's async client makes up.
+    let timeout = ask(&[
+        ("x-check-path", "/slow/3000"),
+        ("x-check-timeout-ms", "100"),
+    ])
+    .await;
+    assert_eq!(
+        (timeout.status.as_u16(), timeout.header("x-auth-status")),
+        (403, Some("504"))
+    );
+    assert!(
+        timeout.body.ends_with("upstream request timeout"),
+        "{}",
+        timeout.body
+    );
+    let unreachable = ask(&[("x-check-cluster", "dead")]).await;
+    assert_eq!(
+        unreachable.header("x-auth-status"),
+        Some("503"),
+        "{}",
+        unreachable.body
+    );
+
+    // An unknown cluster is BAD_ARGUMENT, which the SDK reports as an error.
+    let unknown = ask(&[("x-check-cluster", "nope")]).await;
+    assert_eq!(
+        (unknown.status.as_u16(), unknown.body.as_str()),
+        (500, "callout refused: BadArgument\n")
+    );
+
+    // A response that breaks off is a failed call: no headers, and get_status says reset.
+    let broken = ask(&[("x-check-path", "/die-mid-body")]).await;
+    assert_eq!(
+        (broken.status.as_u16(), broken.body.as_str()),
+        (502, "callout failed: 11 reset\n")
+    );
+    assert_eq!(
+        app.requests(),
+        1,
+        "only the allowed request reached the app"
+    );
+}

@@ -10,6 +10,7 @@ use crate::wasm::status::{AbiVersion, Status};
 
 const REQUEST_BODY: u32 = 0;
 const RESPONSE_BODY: u32 = 1;
+const HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const VM_CONFIGURATION: u32 = 6;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const MAX_BUFFER_TYPE: u32 = 8;
@@ -96,6 +97,11 @@ fn buffer(caller: &mut Caller<'_, HostState>, kind: u32) -> Result<Vec<u8>, Stat
             .acting_stream()
             .and_then(|s| s.response_body.clone())
             .unwrap_or_default()),
+        HTTP_CALL_RESPONSE_BODY => state
+            .call_response
+            .as_ref()
+            .map(|r| r.body.clone())
+            .ok_or(Status::NotFound),
         VM_CONFIGURATION if configs_exist => Ok(state.plugin.vm_config.clone()),
         PLUGIN_CONFIGURATION if configs_exist && state.in_configure => {
             Ok(state.plugin.plugin_config.clone())

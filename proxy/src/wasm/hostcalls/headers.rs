@@ -10,6 +10,8 @@ use crate::wasm::state::{HostState, MapSlot};
 use crate::wasm::status::{AbiVersion, Status};
 
 const MAX_MAP_TYPE: u32 = 7;
+const CALL_RESPONSE_HEADERS: u32 = 6;
+const CALL_RESPONSE_TRAILERS: u32 = 7;
 
 pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
@@ -147,6 +149,24 @@ fn with_map<T>(
     kind: u32,
     f: impl FnOnce(&mut MapSlot) -> Result<T, Status>,
 ) -> Result<T, Status> {
+    if kind == CALL_RESPONSE_HEADERS || kind == CALL_RESPONSE_TRAILERS {
+        // Readable from any context during `proxy_on_http_call_response`, never writable.
+        let response = caller
+            .data()
+            .call_response
+            .as_ref()
+            .ok_or(Status::BadArgument)?;
+        let pairs = if kind == CALL_RESPONSE_HEADERS {
+            &response.headers
+        } else {
+            &response.trailers
+        };
+        let mut slot = MapSlot {
+            pairs: Some(pairs.clone()),
+            writable: false,
+        };
+        return f(&mut slot);
+    }
     let stream = caller
         .data_mut()
         .acting_stream()

@@ -99,10 +99,10 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "env",
         "proxy_get_status",
         |mut caller: Caller<'_, HostState>, code_out: i32, ptr_out: i32, size_out: i32| {
-            // No callout has completed in this VM (callouts are not supported yet): status OK.
             let result: CallResult = (|| {
-                write_u32(&mut caller, code_out, 0)?;
-                return_bytes(&mut caller, &[], ptr_out, size_out)
+                let (code, message) = caller.data().call_status.clone();
+                write_u32(&mut caller, code_out, code)?;
+                return_bytes(&mut caller, &message, ptr_out, size_out)
             })();
             finish(result)
         },
