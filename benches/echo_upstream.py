@@ -20,6 +20,9 @@ Request headers steer the answer, so a case can exercise response paths:
   x-echo-reply: body               the answer's body is the request body alone (a fixed body that
                                    does not depend on the headers a proxy adds)
   x-echo-add: name=value           add this response header; repeat the header for more
+  x-echo-size: N                   the answer's body is N bytes of filler instead
+  x-echo-chunks: K                 send the body chunked, in K writes 20 ms apart (default: in
+                                   one write, with content-length)
 
 GET /__echo/count answers the number of requests served so far (itself not counted): the script
 asks it directly, not through a proxy, to tell whether a request reached the upstream.
@@ -27,9 +30,11 @@ asks it directly, not through a proxy, to tell whether a request reached the ups
 
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COUNT_PATH = "/__echo/count"
+FILLER = b"0123456789abcdef" * 4 + b"\n"  # x-echo-size bodies repeat this
 
 
 class Echo(BaseHTTPRequestHandler):
@@ -48,14 +53,17 @@ class Echo(BaseHTTPRequestHandler):
         headers.sort(key=lambda kv: kv[0])  # stable: repeated headers keep their order
         status = int(self.headers.get("x-echo-status", "200"))
         extra = [v.split("=", 1) for v in self.headers.get_all("x-echo-add", []) if "=" in v]
-        if self.headers.get("x-echo-reply", "") == "body":
+        if "x-echo-size" in self.headers:
+            size = int(self.headers["x-echo-size"])
+            payload = (FILLER * (size // len(FILLER) + 1))[:size]
+        elif self.headers.get("x-echo-reply", "") == "body":
             payload = body
         else:
             lines = ["echo: the upstream received", f"method: {self.command}", f"path: {self.path}"]
             lines += [f"header: {k}: {v}" for k, v in headers]
             lines += [f"body-bytes: {len(body)}", "body:"]
             payload = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape") + body
-        self.answer(status, extra, payload)
+        self.answer(status, extra, payload, int(self.headers.get("x-echo-chunks", "0")))
 
     def read_body(self):
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
@@ -71,14 +79,25 @@ class Echo(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length", "0") or "0")
         return self.rfile.read(length) if length else b""
 
-    def answer(self, status, extra, payload):
+    def answer(self, status, extra, payload, chunks=0):
         self.send_response(status)
         self.send_header("content-type", "text/plain; charset=utf-8")
         for name, value in extra:
             self.send_header(name, value)
-        self.send_header("content-length", str(len(payload)))
+        if chunks <= 0:
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        self.send_header("transfer-encoding", "chunked")
         self.end_headers()
-        self.wfile.write(payload)
+        step = -(-len(payload) // chunks) or 1
+        for start in range(0, len(payload), step):
+            piece = payload[start:start + step]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+            time.sleep(0.02)  # so the proxy reads the pieces apart
+        self.wfile.write(b"0\r\n\r\n")
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = handle_any
 

@@ -90,6 +90,11 @@ cases_body() {
   req content-length POST /upper -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
   req large-chunked POST /upper -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/large.txt"
   req empty-response GET /empty -H 'x-echo-reply: body'
+  req chunked-response GET /pieces -H 'x-echo-size: 600' -H 'x-echo-chunks: 3'
+  # Past the 1 MiB a filter may buffer (Envoy's per_connection_buffer_limit_bytes, Sluice's
+  # max_body_buffer): a request gets a 413; a response whose headers already left is reset.
+  req too-large-request POST /upper -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/2mib.txt"
+  req too-large-response GET /big -H 'x-echo-size: 2097152'
 }
 
 # hostile, fail closed: /panic traps (Rust panic), /bad-pointers hands the host pointers outside
@@ -166,11 +171,17 @@ req() {
   "$PYTHON" "$BENCHES/envoy_diff_normalize.py" "$raw" "$status" "$((after - before))" "$shown" >"$file.txt"
 }
 
-# Request bodies: a small one, and one of 256 KiB that arrives in many reads.
+# Request bodies: a small one, one of 260 KiB that arrives in many reads, and one of 2 MiB, past
+# what a filter may buffer.
 make_bodies() {
   printf 'hello, wasm body! 123\n' >"$WORK/small.txt"
-  awk 'BEGIN { for (i = 0; i < 4096; i++) printf "line %05d of the large request body, lower case for the filter.\n", i }' \
-    >"$WORK/large.txt"
+  lines 4096 >"$WORK/large.txt"
+  lines 32768 >"$WORK/2mib.txt"
+}
+
+# $1 lines of 65 bytes.
+lines() {
+  awk -v n="$1" 'BEGIN { for (i = 0; i < n; i++) printf "line %05d of the large request body, lower case for the filter.\n", i }'
 }
 
 # === servers ===

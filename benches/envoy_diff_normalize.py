@@ -109,7 +109,10 @@ def main():
             if kept is not None:
                 out.append(f"header: {kept[0]}: {kept[1]}")
         out.append("body:")
-        out.append(render_body(body)[:-1])  # it ends in a newline, which the join puts back
+        if curl_exit != "0":
+            out.append("(the transfer failed: how much of the body arrived is not compared)")
+        else:
+            out.append(render_body(body)[:-1])  # it ends in a newline, which the join puts back
     else:
         out.append("(no response)")
     out.append(f"upstream received: {upstream} request(s)")

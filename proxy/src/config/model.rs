@@ -48,7 +48,8 @@ pub struct ListenerConfig {
     pub address: String,
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// HTTP filter chain (Proxy-Wasm plugins), request phase in order, response in reverse.
+    /// Proxy-Wasm filters: on http listeners the HTTP chain (request phase in order, response in
+    /// reverse); on tcp listeners network filters (client data in order, upstream in reverse).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FilterConfig>,
     /// HTTP routes, first match wins.

@@ -150,12 +150,8 @@ impl Checker {
                 if !listener.routes.is_empty() {
                     self.problem(format!("{path}.routes"), "tcp listeners have no routes");
                 }
-                if !listener.filters.is_empty() {
-                    self.problem(
-                        format!("{path}.filters"),
-                        "tcp listeners take no HTTP filters",
-                    );
-                }
+                // On a tcp listener the filters are network filters (on_downstream_data, …).
+                self.filters(&format!("{path}.filters"), &listener.filters);
             }
         }
     }

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use crate::config::ListenerProtocol;
 use crate::http::{Activity, ConnectionSettings, DownstreamConn, serve_http};
 use crate::runtime::{ConnectionTracker, DrainWatch, WorkerContext};
-use crate::tcp::proxy_tcp;
+use crate::tcp::{NetworkFilters, proxy_tcp};
+use crate::wasm::StreamInfo;
 
 pub async fn accept_loop(
     worker: Rc<WorkerContext>,
@@ -46,14 +47,12 @@ pub async fn accept_loop(
         match listener.protocol {
             ListenerProtocol::Http => {
                 let drain = drain.clone();
-                static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 =
-                    std::sync::atomic::AtomicU64::new(1);
                 let conn = DownstreamConn {
                     worker: Rc::clone(&worker),
                     listener: listener_index,
                     peer,
                     local: stream.local_addr().unwrap_or(listener.address),
-                    id: NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    id: next_connection_id(),
                     scheme: "http",
                     activity: Activity::new(),
                 };
@@ -72,12 +71,34 @@ pub async fn accept_loop(
                     continue;
                 };
                 let idle_timeout = listener.idle_timeout;
+                let specs = listener.filters.clone();
+                let worker = Rc::clone(&worker);
+                let info = Rc::new(StreamInfo {
+                    connection_id: next_connection_id(),
+                    source: peer,
+                    destination: stream.local_addr().unwrap_or(listener.address),
+                    protocol: "",
+                    start: std::time::SystemTime::now(),
+                    route_name: None,
+                    cluster_name: Some(cluster.name.clone()),
+                });
                 tokio::task::spawn_local(async move {
-                    proxy_tcp(stream, peer, cluster, idle_timeout, &stats).await;
+                    let filters = NetworkFilters {
+                        specs: &specs,
+                        plugins: &worker.plugins,
+                        info,
+                    };
+                    proxy_tcp(stream, peer, cluster, idle_timeout, &stats, filters).await;
                     stats.connections_active.dec();
                     drop(tracked);
                 });
             }
         }
     }
+}
+
+/// A process-wide connection number (`connection.id` for filters).
+fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }

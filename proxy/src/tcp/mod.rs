@@ -3,4 +3,4 @@
 mod activity;
 mod proxy;
 
-pub use proxy::proxy_tcp;
+pub use proxy::{NetworkFilters, proxy_tcp};

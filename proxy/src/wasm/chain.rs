@@ -131,7 +131,7 @@ impl FilterChain {
                     response_buffer: None,
                 },
                 Err(failure) => {
-                    if let Err(plugin) = apply_fail_policy(spec, &failure)
+                    if let Err(plugin) = spec.apply_fail_policy(&failure)
                         && self.start_failure.is_none()
                     {
                         self.start_failure = Some(plugin);
@@ -261,7 +261,10 @@ impl FilterChain {
     fn fail(&mut self, index: usize, failure: &VmFailure) -> Result<(), Interruption> {
         let filter = &mut self.filters[index];
         filter.skipped = true;
-        apply_fail_policy(&filter.slot.spec, failure)
+        filter
+            .slot
+            .spec
+            .apply_fail_policy(failure)
             .map_err(|plugin| Interruption::Failed { plugin })
     }
 
@@ -609,18 +612,5 @@ fn missing_stream() -> VmFailure {
         callback: "stream",
         kind: super::error::FailureKind::Trap,
         message: "the stream context is gone".into(),
-    }
-}
-
-/// Counts the policy applied; `Err(plugin)` when the stream must fail closed.
-fn apply_fail_policy(spec: &PluginSpec, failure: &VmFailure) -> Result<(), String> {
-    if spec.fail_open {
-        spec.health.fail_open_applied.inc();
-        tracing::warn!(plugin = %spec.info.name, %failure, "plugin failed; fail_open skips it for this stream");
-        Ok(())
-    } else {
-        spec.health.fail_closed_applied.inc();
-        tracing::warn!(plugin = %spec.info.name, %failure, "plugin failed; the request gets 503 (fail closed)");
-        Err(spec.info.name.clone())
     }
 }

@@ -12,6 +12,7 @@ mod error;
 mod guest;
 mod hostcalls;
 mod metrics;
+mod network;
 mod pairs;
 mod plugin;
 mod runtime;
@@ -30,6 +31,7 @@ pub use convert::{
 };
 pub use error::{VmFailure, WasmError};
 pub use metrics::WasmMetricFamilies;
+pub use network::{NetStep, NetworkChain};
 pub use pairs::{Pair, decode as decode_pairs, encode_pairs};
 pub use plugin::{PluginHealth, PluginSpec};
 pub use runtime::MAX_MEMORY_LIMIT;

@@ -117,6 +117,20 @@ impl PluginSpec {
         self.instance_pre.module().engine()
     }
 
+    /// Applies the fail policy after `failure` and counts it: `Ok` when the filter is skipped
+    /// (fail open), `Err(plugin name)` when the stream or connection must fail (fail closed).
+    pub fn apply_fail_policy(&self, failure: &super::VmFailure) -> Result<(), String> {
+        if self.fail_open {
+            self.health.fail_open_applied.inc();
+            tracing::warn!(plugin = %self.info.name, %failure, "plugin failed; fail_open skips it for this stream");
+            Ok(())
+        } else {
+            self.health.fail_closed_applied.inc();
+            tracing::warn!(plugin = %self.info.name, %failure, "plugin failed; failing the stream (fail closed)");
+            Err(self.info.name.clone())
+        }
+    }
+
     pub fn is_crash_looping(&self) -> bool {
         self.health.crash_looping.load(Ordering::Relaxed) > 0
     }

@@ -67,6 +67,10 @@ pub struct StreamState {
     /// The body buffer of the callback in progress (or being accumulated while paused).
     pub request_body: Option<Vec<u8>>,
     pub response_body: Option<Vec<u8>>,
+    /// TCP data of the callback in progress (accumulated while a filter holds it).
+    pub downstream_data: Option<Vec<u8>>,
+    pub upstream_data: Option<Vec<u8>>,
+    pub continue_downstream: bool,
     pub response_code: Option<u16>,
     pub local_response: Option<LocalResponse>,
     pub continue_request: bool,
@@ -155,6 +159,9 @@ impl StreamState {
             response_trailers: MapSlot::default(),
             request_body: None,
             response_body: None,
+            downstream_data: None,
+            upstream_data: None,
+            continue_downstream: false,
             response_code: None,
             local_response: None,
             continue_request: false,

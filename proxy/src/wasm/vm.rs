@@ -42,6 +42,11 @@ struct Callbacks {
     tick: Option<TypedFunc<i32, ()>>,
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     http_call_response: Option<CallResponseCallback>,
+    new_connection: Option<TypedFunc<i32, i32>>,
+    downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    downstream_close: Option<TypedFunc<(i32, i32), ()>>,
+    upstream_close: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 pub struct PluginVm {
@@ -365,6 +370,98 @@ impl PluginVm {
         )
     }
 
+    pub fn on_new_connection(&mut self, context: u32) -> Result<i32, VmFailure> {
+        let Some(f) = &self.callbacks.new_connection else {
+            return Ok(0);
+        };
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            f,
+            context,
+            context as i32,
+            "proxy_on_new_connection",
+        )
+    }
+
+    /// TCP data one way: `downstream` is client → upstream (`proxy_on_downstream_data`).
+    pub fn on_data(
+        &mut self,
+        downstream: bool,
+        context: u32,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<i32, VmFailure> {
+        let (callback, name) = if downstream {
+            (&self.callbacks.downstream_data, "proxy_on_downstream_data")
+        } else {
+            (&self.callbacks.upstream_data, "proxy_on_upstream_data")
+        };
+        let Some(f) = callback else { return Ok(0) };
+        let params = (context as i32, size as i32, i32::from(end_of_stream));
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            f,
+            context,
+            params,
+            name,
+        )
+    }
+
+    /// A side of a TCP connection closed; `peer` is 0 unknown, 1 local, 2 remote.
+    pub fn on_connection_close(
+        &mut self,
+        downstream: bool,
+        context: u32,
+        peer: u32,
+    ) -> Result<(), VmFailure> {
+        let (callback, name) = if downstream {
+            (
+                &self.callbacks.downstream_close,
+                "proxy_on_downstream_connection_close",
+            )
+        } else {
+            (
+                &self.callbacks.upstream_close,
+                "proxy_on_upstream_connection_close",
+            )
+        };
+        let Some(f) = callback else { return Ok(()) };
+        invoke(
+            &mut self.store,
+            self.spec.callback_deadline_ticks,
+            f,
+            context,
+            (context as i32, peer as i32),
+            name,
+        )
+    }
+
+    /// Ends a TCP connection context in Envoy's order for network filters: `on_done`,
+    /// `on_log`, `on_delete`.
+    pub fn finish_connection(&mut self, context: u32) -> Result<(), VmFailure> {
+        let ticks = self.spec.callback_deadline_ticks;
+        let id = context as i32;
+        let store = &mut self.store;
+        let outcome = (|| {
+            if let Some(done) = &self.callbacks.done {
+                invoke(store, ticks, done, context, id, "proxy_on_done")?;
+            }
+            if let Some(log) = &self.callbacks.log {
+                invoke(store, ticks, log, context, id, "proxy_on_log")?;
+            }
+            if let Some(delete) = &self.callbacks.delete {
+                invoke(store, ticks, delete, context, id, "proxy_on_delete")?;
+            }
+            Ok(())
+        })();
+        let state = self.store.data_mut();
+        state.streams.remove(&context);
+        state.contexts.live.remove(&context);
+        outcome
+    }
+
     /// Callouts the guest asked for since the last look.
     pub fn take_pending_calls(&mut self) -> Vec<PendingCall> {
         std::mem::take(&mut self.store.data_mut().pending_calls)
@@ -533,6 +630,11 @@ fn resolve_callbacks(
         tick: optional(store, instance, "proxy_on_tick")?,
         queue_ready: optional(store, instance, "proxy_on_queue_ready")?,
         http_call_response: optional(store, instance, "proxy_on_http_call_response")?,
+        new_connection: optional(store, instance, "proxy_on_new_connection")?,
+        downstream_data: optional(store, instance, "proxy_on_downstream_data")?,
+        upstream_data: optional(store, instance, "proxy_on_upstream_data")?,
+        downstream_close: optional(store, instance, "proxy_on_downstream_connection_close")?,
+        upstream_close: optional(store, instance, "proxy_on_upstream_connection_close")?,
     })
 }
 

@@ -528,3 +528,95 @@ async fn callouts_hold_the_request_until_the_answer() {
         "only the allowed request reached the app"
     );
 }
+
+/// A tcp listener with the network fixture in front of an echo server.
+async fn network_proxy(extra: &str) -> TestProxy {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = echo.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    let yaml = format!(
+        "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    protocol: tcp\n    cluster: echo\n    filters: [{}]\nclusters:\n  - {{ name: echo, endpoints: [\"{echo_addr}\"] }}\n",
+        filter("shouter", "network", extra)
+    );
+    start_proxy(&yaml, &[]).await
+}
+
+async fn exchange(stream: &mut tokio::net::TcpStream, send: &[u8], expect: usize) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(send).await.unwrap();
+    let mut received = vec![0u8; expect];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut received))
+        .await
+        .expect("an answer")
+        .unwrap();
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_filters_see_and_rewrite_tcp_data() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = network_proxy("").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(&mut stream, b"hello", 5).await, b"HELLO");
+    // Held bytes accumulate: the filter sees "hold" and the next chunk together.
+    stream.write_all(b"hold").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        exchange(&mut stream, b"-release", 12).await,
+        b"HOLD-RELEASE"
+    );
+    // The upstream's answer can make the filter close the connection.
+    stream.write_all(b"close-me").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the filter closed the connection");
+    let metrics = eventually(Duration::from_secs(5), async || {
+        proxy
+            .metrics()
+            .await
+            .contains(r#"sluice_wasm_counter{name="closes",plugin="shouter"} 1"#)
+    })
+    .await;
+    assert!(metrics, "{}", proxy.metrics().await);
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains(r#"sluice_wasm_counter{name="connections",plugin="shouter"} 1"#)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_network_filter_closes_only_its_connection() {
+    use tokio::io::AsyncReadExt;
+    let proxy = network_proxy("").await;
+    let mut bystander = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(&mut bystander, b"before", 6).await, b"BEFORE");
+    let mut victim = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    victim.write_all(b"panic").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), victim.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok() && rest.is_empty(),
+        "fail closed: the connection ends, nothing forwarded"
+    );
+    let mut fresh = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(exchange(&mut fresh, b"after", 5).await, b"AFTER");
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains(r#"sluice_wasm_fail_policy_total{plugin="shouter",policy="closed"} 1"#)
+    );
+}

@@ -10,6 +10,8 @@ use crate::wasm::status::{AbiVersion, Status};
 
 const REQUEST_BODY: u32 = 0;
 const RESPONSE_BODY: u32 = 1;
+const DOWNSTREAM_DATA: u32 = 2;
+const UPSTREAM_DATA: u32 = 3;
 const HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const VM_CONFIGURATION: u32 = 6;
 const PLUGIN_CONFIGURATION: u32 = 7;
@@ -97,6 +99,14 @@ fn buffer(caller: &mut Caller<'_, HostState>, kind: u32) -> Result<Vec<u8>, Stat
             .acting_stream()
             .and_then(|s| s.response_body.clone())
             .unwrap_or_default()),
+        DOWNSTREAM_DATA => state
+            .acting_stream()
+            .and_then(|s| s.downstream_data.clone())
+            .ok_or(Status::NotFound),
+        UPSTREAM_DATA => state
+            .acting_stream()
+            .and_then(|s| s.upstream_data.clone())
+            .ok_or(Status::NotFound),
         HTTP_CALL_RESPONSE_BODY => state
             .call_response
             .as_ref()
@@ -146,6 +156,8 @@ fn set_bytes(
     let body = match kind {
         REQUEST_BODY => stream.request_body.as_mut(),
         RESPONSE_BODY => stream.response_body.as_mut(),
+        DOWNSTREAM_DATA => stream.downstream_data.as_mut(),
+        UPSTREAM_DATA => stream.upstream_data.as_mut(),
         _ => None,
     }
     .ok_or(Status::BadArgument)?;

@@ -124,7 +124,7 @@ fn continue_stream(caller: &mut Caller<'_, HostState>, kind: u32) -> CallResult 
     match kind {
         HTTP_REQUEST => stream.continue_request = true,
         HTTP_RESPONSE => stream.continue_response = true,
-        DOWNSTREAM => {}
+        DOWNSTREAM => stream.continue_downstream = true,
         _ => unreachable!("checked above"),
     }
     stream.resumed.notify_one();
