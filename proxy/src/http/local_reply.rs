@@ -86,11 +86,17 @@ impl LocalReply {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, Reason::WasmFailStream, "")
     }
 
+    /// Envoy's words for it; which filter and limit go to the log.
     pub fn body_too_large(plugin: &str, limit: usize) -> Self {
+        tracing::debug!(
+            plugin,
+            limit,
+            "a filter buffered more request body than max_body_buffer"
+        );
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BodyTooLarge,
-            format!("the request body is larger than the {limit} bytes filter {plugin} may buffer"),
+            "Payload Too Large",
         )
     }
 
@@ -134,18 +140,19 @@ impl LocalReply {
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
+        let has_body = !self.message.is_empty();
         let body = if self.message.is_empty() {
             ProxyBody::Empty
         } else {
-            ProxyBody::full(format!("{}\n", self.message))
+            // No trailing newline: Envoy's local replies have none, and filters may measure them.
+            ProxyBody::full(self.message)
         };
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        if has_body {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
         headers.insert(
             REASON_HEADER,
             HeaderValue::from_static(self.reason.as_str()),

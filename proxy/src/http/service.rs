@@ -95,6 +95,14 @@ impl Exchange<'_> {
         let listener = self.listener;
         let (mut parts, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
+        // What a hop does to every request happens before the filters, as in Envoy, so they
+        // see `x-request-id` and `x-forwarded-proto` and never hop-by-hop headers.
+        let upgrade = is_upgrade_request(parts.version, &parts.headers);
+        remove_hop_by_hop(&mut parts.headers, upgrade);
+        // hyper answers `100 Continue` itself when the body is first read, which is when the
+        // upstream connection is ready for it.
+        parts.headers.remove(header::EXPECT);
+        add_forwarding_headers(&mut parts.headers, self.conn.peer, self.conn.scheme);
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
             let info = Rc::new(StreamInfo {
@@ -144,12 +152,6 @@ impl Exchange<'_> {
         };
         let active = endpoint.begin_request();
 
-        let upgrade = is_upgrade_request(parts.version, &parts.headers);
-        remove_hop_by_hop(&mut parts.headers, upgrade);
-        // hyper answers `100 Continue` itself when the body is first read, which is when the
-        // upstream connection is ready for it.
-        parts.headers.remove(header::EXPECT);
-        add_forwarding_headers(&mut parts.headers, self.conn.peer, self.conn.scheme);
         let cluster = &target.cluster;
         shape_for_upstream(
             &mut parts.uri,
@@ -351,6 +353,11 @@ impl Exchange<'_> {
             Ok(pairs) => {
                 wasm::apply_response_pairs(&mut parts, &pairs);
                 chain.borrow_mut().remember_for_log(None, Some(pairs));
+                if end_of_stream {
+                    // No body follows the headers: no body callbacks, as in Envoy.
+                    self.finish_chain();
+                    return Ok(Response::from_parts(parts, body));
+                }
                 let body = FilteredBody::response(body, Rc::clone(chain), upto);
                 Ok(Response::from_parts(
                     parts,

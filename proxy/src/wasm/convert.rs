@@ -31,7 +31,14 @@ pub fn request_pairs(parts: &request::Parts, scheme: &str) -> Vec<Pair> {
         parts.method.as_str().as_bytes().to_vec(),
     ));
     pairs.push((":scheme".to_owned(), scheme.as_bytes().to_vec()));
-    append_headers(&mut pairs, &parts.headers);
+    // `Host` is `:authority`, as in Envoy's header map; it is written back from there.
+    pairs.extend(
+        parts
+            .headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST)
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec())),
+    );
     pairs
 }
 
@@ -138,6 +145,10 @@ fn insert(headers: &mut HeaderMap, name: &str, value: &[u8]) {
 pub fn local_response(local: LocalResponse) -> http::Response<ProxyBody> {
     let status = StatusCode::from_u16(local.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut headers = HeaderMap::new();
+    // The filter's headers first, then what the reply adds, as Envoy orders them.
+    for (name, value) in &local.headers {
+        insert(&mut headers, name, value);
+    }
     let body = if let Some(grpc_status) = local.grpc_status {
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -151,7 +162,7 @@ pub fn local_response(local: LocalResponse) -> http::Response<ProxyBody> {
         }
         ProxyBody::Empty
     } else {
-        if !local.body.is_empty() {
+        if !local.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
             headers.insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain"),
@@ -159,9 +170,6 @@ pub fn local_response(local: LocalResponse) -> http::Response<ProxyBody> {
         }
         ProxyBody::full(local.body)
     };
-    for (name, value) in local.headers {
-        insert(&mut headers, &name, &value);
-    }
     let mut response = http::Response::new(body);
     *response.status_mut() = if local.grpc_status.is_some() {
         StatusCode::OK

@@ -105,7 +105,7 @@ async fn endpoints_failing_health_checks_get_no_traffic() {
     assert!(none);
     let reply = get(proxy.addr, "/").await;
     assert_eq!(reply.header("x-sluice-reason"), Some("no_healthy_upstream"));
-    assert_eq!(reply.body, "no healthy endpoint in cluster backend\n");
+    assert_eq!(reply.body, "no healthy endpoint in cluster backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

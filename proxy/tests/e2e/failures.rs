@@ -24,7 +24,7 @@ async fn a_refused_connection_is_a_503_with_its_reason() {
     );
     assert_eq!(
         reply.body,
-        "could not connect to an endpoint of cluster backend\n"
+        "could not connect to an endpoint of cluster backend"
     );
     assert!(
         !reply.body.contains(&dead.to_string()),

@@ -198,19 +198,10 @@ fn with_writable(
     Ok(())
 }
 
-/// Envoy's `setCopy`: the first entry takes the new value in place, later duplicates go.
+/// Envoy's replace: every entry of the key goes, and the new value is appended at the end.
 fn replace(list: &mut Vec<Pair>, key: String, value: Vec<u8>) {
-    match list.iter().position(|(k, _)| *k == key) {
-        Some(first) => {
-            list[first].1 = value;
-            let mut index = 0;
-            list.retain(|(k, _)| {
-                index += 1;
-                index - 1 == first || *k != key
-            });
-        }
-        None => list.push((key, value)),
-    }
+    list.retain(|(k, _)| *k != key);
+    list.push((key, value));
 }
 
 fn get_value(
@@ -245,7 +236,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replace_keeps_the_first_position_and_drops_duplicates() {
+    fn replace_drops_every_entry_and_appends_as_envoy_does() {
         let mut list: Vec<Pair> = vec![
             ("a".into(), b"1".to_vec()),
             ("x".into(), b"old".to_vec()),
@@ -257,11 +248,9 @@ mod tests {
             list,
             vec![
                 ("a".into(), b"1".to_vec()),
-                ("x".into(), b"new".to_vec()),
-                ("b".into(), b"2".to_vec())
+                ("b".into(), b"2".to_vec()),
+                ("x".into(), b"new".to_vec())
             ]
         );
-        replace(&mut list, "y".into(), b"added".to_vec());
-        assert_eq!(list.last(), Some(&("y".to_owned(), b"added".to_vec())));
     }
 }
