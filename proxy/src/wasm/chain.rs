@@ -109,17 +109,7 @@ impl FilterChain {
     ) {
         for spec in specs {
             let slot = plugins.slot(spec);
-            let info = Rc::clone(&self.info);
-            let created = slot.ensure_started().and_then(|generation| {
-                slot.with_vm(generation, |vm| {
-                    let context = vm.create_stream(info)?;
-                    let resumed = vm
-                        .stream(context)
-                        .map(|s| Rc::clone(&s.resumed))
-                        .unwrap_or_default();
-                    Ok((generation, context, resumed))
-                })
-            });
+            let created = slot.open_context(Rc::clone(&self.info));
             let filter = match created {
                 Ok((generation, context, resumed)) => ChainFilter {
                     slot,

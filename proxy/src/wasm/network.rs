@@ -54,19 +54,13 @@ impl NetworkChain {
         };
         for spec in specs {
             let slot = plugins.slot(spec);
-            let info = Rc::clone(&info);
-            let started = slot.ensure_started().and_then(|generation| {
-                slot.with_vm(generation, |vm| {
-                    let context = vm.create_stream(info)?;
-                    let resumed = vm
-                        .stream(context)
-                        .map(|s| Rc::clone(&s.resumed))
-                        .unwrap_or_default();
-                    // A StopIteration here would only delay later filters' on_new_connection.
-                    vm.on_new_connection(context)?;
-                    Ok((generation, context, resumed))
-                })
-            });
+            let started =
+                slot.open_context(Rc::clone(&info))
+                    .and_then(|(generation, context, resumed)| {
+                        // A StopIteration here would only delay later filters' on_new_connection.
+                        slot.with_vm(generation, |vm| vm.on_new_connection(context))?;
+                        Ok((generation, context, resumed))
+                    });
             let (generation, context, resumed, skipped) = match started {
                 Ok((generation, context, resumed)) => (generation, context, resumed, false),
                 Err(failure) => {

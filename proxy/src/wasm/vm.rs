@@ -22,6 +22,14 @@ enum HeadersCallback {
     Legacy(TypedFunc<(i32, i32), i32>),
 }
 
+/// Envoy ends an HTTP stream's context log → done → delete, a TCP connection's done → log →
+/// delete.
+#[derive(Clone, Copy)]
+enum EndOrder {
+    Http,
+    Tcp,
+}
+
 /// `proxy_on_http_call_response(root_id, token, headers, body_size, trailers)`.
 type CallResponseCallback = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
@@ -317,26 +325,7 @@ impl PluginVm {
             stream.response_trailers.writable = false;
             stream.request_trailers.pairs = None;
         }
-        let ticks = self.spec.callback_deadline_ticks;
-        let id = context as i32;
-        let store = &mut self.store;
-        let outcome = (|| {
-            if let Some(log) = &self.callbacks.log {
-                invoke(store, ticks, log, context, id, "proxy_on_log")?;
-            }
-            if let Some(done) = &self.callbacks.done {
-                // A stream's answer is not honoured (only roots may defer their deletion).
-                invoke(store, ticks, done, context, id, "proxy_on_done")?;
-            }
-            if let Some(delete) = &self.callbacks.delete {
-                invoke(store, ticks, delete, context, id, "proxy_on_delete")?;
-            }
-            Ok(())
-        })();
-        let state = self.store.data_mut();
-        state.streams.remove(&context);
-        state.contexts.live.remove(&context);
-        outcome
+        self.end_context(context, EndOrder::Http)
     }
 
     pub fn on_tick(&mut self) -> Result<(), VmFailure> {
@@ -441,20 +430,38 @@ impl PluginVm {
     /// Ends a TCP connection context in Envoy's order for network filters: `on_done`,
     /// `on_log`, `on_delete`.
     pub fn finish_connection(&mut self, context: u32) -> Result<(), VmFailure> {
+        self.end_context(context, EndOrder::Tcp)
+    }
+
+    fn end_context(&mut self, context: u32, order: EndOrder) -> Result<(), VmFailure> {
         let ticks = self.spec.callback_deadline_ticks;
         let id = context as i32;
+        let callbacks = &self.callbacks;
+        let log = |store: &mut Store<HostState>| match &callbacks.log {
+            Some(f) => invoke(store, ticks, f, context, id, "proxy_on_log"),
+            None => Ok(()),
+        };
+        // A stream's answer to on_done is not honoured (only roots may defer their deletion).
+        let done = |store: &mut Store<HostState>| match &callbacks.done {
+            Some(f) => invoke(store, ticks, f, context, id, "proxy_on_done").map(drop),
+            None => Ok(()),
+        };
         let store = &mut self.store;
         let outcome = (|| {
-            if let Some(done) = &self.callbacks.done {
-                invoke(store, ticks, done, context, id, "proxy_on_done")?;
+            match order {
+                EndOrder::Http => {
+                    log(store)?;
+                    done(store)?;
+                }
+                EndOrder::Tcp => {
+                    done(store)?;
+                    log(store)?;
+                }
             }
-            if let Some(log) = &self.callbacks.log {
-                invoke(store, ticks, log, context, id, "proxy_on_log")?;
+            match &callbacks.delete {
+                Some(f) => invoke(store, ticks, f, context, id, "proxy_on_delete"),
+                None => Ok(()),
             }
-            if let Some(delete) = &self.callbacks.delete {
-                invoke(store, ticks, delete, context, id, "proxy_on_delete")?;
-            }
-            Ok(())
         })();
         let state = self.store.data_mut();
         state.streams.remove(&context);

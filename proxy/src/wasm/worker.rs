@@ -15,8 +15,10 @@ use tokio::time::Instant;
 use super::callout::perform;
 use super::error::VmFailure;
 use super::plugin::PluginSpec;
+use super::state::StreamInfo;
 use super::vm::PluginVm;
 use crate::upstream::UpstreamPools;
+use tokio::sync::Notify;
 
 /// Failures in a row before rebuilding backs off.
 const CRASH_LOOP_AFTER: u32 = 3;
@@ -108,6 +110,23 @@ impl WorkerVm {
                 Err(failure)
             }
         }
+    }
+
+    /// Starts the VM if needed and creates a stream context on it: the VM generation, the
+    /// context id, and the signal the context pokes when the guest resumes or answers.
+    pub fn open_context(
+        self: &Rc<Self>,
+        info: Rc<StreamInfo>,
+    ) -> Result<(u64, u32, Rc<Notify>), VmFailure> {
+        let generation = self.ensure_started()?;
+        self.with_vm(generation, |vm| {
+            let context = vm.create_stream(info)?;
+            let resumed = vm
+                .stream(context)
+                .map(|s| Rc::clone(&s.resumed))
+                .unwrap_or_default();
+            Ok((generation, context, resumed))
+        })
     }
 
     /// Runs `f` on the VM of generation `generation`; a failure destroys the VM.
