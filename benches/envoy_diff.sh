@@ -51,6 +51,7 @@ declare -A EXPECTED=(
   [hostile/after-panic]="A trap does not poison the plugin forever in Sluice: the request that trapped gets the fail policy, then the VM is rebuilt, so this request is served normally. Envoy's default keeps the failed VM and answers 503 to every later request (../shared/design/architecture.md, \"Where Sluice deliberately differs from Envoy 1.40\")."
   [hostile-open/bad-pointers-after-panic]="The same deliberate difference with fail_open: after the trap Sluice rebuilds the VM, so the filter runs again and sets x-log-status/x-map-status; Envoy's failed VM stays failed and fail-open skips the filter for every later request."
   [hostile-open-legacy/bad-pointers-after-panic]="As hostile-open/bad-pointers-after-panic: Sluice rebuilds the trapped VM, Envoy skips the failed filter from then on."
+  [hostile-open/panic]="Sluice's fail_open: true is Envoy's legacy fail_open field (the config contract's field), which lets the trapping request through; the hostile-open-legacy run shows Sluice matches it. Envoy's newer failure_policy: FAIL_OPEN, used in this run, still answers 503 to the request that trapped."
   [hostile-memory/hog]="Sluice caps each VM's linear memory (limits.memory, 256MiB by default; README, \"Wasm filters\"), so the 512MiB allocation traps and the request gets the fail-closed 503. Envoy sets no such cap on V8, so the allocation succeeds."
 )
 

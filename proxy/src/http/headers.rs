@@ -77,17 +77,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Adds what the upstream should learn about the client: `x-forwarded-for` (appended),
-/// `x-forwarded-proto` (kept when an earlier proxy set it), and an `x-request-id` when absent.
-pub fn add_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
-    let peer_ip = peer.ip().to_string();
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {peer_ip}"),
-        None => peer_ip,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
+/// Identifies the request before anyone sees it: `x-forwarded-proto` (kept when an earlier
+/// proxy set it) and an `x-request-id` when absent. Envoy adds both before its filters run.
+pub fn add_request_identity(headers: &mut HeaderMap, scheme: &'static str) {
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
     }
@@ -95,6 +87,19 @@ pub fn add_forwarding_headers(headers: &mut HeaderMap, peer: SocketAddr, scheme:
         && let Ok(value) = HeaderValue::from_str(&new_request_id())
     {
         headers.insert(X_REQUEST_ID, value);
+    }
+}
+
+/// Appends the client to `x-forwarded-for` on the way to the upstream (after the filters, so
+/// they see the headers Envoy's filters see).
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let peer_ip = peer.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
 }
 
@@ -204,7 +209,8 @@ mod tests {
             ("x-forwarded-for", "192.0.2.1"),
             ("x-forwarded-proto", "https"),
         ]);
-        add_forwarding_headers(&mut map, peer, "http");
+        add_request_identity(&mut map, "http");
+        append_forwarded_for(&mut map, peer);
         assert_eq!(map["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
         assert_eq!(map["x-forwarded-proto"], "https");
         let id = map["x-request-id"].to_str().unwrap().to_owned();
@@ -212,7 +218,7 @@ mod tests {
         assert_eq!(&id[14..15], "4", "version 4 UUID: {id}");
 
         let mut kept = headers(&[("x-request-id", "abc")]);
-        add_forwarding_headers(&mut kept, peer, "http");
+        add_request_identity(&mut kept, "http");
         assert_eq!(kept["x-request-id"], "abc");
         assert_eq!(kept["x-forwarded-proto"], "http");
     }

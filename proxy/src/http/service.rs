@@ -17,7 +17,8 @@ use super::body::{BoxError, Completion, ProxyBody, UpstreamBody};
 use super::connection::DownstreamConn;
 use super::deadline::request_deadline;
 use super::headers::{
-    add_forwarding_headers, is_upgrade_request, remove_hop_by_hop, shape_for_upstream,
+    add_request_identity, append_forwarded_for, is_upgrade_request, remove_hop_by_hop,
+    shape_for_upstream,
 };
 use super::local_reply::{LocalReply, Reason};
 use super::upgrade::spawn_tunnel;
@@ -102,7 +103,7 @@ impl Exchange<'_> {
         // hyper answers `100 Continue` itself when the body is first read, which is when the
         // upstream connection is ready for it.
         parts.headers.remove(header::EXPECT);
-        add_forwarding_headers(&mut parts.headers, self.conn.peer, self.conn.scheme);
+        add_request_identity(&mut parts.headers, self.conn.scheme);
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
             let info = Rc::new(StreamInfo {
@@ -152,6 +153,7 @@ impl Exchange<'_> {
         };
         let active = endpoint.begin_request();
 
+        append_forwarded_for(&mut parts.headers, self.conn.peer);
         let cluster = &target.cluster;
         shape_for_upstream(
             &mut parts.uri,
