@@ -8,6 +8,16 @@ use std::process::Command;
 /// into `target_dir` (kept apart from the caller's own target dir, so a `cargo test` build
 /// lock is never contended) and returns the folder holding the `.wasm` files.
 pub fn build_wasm_workspace(manifest: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    build_wasm_workspace_for(manifest, target_dir, "wasm32-wasip1")
+}
+
+/// As [`build_wasm_workspace`], for another wasm target (`wasm32-unknown-unknown` for SDKs
+/// made before WASI).
+pub fn build_wasm_workspace_for(
+    manifest: &Path,
+    target_dir: &Path,
+    target: &str,
+) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -15,7 +25,7 @@ pub fn build_wasm_workspace(manifest: &Path, target_dir: &Path) -> Result<PathBu
             "--release",
             "--locked",
             "--target",
-            "wasm32-wasip1",
+            target,
             "--manifest-path",
         ])
         .arg(manifest)
@@ -25,10 +35,10 @@ pub fn build_wasm_workspace(manifest: &Path, target_dir: &Path) -> Result<PathBu
         .map_err(|e| format!("cannot run cargo to build {}: {e}", manifest.display()))?;
     if !output.status.success() {
         return Err(format!(
-            "building {} for wasm32-wasip1 failed (is the target installed? `rustup target add wasm32-wasip1`):\n{}",
+            "building {} for {target} failed (is the target installed? `rustup target add {target}`):\n{}",
             manifest.display(),
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(target_dir.join("wasm32-wasip1/release"))
+    Ok(target_dir.join(target).join("release"))
 }

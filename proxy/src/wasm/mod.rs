@@ -23,7 +23,7 @@ mod vm;
 mod worker;
 
 pub use body::FilteredBody;
-pub use build::build_wasm_workspace;
+pub use build::{build_wasm_workspace, build_wasm_workspace_for};
 pub use callout::Clusters;
 pub use chain::{FilterChain, Interruption, request_headers, response_headers};
 pub use convert::{

@@ -609,3 +609,21 @@ async fn a_failing_network_filter_closes_only_its_connection() {
             .contains(r#"sluice_wasm_fail_policy_total{plugin="shouter",policy="closed"} 1"#)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abi_0_1_0_modules_run() {
+    let upstream = TestUpstream::start("app").await;
+    let legacy = format!(
+        "[{{ name: legacy, module: \"{}\" }}]",
+        legacy_fixture().display()
+    );
+    let proxy = start_proxy(&wasm_config(&legacy, ""), &[&upstream]).await;
+    let reply = get(proxy.addr, "/old").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.echoed("x-legacy-method"), Some("GET"));
+    // In 0.1.0 a missing header is OK and empty; the 0.1 SDK reads that as None.
+    assert_eq!(reply.echoed("x-legacy-missing"), Some("None"));
+    let json: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin, "/config").await.body).unwrap();
+    assert_eq!(json["modules"][0]["abi"], "0.1.0");
+}

@@ -1,24 +1,39 @@
-//! The Proxy-Wasm fixture filters in `proxy/tests/fixtures`, built for wasm32-wasip1 on first
-//! use (once per test process).
+//! The Proxy-Wasm fixture filters, built on first use (once per test process per workspace).
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The path of fixture `name` (`headers`, `body`, `hostile`, `pauser`, `bench`).
+/// The path of fixture `name` in `proxy/tests/fixtures` (`headers`, `body`, `hostile`,
+/// `pauser`, `bench`, `callout`, `network`), built for wasm32-wasip1.
 pub fn fixture(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = BUILT
-        .get_or_init(|| {
-            let proxy_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let target_root = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| proxy_dir.join("../target"));
-            sluice::wasm::build_wasm_workspace(
-                &proxy_dir.join("tests/fixtures/Cargo.toml"),
-                &target_root.join("wasm-fixtures"),
-            )
-        })
-        .as_ref()
-        .unwrap_or_else(|e| panic!("{e}"));
-    dir.join(format!("fixture_{name}.wasm"))
+    built(&BUILT, "fixtures", "wasm32-wasip1").join(format!("fixture_{name}.wasm"))
+}
+
+/// The ABI 0.1.0 fixture (`proxy/tests/fixtures-legacy`), built for wasm32-unknown-unknown as
+/// the SDK's 0.1 line expects.
+pub fn legacy_fixture() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    built(&BUILT, "fixtures-legacy", "wasm32-unknown-unknown").join("fixture_legacy.wasm")
+}
+
+fn built(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    workspace: &str,
+    target: &str,
+) -> PathBuf {
+    cell.get_or_init(|| {
+        let proxy_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let target_root = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| proxy_dir.join("../target"));
+        let manifest = proxy_dir.join("tests").join(workspace).join("Cargo.toml");
+        sluice::wasm::build_wasm_workspace_for(
+            &manifest,
+            &target_root.join(format!("wasm-{workspace}")),
+            target,
+        )
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
 }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use client::*;
-pub use fixtures::fixture;
+pub use fixtures::{fixture, legacy_fixture};
 use sluice::RunningProxy;
 pub use upstream::TestUpstream;
 
