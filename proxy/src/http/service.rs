@@ -258,6 +258,9 @@ impl Exchange<'_> {
         let Some(chain) = &self.chain else {
             return Ok(());
         };
+        if specs.is_empty() {
+            return Ok(());
+        }
         let from = {
             let mut chain = chain.borrow_mut();
             let from = chain.len();
@@ -347,6 +350,10 @@ impl Exchange<'_> {
         let Some(chain) = &self.chain else {
             return Ok(response);
         };
+        // Only other routes have filters: nothing to run, nothing to convert.
+        if chain.borrow().is_empty() {
+            return Ok(response);
+        }
         let (mut parts, body) = response.into_parts();
         let end_of_stream = body.is_end_stream();
         chain.borrow_mut().set_response_code(parts.status.as_u16());
