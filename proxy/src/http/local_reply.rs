@@ -26,6 +26,8 @@ pub enum Reason {
     FilterLocalReply,
     /// A filter buffered more of the request body than `max_body_buffer`.
     BodyTooLarge,
+    /// A filter paused the request and did not resume it within the stream idle timeout.
+    StreamIdleTimeout,
 }
 
 #[derive(Debug)]
@@ -50,6 +52,7 @@ impl Reason {
             Self::WasmFailStream => "wasm_fail_stream",
             Self::FilterLocalReply => "filter_local_reply",
             Self::BodyTooLarge => "body_too_large",
+            Self::StreamIdleTimeout => "stream_idle_timeout",
         }
     }
 }
@@ -97,6 +100,15 @@ impl LocalReply {
             StatusCode::PAYLOAD_TOO_LARGE,
             Reason::BodyTooLarge,
             "Payload Too Large",
+        )
+    }
+
+    /// Envoy's stream idle timeout answer.
+    pub fn stream_idle_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Reason::StreamIdleTimeout,
+            "stream timeout",
         )
     }
 

@@ -14,6 +14,8 @@ use crate::wasm::PluginSpec;
 
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Whether any route has filters of its own (asked on every request).
+    any_filters: bool,
 }
 
 pub struct Route {
@@ -118,12 +120,16 @@ impl RouteTable {
                 name,
             });
         }
-        Ok(Self { routes: compiled })
+        let any_filters = compiled.iter().any(|r| !r.filters.is_empty());
+        Ok(Self {
+            routes: compiled,
+            any_filters,
+        })
     }
 
     /// Whether any route has filters of its own.
     pub fn has_filters(&self) -> bool {
-        self.routes.iter().any(|r| !r.filters.is_empty())
+        self.any_filters
     }
 
     pub fn routes(&self) -> impl Iterator<Item = &Route> {

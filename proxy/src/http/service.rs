@@ -55,6 +55,10 @@ struct StreamClosedByFilter;
 
 type Chain = Rc<RefCell<FilterChain>>;
 
+/// How long a listener filter may hold a request paused before a route (and its
+/// `idle_timeout`) is known: Envoy's default stream idle timeout.
+const IDLE_BEFORE_ROUTE: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// hyper's service entry point for every downstream request.
 pub async fn handle(
     conn: Rc<DownstreamConn>,
@@ -120,7 +124,12 @@ impl Exchange<'_> {
                 listener.max_body_buffer,
             ))));
             if let Err(interruption) = self
-                .run_request_filters(&listener.filters, &mut parts, end_of_stream)
+                .run_request_filters(
+                    &listener.filters,
+                    &mut parts,
+                    end_of_stream,
+                    Some(IDLE_BEFORE_ROUTE),
+                )
                 .await
             {
                 return self.interrupted(&listener.unrouted, interruption).await;
@@ -137,7 +146,12 @@ impl Exchange<'_> {
         let target = route.pick_target();
         if !route.filters.is_empty()
             && let Err(interruption) = self
-                .run_request_filters(&route.filters, &mut parts, end_of_stream)
+                .run_request_filters(
+                    &route.filters,
+                    &mut parts,
+                    end_of_stream,
+                    route.idle_timeout,
+                )
                 .await
         {
             return self.interrupted(&target.stats, interruption).await;
@@ -249,11 +263,14 @@ impl Exchange<'_> {
     }
 
     /// Request headers through `specs` (appended to the chain), written back into `parts`.
+    /// A filter that pauses the request gets `idle` to resume it, as Envoy's stream idle
+    /// timeout allows.
     async fn run_request_filters(
         &self,
         specs: &[std::sync::Arc<wasm::PluginSpec>],
         parts: &mut http::request::Parts,
         end_of_stream: bool,
+        idle: Option<std::time::Duration>,
     ) -> Result<(), Interruption> {
         let Some(chain) = &self.chain else {
             return Ok(());
@@ -271,7 +288,13 @@ impl Exchange<'_> {
             from
         };
         let pairs = wasm::request_pairs(parts, self.conn.scheme);
-        let pairs = wasm::request_headers(chain, pairs, end_of_stream, from).await?;
+        let filtering = wasm::request_headers(chain, pairs, end_of_stream, from);
+        let pairs = match idle {
+            Some(idle) => tokio::time::timeout(idle, filtering)
+                .await
+                .map_err(|_elapsed| Interruption::TimedOut)??,
+            None => filtering.await?,
+        };
         wasm::apply_request_pairs(parts, &pairs);
         chain.borrow_mut().remember_for_log(Some(pairs), None);
         Ok(())
@@ -327,6 +350,7 @@ impl Exchange<'_> {
                 self.finish_chain();
                 Err(Box::new(StreamClosedByFilter))
             }
+            Interruption::TimedOut => self.local(stats, LocalReply::stream_idle_timeout()).await,
             Interruption::BodyTooLarge { plugin, limit } => {
                 self.local(stats, LocalReply::body_too_large(&plugin, limit))
                     .await
@@ -394,7 +418,9 @@ impl Exchange<'_> {
                 self.finish_chain();
                 Ok(reply.into_response())
             }
-            Err(Interruption::Reset) | Err(Interruption::BodyTooLarge { .. }) => {
+            Err(
+                Interruption::Reset | Interruption::BodyTooLarge { .. } | Interruption::TimedOut,
+            ) => {
                 self.finish_chain();
                 Err(Box::new(StreamClosedByFilter))
             }

@@ -31,6 +31,8 @@ pub enum Interruption {
     Reset,
     /// A filter buffered more body than the listener's `max_body_buffer` allows.
     BodyTooLarge { plugin: String, limit: usize },
+    /// The pipeline gave up waiting for a paused filter (the stream idle timeout).
+    TimedOut,
 }
 
 /// What a body chunk turned into after the filters saw it.

@@ -627,3 +627,28 @@ async fn abi_0_1_0_modules_run() {
         serde_json::from_str(&get(proxy.admin, "/config").await.body).unwrap();
     assert_eq!(json["modules"][0]["abi"], "0.1.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_never_resumes_meets_the_stream_idle_timeout() {
+    let (app, auth) = (
+        TestUpstream::start("app").await,
+        TestUpstream::start("auth").await,
+    );
+    let route = format!(
+        "      - match: {{ prefix: /held }}\n        cluster: backend\n        idle_timeout: 200ms\n        filters: [{}]\n",
+        filter("authz", "callout", "")
+    );
+    let yaml = wasm_config("[]", &route) + "  - name: auth\n    endpoints: [\"{auth}\"]\n";
+    let proxy = start_proxy(&yaml, &[&app, &auth]).await;
+    let request = Request::get("/held")
+        .header("x-check-path", "/slow/3000")
+        .header("x-check-timeout-ms", "10000")
+        .body(Full::default())
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(2), send(proxy.addr, request))
+        .await
+        .expect("the idle timeout answers long before the callout does");
+    assert_eq!(reply.status, 408);
+    assert_eq!(reply.header("x-sluice-reason"), Some("stream_idle_timeout"));
+    assert_eq!(app.requests(), 0);
+}
