@@ -652,3 +652,27 @@ async fn a_filter_that_never_resumes_meets_the_stream_idle_timeout() {
     assert_eq!(reply.header("x-sluice-reason"), Some("stream_idle_timeout"));
     assert_eq!(app.requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_pass_filters_with_authority_from_the_uri() {
+    let upstream = TestUpstream::start("app").await;
+    let filters = format!("[{}]", filter("first", "headers", ", config: h2"));
+    let proxy = start_proxy(&wasm_config(&filters, ""), &[&upstream]).await;
+    let request = Request::get("http://svc.example/over-h2")
+        .body(Full::default())
+        .unwrap();
+    let reply = send_h2(proxy.addr, request).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply.body.starts_with("GET /over-h2 HTTP/1.1\n"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        reply.echoed("host"),
+        Some("svc.example"),
+        ":authority reaches the upstream as Host"
+    );
+    assert_eq!(reply.echoed("x-wasm-order"), Some("h2"));
+    assert_eq!(reply.header("x-wasm-tag"), Some("h2"));
+}
