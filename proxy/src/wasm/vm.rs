@@ -22,6 +22,9 @@ enum HeadersCallback {
     Legacy(TypedFunc<(i32, i32), i32>),
 }
 
+/// `(context, size, end_of_stream) -> action`: body and TCP data callbacks.
+type DataCallback = TypedFunc<(i32, i32, i32), i32>;
+
 /// Envoy ends an HTTP stream's context log → done → delete, a TCP connection's done → log →
 /// delete.
 #[derive(Clone, Copy)]
@@ -39,10 +42,10 @@ struct Callbacks {
     vm_start: Option<TypedFunc<(i32, i32), i32>>,
     configure: Option<TypedFunc<(i32, i32), i32>>,
     request_headers: Option<HeadersCallback>,
-    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_body: Option<DataCallback>,
     request_trailers: Option<TypedFunc<(i32, i32), i32>>,
     response_headers: Option<HeadersCallback>,
-    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_body: Option<DataCallback>,
     response_trailers: Option<TypedFunc<(i32, i32), i32>>,
     log: Option<TypedFunc<i32, ()>>,
     done: Option<TypedFunc<i32, i32>>,
@@ -51,8 +54,8 @@ struct Callbacks {
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     http_call_response: Option<CallResponseCallback>,
     new_connection: Option<TypedFunc<i32, i32>>,
-    downstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
-    upstream_data: Option<TypedFunc<(i32, i32, i32), i32>>,
+    downstream_data: Option<DataCallback>,
+    upstream_data: Option<DataCallback>,
     downstream_close: Option<TypedFunc<(i32, i32), ()>>,
     upstream_close: Option<TypedFunc<(i32, i32), ()>>,
 }
@@ -268,12 +271,37 @@ impl PluginVm {
         size: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let (callback, name) = if response {
-            (&self.callbacks.response_body, "proxy_on_response_body")
+        if response {
+            self.data_callback(
+                |c| &c.response_body,
+                "proxy_on_response_body",
+                context,
+                size,
+                end_of_stream,
+            )
         } else {
-            (&self.callbacks.request_body, "proxy_on_request_body")
+            self.data_callback(
+                |c| &c.request_body,
+                "proxy_on_request_body",
+                context,
+                size,
+                end_of_stream,
+            )
+        }
+    }
+
+    /// Calls a `(context, size, end_of_stream) -> action` callback (bodies and TCP data).
+    fn data_callback(
+        &mut self,
+        pick: impl Fn(&Callbacks) -> &Option<DataCallback>,
+        name: &'static str,
+        context: u32,
+        size: usize,
+        end_of_stream: bool,
+    ) -> Result<i32, VmFailure> {
+        let Some(f) = pick(&self.callbacks) else {
+            return Ok(0);
         };
-        let Some(f) = callback else { return Ok(0) };
         let params = (context as i32, size as i32, i32::from(end_of_stream));
         invoke(
             &mut self.store,
@@ -381,21 +409,23 @@ impl PluginVm {
         size: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let (callback, name) = if downstream {
-            (&self.callbacks.downstream_data, "proxy_on_downstream_data")
+        if downstream {
+            self.data_callback(
+                |c| &c.downstream_data,
+                "proxy_on_downstream_data",
+                context,
+                size,
+                end_of_stream,
+            )
         } else {
-            (&self.callbacks.upstream_data, "proxy_on_upstream_data")
-        };
-        let Some(f) = callback else { return Ok(0) };
-        let params = (context as i32, size as i32, i32::from(end_of_stream));
-        invoke(
-            &mut self.store,
-            self.spec.callback_deadline_ticks,
-            f,
-            context,
-            params,
-            name,
-        )
+            self.data_callback(
+                |c| &c.upstream_data,
+                "proxy_on_upstream_data",
+                context,
+                size,
+                end_of_stream,
+            )
+        }
     }
 
     /// A side of a TCP connection closed; `peer` is 0 unknown, 1 local, 2 remote.
