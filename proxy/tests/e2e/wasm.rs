@@ -288,7 +288,7 @@ async fn fail_open_skips_a_failing_filter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_and_memory_hogging_callbacks_are_stopped() {
     let upstream = TestUpstream::start("app").await;
-    let limits = ", limits: { callback_time: 50ms, memory: 64MiB }";
+    let limits = ", limits: { callback_time: 200ms, memory: 64MiB }";
     let proxy = start_proxy(&hostile_config(limits), &[&upstream]).await;
     let looping = tokio::time::timeout(Duration::from_secs(10), get(proxy.addr, "/loop"))
         .await
