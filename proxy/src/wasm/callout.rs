@@ -24,7 +24,16 @@ pub type Clusters = Arc<HashMap<String, Arc<Cluster>>>;
 /// Most response body bytes a callout buffers (Envoy's default buffer limit).
 const MAX_RESPONSE_BODY: usize = 1 << 20;
 
+/// What kind of callout a token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Http,
+    /// A unary gRPC call: the request carries one length-prefixed message.
+    Grpc,
+}
+
 pub struct PendingCall {
+    pub kind: CallKind,
     pub token: u32,
     pub cluster: Arc<Cluster>,
     pub headers: Vec<Pair>,
@@ -137,6 +146,103 @@ async fn exchange(
             tracing::debug!(cluster = %cluster.name, %error, "callout response broke off");
             CallOutcome::Reset
         }
+    }
+}
+
+/// A unary gRPC call's result, from the HTTP exchange that carried it.
+pub enum GrpcOutcome {
+    Message(Vec<u8>),
+    /// A gRPC status other than OK (or a failed exchange), with its message.
+    Closed {
+        status: u32,
+        message: Vec<u8>,
+    },
+}
+
+/// The request headers of a unary gRPC call to `service`/`method`.
+pub fn grpc_request(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    metadata: Vec<Pair>,
+    timeout: Option<Duration>,
+) -> Vec<Pair> {
+    let mut headers = vec![
+        (":method".to_owned(), b"POST".to_vec()),
+        (
+            ":path".to_owned(),
+            format!("/{service}/{method}").into_bytes(),
+        ),
+        (":authority".to_owned(), cluster.as_bytes().to_vec()),
+        ("content-type".to_owned(), b"application/grpc".to_vec()),
+        ("te".to_owned(), b"trailers".to_vec()),
+    ];
+    if let Some(timeout) = timeout {
+        headers.push((
+            "grpc-timeout".to_owned(),
+            format!("{}m", timeout.as_millis()).into_bytes(),
+        ));
+    }
+    headers.extend(
+        metadata
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with(':')),
+    );
+    headers
+}
+
+/// gRPC's length-prefixed message framing (uncompressed).
+pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed
+}
+
+/// Reads a unary call's answer: the status from the trailers (or the headers of a
+/// trailers-only reply), and the one message of the body.
+pub fn grpc_outcome(outcome: CallOutcome) -> GrpcOutcome {
+    let response = match outcome {
+        CallOutcome::Response(response) => response,
+        CallOutcome::Reset => {
+            return GrpcOutcome::Closed {
+                status: 14,
+                message: b"reset".to_vec(),
+            };
+        }
+    };
+    let find = |name: &str| {
+        response
+            .trailers
+            .iter()
+            .chain(response.headers.iter())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let http_status = find(":status").unwrap_or_default();
+    let Some(status) =
+        find("grpc-status").and_then(|s| String::from_utf8(s).ok()?.parse::<u32>().ok())
+    else {
+        // No gRPC status: the exchange failed at the HTTP level (Envoy maps these the same way).
+        let status = if http_status == b"504" { 4 } else { 14 };
+        return GrpcOutcome::Closed {
+            status,
+            message: response.body,
+        };
+    };
+    if status != 0 {
+        return GrpcOutcome::Closed {
+            status,
+            message: find("grpc-message").unwrap_or_default(),
+        };
+    }
+    match response.body.get(5..) {
+        Some(message) if response.body[0] == 0 => GrpcOutcome::Message(message.to_vec()),
+        _ => GrpcOutcome::Closed {
+            status: 13,
+            message: b"malformed gRPC message".to_vec(),
+        },
     }
 }
 

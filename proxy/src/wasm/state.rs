@@ -123,6 +123,10 @@ pub struct HostState {
     pub pending_calls: Vec<super::callout::PendingCall>,
     /// The response being delivered by `proxy_on_http_call_response` (maps 6/7, buffer 4).
     pub call_response: Option<super::callout::CallResponse>,
+    /// gRPC call tokens are 5, 9, 13, … (low two bits 01).
+    pub last_grpc_token: u32,
+    /// The message being delivered by `proxy_on_grpc_receive` (buffer 5).
+    pub grpc_message: Option<Vec<u8>>,
     /// What `proxy_get_status` reports: the last callout's outcome.
     pub call_status: (u32, Vec<u8>),
     /// Unsupported host calls already logged, so each is logged once per VM.
@@ -202,6 +206,8 @@ impl HostState {
             pending_calls: Vec::new(),
             call_response: None,
             call_status: (0, Vec::new()),
+            last_grpc_token: 1,
+            grpc_message: None,
             logged_once: HashSet::new(),
         }
     }

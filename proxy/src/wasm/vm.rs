@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use wasmtime::{Instance, Store, StoreLimitsBuilder, TypedFunc, WasmParams, WasmResults};
 
-use super::callout::{CallOutcome, PendingCall};
+use super::callout::{CallOutcome, GrpcOutcome, PendingCall};
 use super::error::{FailureKind, VmFailure, WasmError};
 use super::metrics::VmMetrics;
 use super::plugin::PluginSpec;
@@ -53,6 +53,8 @@ struct Callbacks {
     tick: Option<TypedFunc<i32, ()>>,
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     http_call_response: Option<CallResponseCallback>,
+    grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
+    grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
     new_connection: Option<TypedFunc<i32, i32>>,
     downstream_data: Option<DataCallback>,
     upstream_data: Option<DataCallback>,
@@ -551,6 +553,49 @@ impl PluginVm {
         outcome
     }
 
+    /// Delivers a unary gRPC call's result to the root context: `proxy_on_grpc_receive` with
+    /// the message in buffer 5, or `proxy_on_grpc_close` with the status (message via
+    /// `proxy_get_status`), as Envoy does.
+    pub fn on_grpc_response(&mut self, token: u32, outcome: GrpcOutcome) -> Result<(), VmFailure> {
+        let root = self.root_id;
+        let ticks = self.spec.callback_deadline_ticks;
+        let outcome = match outcome {
+            GrpcOutcome::Message(message) => {
+                let size = message.len() as i32;
+                let state = self.store.data_mut();
+                state.grpc_message = Some(message);
+                state.call_status = (0, Vec::new());
+                match &self.callbacks.grpc_receive {
+                    Some(f) => invoke(
+                        &mut self.store,
+                        ticks,
+                        f,
+                        root,
+                        (root as i32, token as i32, size),
+                        "proxy_on_grpc_receive",
+                    ),
+                    None => Ok(()),
+                }
+            }
+            GrpcOutcome::Closed { status, message } => {
+                self.store.data_mut().call_status = (status, message);
+                match &self.callbacks.grpc_close {
+                    Some(f) => invoke(
+                        &mut self.store,
+                        ticks,
+                        f,
+                        root,
+                        (root as i32, token as i32, status as i32),
+                        "proxy_on_grpc_close",
+                    ),
+                    None => Ok(()),
+                }
+            }
+        };
+        self.store.data_mut().grpc_message = None;
+        outcome
+    }
+
     /// The tick period if the guest changed it since the last look.
     pub fn take_tick_change(&mut self) -> Option<Option<std::time::Duration>> {
         let state = self.store.data_mut();
@@ -667,6 +712,8 @@ fn resolve_callbacks(
         tick: optional(store, instance, "proxy_on_tick")?,
         queue_ready: optional(store, instance, "proxy_on_queue_ready")?,
         http_call_response: optional(store, instance, "proxy_on_http_call_response")?,
+        grpc_receive: optional(store, instance, "proxy_on_grpc_receive")?,
+        grpc_close: optional(store, instance, "proxy_on_grpc_close")?,
         new_connection: optional(store, instance, "proxy_on_new_connection")?,
         downstream_data: optional(store, instance, "proxy_on_downstream_data")?,
         upstream_data: optional(store, instance, "proxy_on_upstream_data")?,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::callout::perform;
+use super::callout::{CallKind, grpc_outcome, perform};
 use super::error::VmFailure;
 use super::plugin::PluginSpec;
 use super::state::StreamInfo;
@@ -221,11 +221,14 @@ impl WorkerVm {
                 Rc::clone(&self.pools),
             );
             tokio::task::spawn_local(async move {
-                let token = call.token;
+                let (token, kind) = (call.token, call.kind);
                 let outcome = perform(pools, call).await;
                 // The VM may have been rebuilt meanwhile: its successor never made this call.
                 if let Some(slot) = slot.upgrade() {
-                    let _ = slot.with_vm(generation, |vm| vm.on_http_call_response(token, outcome));
+                    let _ = slot.with_vm(generation, |vm| match kind {
+                        CallKind::Http => vm.on_http_call_response(token, outcome),
+                        CallKind::Grpc => vm.on_grpc_response(token, grpc_outcome(outcome)),
+                    });
                 }
             });
         }

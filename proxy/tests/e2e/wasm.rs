@@ -676,3 +676,42 @@ async fn http2_requests_pass_filters_with_authority_from_the_uri() {
     assert_eq!(reply.echoed("x-wasm-order"), Some("h2"));
     assert_eq!(reply.header("x-wasm-tag"), Some("h2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_grpc_callouts_answer_with_a_message_or_a_status() {
+    let (app, grpc) = (
+        TestUpstream::start("app").await,
+        TestUpstream::start("grpc").await,
+    );
+    let yaml = wasm_config(&format!("[{}]", filter("caller", "grpc", "")), "")
+        + "  - name: grpc\n    endpoints: [\"{grpc}\"]\n    protocol: http2\n";
+    let proxy = start_proxy(&yaml, &[&app, &grpc]).await;
+    let ask = |headers: &[(&str, &str)]| {
+        let mut request = Request::get("/resource");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        send(proxy.addr, request.body(Full::default()).unwrap())
+    };
+    let ok = ask(&[]).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(
+        ok.echoed("x-grpc-reply"),
+        Some("ping"),
+        "the echoed message reached on_grpc_receive"
+    );
+
+    let denied = ask(&[("x-grpc-method", "Refuse")]).await;
+    assert_eq!(
+        (denied.status.as_u16(), denied.body.as_str()),
+        (403, "grpc failed: 7 denied")
+    );
+
+    // Envoy answers an unknown cluster with PARSE_FAILURE, which the SDK reports as an error.
+    let unknown = ask(&[("x-grpc-cluster", "nope")]).await;
+    assert_eq!(
+        (unknown.status.as_u16(), unknown.body.as_str()),
+        (500, "grpc refused: ParseFailure")
+    );
+    assert_eq!(app.requests(), 1);
+}

@@ -13,6 +13,7 @@ const RESPONSE_BODY: u32 = 1;
 const DOWNSTREAM_DATA: u32 = 2;
 const UPSTREAM_DATA: u32 = 3;
 const HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const GRPC_RECEIVE_BUFFER: u32 = 5;
 const VM_CONFIGURATION: u32 = 6;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const MAX_BUFFER_TYPE: u32 = 8;
@@ -107,6 +108,7 @@ fn buffer(caller: &mut Caller<'_, HostState>, kind: u32) -> Result<Vec<u8>, Stat
             .acting_stream()
             .and_then(|s| s.upstream_data.clone())
             .ok_or(Status::NotFound),
+        GRPC_RECEIVE_BUFFER => state.grpc_message.clone().ok_or(Status::NotFound),
         HTTP_CALL_RESPONSE_BODY => state
             .call_response
             .as_ref()

@@ -8,6 +8,7 @@
 //! | `/die-mid-body` | headers and one chunk, then the connection drops |
 //! | `/stall-body` | headers and one chunk, then silence |
 //! | `/trailers` | body plus `grpc-status: 0` trailers |
+//! | `/grpc.Echo/Say` | unary gRPC: echoes the message; `/grpc.Echo/<other>`: status 7 |
 //! | `/upgrade` | `101` then echoes bytes on the raw connection |
 //! | `/healthz` | the status set with [`TestUpstream::set_health`] |
 //! | anything else | 200 echo: method, URI, version, headers, body (read fully) |
@@ -155,6 +156,35 @@ async fn respond(state: &State, mut request: Request<Incoming>) -> Response<Test
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());
             trailers.insert("grpc-message", "fine".parse().unwrap());
+            tx.send(Ok(Frame::trailers(trailers))).await.ok();
+        });
+        let mut response = Response::new(body.boxed());
+        response
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        response
+    } else if let Some(method) = path.strip_prefix("/grpc.Echo/") {
+        // Unary gRPC: `Say` echoes the (framed) message, anything else fails with status 7.
+        let framed = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let succeed = method == "Say";
+        let (tx, body) = ChannelBody::new();
+        tokio::spawn(async move {
+            if succeed {
+                tx.send(Ok(Frame::data(framed))).await.ok();
+            }
+            let mut trailers = http::HeaderMap::new();
+            let (status, message) = if succeed {
+                ("0", "ok")
+            } else {
+                ("7", "denied")
+            };
+            trailers.insert("grpc-status", status.parse().unwrap());
+            trailers.insert("grpc-message", message.parse().unwrap());
             tx.send(Ok(Frame::trailers(trailers))).await.ok();
         });
         let mut response = Response::new(body.boxed());
