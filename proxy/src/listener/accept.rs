@@ -72,6 +72,7 @@ pub async fn accept_loop(
                 };
                 let idle_timeout = listener.idle_timeout;
                 let specs = listener.filters.clone();
+                let buffer_limit = listener.max_body_buffer;
                 let worker = Rc::clone(&worker);
                 let info = Rc::new(StreamInfo {
                     connection_id: next_connection_id(),
@@ -87,6 +88,7 @@ pub async fn accept_loop(
                         specs: &specs,
                         plugins: &worker.plugins,
                         info,
+                        buffer_limit,
                     };
                     proxy_tcp(stream, peer, cluster, idle_timeout, &stats, filters).await;
                     stats.connections_active.dec();

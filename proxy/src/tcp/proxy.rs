@@ -22,6 +22,8 @@ pub struct NetworkFilters<'a> {
     pub specs: &'a [Arc<PluginSpec>],
     pub plugins: &'a WorkerPlugins,
     pub info: Rc<StreamInfo>,
+    /// Most bytes a filter may hold (the listener's `max_body_buffer`).
+    pub buffer_limit: usize,
 }
 
 pub async fn proxy_tcp(
@@ -36,7 +38,12 @@ pub async fn proxy_tcp(
     let chain = if filters.specs.is_empty() {
         None
     } else {
-        match NetworkChain::start(filters.plugins, filters.specs, filters.info) {
+        match NetworkChain::start(
+            filters.plugins,
+            filters.specs,
+            filters.info,
+            filters.buffer_limit,
+        ) {
             Ok(chain) => Some(chain),
             Err(plugin) => {
                 tracing::debug!(%peer, %plugin, "closing the connection: a fail-closed network filter failed");

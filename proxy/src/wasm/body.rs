@@ -99,6 +99,27 @@ impl FilteredBody {
         Box::new(StreamStopped(text))
     }
 
+    /// Sends on whatever filters still hold (no end of stream: trailers follow).
+    fn flush_held(&mut self) -> Result<(), BoxError> {
+        loop {
+            let holder = self.chain.borrow().first_holder(self.response);
+            let Some(holder) = holder else { return Ok(()) };
+            let step = self
+                .chain
+                .borrow_mut()
+                .release_held(holder, self.response, false);
+            match step {
+                BodyStep::Forward(data) => {
+                    if !data.is_empty() {
+                        self.ready.push_back(Frame::data(Bytes::from(data)));
+                    }
+                }
+                BodyStep::Held { .. } => {}
+                BodyStep::Interrupted(interruption) => return Err(self.stopped(interruption)),
+            }
+        }
+    }
+
     fn end(&mut self) {
         self.done = true;
         if self.response {
@@ -181,6 +202,10 @@ impl Body for FilteredBody {
                         let Ok(trailers) = frame.into_trailers() else {
                             continue;
                         };
+                        // Bytes a filter held go on before the trailers, as Envoy flushes them.
+                        if let Err(error) = this.flush_held() {
+                            return Poll::Ready(Some(Err(error)));
+                        }
                         let filtered = this
                             .chain
                             .borrow_mut()

@@ -72,6 +72,15 @@ pub struct FilterChain {
     finished: bool,
 }
 
+/// What a headers callback decided.
+enum HeadersStep {
+    Continue(Vec<Pair>),
+    /// Paused; for fail-open plugins, the map as it was, in case the VM fails meanwhile.
+    Paused {
+        backup: Option<Vec<Pair>>,
+    },
+}
+
 /// Which phase a callback belongs to.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -157,14 +166,14 @@ impl FilterChain {
             .map(|plugin| Interruption::Failed { plugin })
     }
 
-    /// Runs one headers callback for filter `index`; `Ok(None)` means it paused.
+    /// Runs one headers callback for filter `index`.
     fn headers_callback(
         &mut self,
         index: usize,
         phase: Phase,
         pairs: Vec<Pair>,
         end_of_stream: bool,
-    ) -> Result<Option<Vec<Pair>>, Interruption> {
+    ) -> Result<HeadersStep, Interruption> {
         let filter = &mut self.filters[index];
         let context = filter.context;
         let count = pairs.len();
@@ -172,19 +181,24 @@ impl FilterChain {
         let backup = filter.slot.spec.fail_open.then(|| pairs.clone());
         let mut returned = None;
         let mut local = None;
+        let mut close = false;
         let outcome = filter.slot.with_vm(filter.generation, |vm| {
             let stream = vm.stream(context).ok_or_else(missing_stream)?;
             *slot_for(stream, phase) = MapSlot {
                 pairs: Some(pairs),
                 writable: true,
             };
+            // A continue issued while the stream was not paused must not release a later pause.
+            *continue_flag(stream, phase) = false;
             let action = match phase {
                 Phase::Request => vm.on_request_headers(context, count, end_of_stream)?,
                 Phase::Response => vm.on_response_headers(context, count, end_of_stream)?,
             };
             let stream = vm.stream(context).ok_or_else(missing_stream)?;
             local = stream.local_response.take();
-            if action == 0 || local.is_some() {
+            close = stream.close_stream;
+            // 0 Continue and 2 ContinueAndEndStream (Envoy treats it as Continue) go on.
+            if action == 0 || action == 2 || local.is_some() {
                 returned = slot_for(stream, phase).pairs.take();
             }
             Ok(action)
@@ -195,13 +209,16 @@ impl FilterChain {
                 filter: index,
             });
         }
+        if close {
+            return Err(Interruption::Reset);
+        }
         match outcome {
             Err(failure) => {
                 self.fail(index, &failure)?;
-                Ok(Some(backup.unwrap_or_default()))
+                Ok(HeadersStep::Continue(backup.unwrap_or_default()))
             }
-            Ok(0) => Ok(returned),
-            Ok(_) => Ok(None),
+            Ok(0 | 2) => Ok(HeadersStep::Continue(returned.unwrap_or_default())),
+            Ok(_) => Ok(HeadersStep::Paused { backup }),
         }
     }
 
@@ -210,6 +227,7 @@ impl FilterChain {
         chain: &std::cell::RefCell<Self>,
         index: usize,
         phase: Phase,
+        backup: Option<Vec<Pair>>,
     ) -> Result<Vec<Pair>, Interruption> {
         loop {
             let resumed = Rc::clone(&chain.borrow().filters[index].resumed);
@@ -241,7 +259,8 @@ impl FilterChain {
             });
             if let Err(failure) = outcome {
                 this.fail(index, &failure)?;
-                return Ok(Vec::new());
+                // Fail-open goes on with the map as it was when the filter paused.
+                return Ok(backup.unwrap_or_default());
             }
             if let Some(decision) = decision {
                 return decision;
@@ -270,6 +289,11 @@ impl FilterChain {
         end_of_stream: bool,
         from: usize,
     ) -> BodyStep {
+        // The stream's contexts already ended (the response finished while the client was
+        // still sending): the rest of the body passes untouched.
+        if self.finished {
+            return BodyStep::Forward(data);
+        }
         let order: Vec<usize> = match phase {
             Phase::Request => (from..self.filters.len()).collect(),
             Phase::Response => (0..=from.min(self.filters.len().saturating_sub(1)))
@@ -302,6 +326,7 @@ impl FilterChain {
             let context = filter.context;
             let backup = filter.slot.spec.fail_open.then(|| current.clone());
             let mut local = None;
+            let mut close = false;
             let outcome = filter.slot.with_vm(filter.generation, |vm| {
                 let stream = vm.stream(context).ok_or_else(missing_stream)?;
                 let size = current.len();
@@ -310,6 +335,7 @@ impl FilterChain {
                     Phase::Response => &mut stream.response_body,
                 };
                 *body = Some(std::mem::take(&mut current));
+                *continue_flag(stream, phase) = false;
                 let action = match phase {
                     Phase::Request => vm.on_request_body(context, size, end_of_stream)?,
                     Phase::Response => vm.on_response_body(context, size, end_of_stream)?,
@@ -321,6 +347,7 @@ impl FilterChain {
                 };
                 current = body.take().unwrap_or_default();
                 local = stream.local_response.take();
+                close = stream.close_stream;
                 Ok(action)
             });
             if let Some(response) = local {
@@ -328,6 +355,9 @@ impl FilterChain {
                     response,
                     filter: index,
                 });
+            }
+            if close {
+                return BodyStep::Interrupted(Interruption::Reset);
             }
             match outcome {
                 Err(failure) => {
@@ -375,6 +405,22 @@ impl FilterChain {
         }
     }
 
+    /// The first filter (in the phase's order) holding body bytes, if any.
+    pub fn first_holder(&self, response: bool) -> Option<usize> {
+        let holds = |f: &ChainFilter| {
+            if response {
+                f.response_buffer.is_some()
+            } else {
+                f.request_buffer.is_some()
+            }
+        };
+        if response {
+            self.filters.iter().rposition(holds)
+        } else {
+            self.filters.iter().position(holds)
+        }
+    }
+
     /// The notifier filter `filter` pokes when it resumes or answers.
     pub fn resume_signal(&self, filter: usize) -> Rc<Notify> {
         Rc::clone(&self.filters[filter].resumed)
@@ -386,6 +432,9 @@ impl FilterChain {
         filter: usize,
         response: bool,
     ) -> Option<Result<(), Interruption>> {
+        if self.finished {
+            return Some(Ok(()));
+        }
         let entry = &self.filters[filter];
         let context = entry.context;
         let mut decision = None;
@@ -419,6 +468,9 @@ impl FilterChain {
         response: bool,
         trailers: Vec<Pair>,
     ) -> Result<Vec<Pair>, Interruption> {
+        if self.finished {
+            return Ok(trailers);
+        }
         let order: Vec<usize> = if response {
             (0..self.filters.len()).rev().collect()
         } else {
@@ -558,8 +610,10 @@ async fn run_headers(
             end_of_stream,
         )?;
         pairs = match step {
-            Some(returned) => returned,
-            None => FilterChain::wait_for_resume(chain, index, phase).await?,
+            HeadersStep::Continue(returned) => returned,
+            HeadersStep::Paused { backup } => {
+                FilterChain::wait_for_resume(chain, index, phase, backup).await?
+            }
         };
     }
     Ok(pairs)
@@ -599,10 +653,17 @@ fn slot_for(stream: &mut super::state::StreamState, phase: Phase) -> &mut MapSlo
     }
 }
 
+fn continue_flag(stream: &mut super::state::StreamState, phase: Phase) -> &mut bool {
+    match phase {
+        Phase::Request => &mut stream.continue_request,
+        Phase::Response => &mut stream.continue_response,
+    }
+}
+
 fn missing_stream() -> VmFailure {
     VmFailure {
         callback: "stream",
-        kind: super::error::FailureKind::Trap,
+        kind: super::error::FailureKind::Gone,
         message: "the stream context is gone".into(),
     }
 }

@@ -49,6 +49,9 @@ pub enum FailureKind {
     Trap,
     /// The VM could not be (re)started.
     Start,
+    /// The context or its VM is already gone (the VM failed, or the stream ended): not a new
+    /// failure of the VM, only a reason to apply the fail policy to what is left of a stream.
+    Gone,
 }
 
 impl FailureKind {
@@ -58,6 +61,7 @@ impl FailureKind {
             Self::Memory => "memory",
             Self::Trap => "trap",
             Self::Start => "start",
+            Self::Gone => "gone",
         }
     }
 }

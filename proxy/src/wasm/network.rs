@@ -35,6 +35,8 @@ struct NetFilter {
 
 pub struct NetworkChain {
     filters: Vec<NetFilter>,
+    /// Most bytes one filter may hold; more closes the connection.
+    buffer_limit: usize,
     finished: bool,
 }
 
@@ -47,9 +49,11 @@ impl NetworkChain {
         plugins: &WorkerPlugins,
         specs: &[Arc<PluginSpec>],
         info: Rc<StreamInfo>,
+        buffer_limit: usize,
     ) -> Result<Self, String> {
         let mut chain = Self {
             filters: Vec::with_capacity(specs.len()),
+            buffer_limit,
             finished: false,
         };
         for spec in specs {
@@ -111,6 +115,10 @@ impl NetworkChain {
                 }
                 None => data,
             };
+            if current.len() > self.buffer_limit {
+                tracing::debug!(plugin = %filter.slot.spec.info.name, "network filter held more than max_body_buffer; closing");
+                return NetStep::Close;
+            }
             let backup = filter.slot.spec.fail_open.then(|| current.clone());
             let context = filter.context;
             let mut close = false;
@@ -230,7 +238,7 @@ impl Drop for NetworkChain {
 fn gone() -> VmFailure {
     VmFailure {
         callback: "connection",
-        kind: super::error::FailureKind::Trap,
+        kind: super::error::FailureKind::Gone,
         message: "the connection context is gone".into(),
     }
 }

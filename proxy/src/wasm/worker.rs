@@ -145,6 +145,7 @@ impl WorkerVm {
         };
         match &outcome {
             Ok(_) => self.after_call(),
+            Err(failure) if failure.kind == super::error::FailureKind::Gone => {}
             Err(failure) => self.fail(failure),
         }
         outcome
@@ -165,14 +166,20 @@ impl WorkerVm {
     fn gone(&self) -> VmFailure {
         VmFailure {
             callback: "stream",
-            kind: super::error::FailureKind::Trap,
+            kind: super::error::FailureKind::Gone,
             message: "the plugin's VM failed while this stream was in flight".into(),
         }
     }
 
     fn fail(&self, failure: &VmFailure) {
         tracing::error!(plugin = %self.spec.info.name, %failure, "plugin VM failed; it will be rebuilt");
-        *self.vm.borrow_mut() = None;
+        // Streams paused on this VM must learn that it is gone (and get the fail policy)
+        // rather than wait for a resume that can no longer come.
+        if let Some(mut vm) = self.vm.borrow_mut().take() {
+            for stream in vm.state().streams.values() {
+                stream.resumed.notify_one();
+            }
+        }
         if let Some(timer) = self.timer.borrow_mut().take() {
             timer.abort();
         }

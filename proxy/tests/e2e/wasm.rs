@@ -1,6 +1,7 @@
 //! Proxy-Wasm filters built with the official Rust SDK, run by the real proxy in front of a
 //! real upstream. Each test states the behaviour Envoy shows for the same module.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -714,4 +715,56 @@ async fn unary_grpc_callouts_answer_with_a_message_or_a_status() {
         (500, "grpc refused: ParseFailure")
     );
     assert_eq!(app.requests(), 1);
+}
+
+#[test]
+fn body_chunks_after_the_stream_ended_pass_through_without_failing_the_vm() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use sluice::wasm::{FilterChain, PluginSpec, StreamInfo, WorkerPlugins};
+
+    // The response can end (and with it the stream's filter contexts) while the client is
+    // still uploading; later request chunks then meet a finished chain.
+    let metrics = sluice::admin::Metrics::new();
+    let yaml = format!(
+        "{{ name: late, module: \"{}\" }}",
+        fixture("body").display()
+    );
+    let config: sluice::config::FilterConfig = serde_yaml::from_str(&yaml).unwrap();
+    let health = metrics.plugin_health("late");
+    let spec = PluginSpec::load(
+        &config,
+        std::path::Path::new("."),
+        Some(metrics.wasm_families()),
+        health,
+        Default::default(),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&runtime, async {
+        let plugins = WorkerPlugins::new(Default::default());
+        let info = Rc::new(StreamInfo {
+            connection_id: 1,
+            source: "127.0.0.1:1".parse().unwrap(),
+            destination: "127.0.0.1:2".parse().unwrap(),
+            protocol: "HTTP/1.1",
+            start: std::time::SystemTime::now(),
+            route_name: None,
+            cluster_name: None,
+        });
+        let chain = Rc::new(RefCell::new(FilterChain::new(info, 1 << 20)));
+        chain.borrow_mut().extend(&plugins, &[Arc::clone(&spec)]);
+        chain.borrow_mut().finish();
+        let step = chain.borrow_mut().request_body(b"late".to_vec(), false);
+        assert!(matches!(step, sluice::wasm::BodyStep::Forward(ref data) if data == b"late"));
+    });
+    let text = metrics.render();
+    assert!(
+        !text.contains("sluice_wasm_vm_failures_total{"),
+        "the VM did not fail:\n{text}"
+    );
 }
