@@ -79,6 +79,7 @@ pub async fn handle(
         listener,
         started,
         chain: None,
+        filter_idle: Some(IDLE_BEFORE_ROUTE),
     };
     exchange.forward(request, guards).await
 }
@@ -89,6 +90,9 @@ struct Exchange<'a> {
     listener: &'a ListenerSnapshot,
     started: Instant,
     chain: Option<Chain>,
+    /// How long a paused filter may hold the stream: the route's `idle_timeout` once the route
+    /// is known.
+    filter_idle: Option<std::time::Duration>,
 }
 
 impl Exchange<'_> {
@@ -144,6 +148,7 @@ impl Exchange<'_> {
             return self.local(&listener.unrouted, reply).await;
         };
         let target = route.pick_target();
+        self.filter_idle = route.idle_timeout;
         if !route.filters.is_empty()
             && let Err(interruption) = self
                 .run_request_filters(
@@ -382,7 +387,14 @@ impl Exchange<'_> {
         let end_of_stream = body.is_end_stream();
         chain.borrow_mut().set_response_code(parts.status.as_u16());
         let pairs = wasm::response_pairs(&parts);
-        match wasm::response_headers(chain, pairs, end_of_stream, upto).await {
+        let filtering = wasm::response_headers(chain, pairs, end_of_stream, upto);
+        let filtered = match self.filter_idle {
+            Some(idle) => tokio::time::timeout(idle, filtering)
+                .await
+                .unwrap_or(Err(Interruption::TimedOut)),
+            None => filtering.await,
+        };
+        match filtered {
             Ok(pairs) => {
                 wasm::apply_response_pairs(&mut parts, &pairs);
                 chain.borrow_mut().remember_for_log(None, Some(pairs));
