@@ -198,9 +198,10 @@ async fn filtered_splice(
     }
 }
 
-async fn wait_for(signal: Option<Rc<tokio::sync::Notify>>) {
+async fn wait_for(signal: Option<Rc<crate::wasm::ResumeSignals>>) {
     match signal {
-        Some(signal) => signal.notified().await,
+        // The client direction is the "request" side of a connection's signals.
+        Some(signal) => signal.request.notified().await,
         None => std::future::pending().await,
     }
 }

@@ -80,8 +80,7 @@ impl FilteredBody {
                 Ok(())
             }
             BodyStep::Held { filter } if end_of_stream => {
-                let signal = self.chain.borrow().resume_signal(filter);
-                self.waiting = Some((filter, Box::pin(async move { signal.notified().await })));
+                self.waiting = Some((filter, self.resume_wait(filter)));
                 Ok(())
             }
             BodyStep::Held { .. } => Ok(()),
@@ -120,6 +119,19 @@ impl FilteredBody {
         }
     }
 
+    /// Resolves when filter `filter` pokes this body's phase.
+    fn resume_wait(&self, filter: usize) -> ResumeWait {
+        let signals = self.chain.borrow().resume_signals(filter);
+        let response = self.response;
+        Box::pin(async move {
+            if response {
+                signals.response.notified().await;
+            } else {
+                signals.request.notified().await;
+            }
+        })
+    }
+
     fn end(&mut self) {
         self.done = true;
         if self.response {
@@ -155,9 +167,7 @@ impl Body for FilteredBody {
                     .poll_body_resume(filter, this.response);
                 match resumed {
                     None => {
-                        let signal = this.chain.borrow().resume_signal(filter);
-                        this.waiting =
-                            Some((filter, Box::pin(async move { signal.notified().await })));
+                        this.waiting = Some((filter, this.resume_wait(filter)));
                     }
                     Some(Err(interruption)) => {
                         this.waiting = None;

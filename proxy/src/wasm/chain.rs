@@ -9,12 +9,10 @@
 
 use std::rc::Rc;
 
-use tokio::sync::Notify;
-
 use super::error::VmFailure;
 use super::pairs::Pair;
 use super::plugin::PluginSpec;
-use super::state::{LocalResponse, MapSlot, StreamInfo};
+use super::state::{LocalResponse, MapSlot, ResumeSignals, StreamInfo};
 use super::worker::{WorkerPlugins, WorkerVm};
 
 /// Why the chain stopped the stream instead of letting it continue.
@@ -52,7 +50,7 @@ struct ChainFilter {
     context: u32,
     /// Out of this stream after a fail-open failure (or never started).
     skipped: bool,
-    resumed: Rc<Notify>,
+    resumed: Rc<ResumeSignals>,
     request_buffer: Option<Vec<u8>>,
     response_buffer: Option<Vec<u8>>,
 }
@@ -230,8 +228,11 @@ impl FilterChain {
         backup: Option<Vec<Pair>>,
     ) -> Result<Vec<Pair>, Interruption> {
         loop {
-            let resumed = Rc::clone(&chain.borrow().filters[index].resumed);
-            resumed.notified().await;
+            let signals = Rc::clone(&chain.borrow().filters[index].resumed);
+            match phase {
+                Phase::Request => signals.request.notified().await,
+                Phase::Response => signals.response.notified().await,
+            }
             let mut this = chain.borrow_mut();
             let filter = &this.filters[index];
             let context = filter.context;
@@ -421,8 +422,8 @@ impl FilterChain {
         }
     }
 
-    /// The notifier filter `filter` pokes when it resumes or answers.
-    pub fn resume_signal(&self, filter: usize) -> Rc<Notify> {
+    /// The signals filter `filter` pokes when it resumes or answers.
+    pub fn resume_signals(&self, filter: usize) -> Rc<ResumeSignals> {
         Rc::clone(&self.filters[filter].resumed)
     }
 

@@ -35,5 +35,5 @@ pub use network::{NetStep, NetworkChain};
 pub use pairs::{Pair, decode as decode_pairs, encode_pairs};
 pub use plugin::{PluginHealth, PluginSpec};
 pub use runtime::MAX_MEMORY_LIMIT;
-pub use state::StreamInfo;
+pub use state::{ResumeSignals, StreamInfo};
 pub use worker::WorkerPlugins;

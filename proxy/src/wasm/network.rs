@@ -7,11 +7,9 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
 use super::error::VmFailure;
 use super::plugin::PluginSpec;
-use super::state::StreamInfo;
+use super::state::{ResumeSignals, StreamInfo};
 use super::worker::{WorkerPlugins, WorkerVm};
 
 /// What a chunk of TCP data turned into.
@@ -28,7 +26,7 @@ struct NetFilter {
     generation: u64,
     context: u32,
     skipped: bool,
-    resumed: Rc<Notify>,
+    resumed: Rc<ResumeSignals>,
     /// Bytes held per direction: [client → upstream, upstream → client].
     held: [Option<Vec<u8>>; 2],
 }
@@ -163,7 +161,7 @@ impl NetworkChain {
     }
 
     /// The signal of the filter holding client bytes, if one does.
-    pub fn downstream_resume_signal(&self) -> Option<Rc<Notify>> {
+    pub fn downstream_resume_signal(&self) -> Option<Rc<ResumeSignals>> {
         self.filters
             .iter()
             .find(|f| f.held[0].is_some())

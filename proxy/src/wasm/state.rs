@@ -77,11 +77,28 @@ pub struct StreamState {
     pub continue_response: bool,
     pub close_stream: bool,
     /// Wakes the request pipeline when the guest resumes a paused stream.
-    pub resumed: Rc<Notify>,
+    pub resumed: Rc<ResumeSignals>,
     /// Inside `proxy_on_log`: absent maps read as NOT_FOUND instead of BAD_ARGUMENT.
     pub in_log: bool,
     /// `proxy_set_property` values (Envoy's `wasm.<name>` filter state).
     pub filter_state: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Wakes whoever waits on a paused stream. One signal per phase, so a request-phase waiter and
+/// a response-phase waiter on the same filter (HTTP/2 full duplex) never take each other's
+/// wakeup; a TCP connection's client direction uses `request`.
+#[derive(Debug, Default)]
+pub struct ResumeSignals {
+    pub request: Notify,
+    pub response: Notify,
+}
+
+impl ResumeSignals {
+    /// A local reply, a close or a dead VM concerns every waiter.
+    pub fn wake_all(&self) {
+        self.request.notify_one();
+        self.response.notify_one();
+    }
 }
 
 /// The context ids of one VM (ids are per VM instance, as in Envoy).
@@ -171,7 +188,7 @@ impl StreamState {
             continue_request: false,
             continue_response: false,
             close_stream: false,
-            resumed: Rc::new(Notify::new()),
+            resumed: Rc::default(),
             in_log: false,
             filter_state: HashMap::new(),
         }

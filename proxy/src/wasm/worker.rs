@@ -15,10 +15,9 @@ use tokio::time::Instant;
 use super::callout::{CallKind, grpc_outcome, perform};
 use super::error::VmFailure;
 use super::plugin::PluginSpec;
-use super::state::StreamInfo;
+use super::state::{ResumeSignals, StreamInfo};
 use super::vm::PluginVm;
 use crate::upstream::UpstreamPools;
-use tokio::sync::Notify;
 
 /// Failures in a row before rebuilding backs off.
 const CRASH_LOOP_AFTER: u32 = 3;
@@ -117,7 +116,7 @@ impl WorkerVm {
     pub fn open_context(
         self: &Rc<Self>,
         info: Rc<StreamInfo>,
-    ) -> Result<(u64, u32, Rc<Notify>), VmFailure> {
+    ) -> Result<(u64, u32, Rc<ResumeSignals>), VmFailure> {
         let generation = self.ensure_started()?;
         self.with_vm(generation, |vm| {
             let context = vm.create_stream(info)?;
@@ -177,7 +176,7 @@ impl WorkerVm {
         // rather than wait for a resume that can no longer come.
         if let Some(mut vm) = self.vm.borrow_mut().take() {
             for stream in vm.state().streams.values() {
-                stream.resumed.notify_one();
+                stream.resumed.wake_all();
             }
         }
         if let Some(timer) = self.timer.borrow_mut().take() {

@@ -34,7 +34,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .acting_stream()
                     .ok_or(Status::Unimplemented)?;
                 stream.close_stream = true;
-                stream.resumed.notify_one();
+                stream.resumed.wake_all();
                 Ok(())
             })();
             finish(result)
@@ -89,7 +89,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .acting_stream()
                     .ok_or(Status::Unimplemented)?;
                 stream.local_response = Some(response);
-                stream.resumed.notify_one();
+                stream.resumed.wake_all();
                 Ok(())
             })();
             finish(result)
@@ -127,6 +127,9 @@ fn continue_stream(caller: &mut Caller<'_, HostState>, kind: u32) -> CallResult 
         DOWNSTREAM => stream.continue_downstream = true,
         _ => unreachable!("checked above"),
     }
-    stream.resumed.notify_one();
+    match kind {
+        HTTP_RESPONSE => stream.resumed.response.notify_one(),
+        _ => stream.resumed.request.notify_one(),
+    }
     Ok(())
 }
