@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 
 use crate::support::*;
 
@@ -67,19 +66,7 @@ async fn grpc_timeout_shortens_the_deadline() {
 async fn an_upstream_dying_mid_response_aborts_only_that_response() {
     let upstream = TestUpstream::start("app").await;
     let proxy = start_proxy(&simple_config("\"{app}\"", "", ""), &[&upstream]).await;
-    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(
-            Request::get("/die-mid-body")
-                .body(Full::<bytes::Bytes>::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = send_streaming(proxy.addr, "/die-mid-body").await;
     assert_eq!(response.status(), 200, "headers were already on their way");
     let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
         .await
@@ -103,19 +90,7 @@ async fn a_stalled_response_is_reset_at_the_idle_timeout() {
         &[&upstream],
     )
     .await;
-    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(
-            Request::get("/stall-body")
-                .body(Full::<bytes::Bytes>::default())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = send_streaming(proxy.addr, "/stall-body").await;
     let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
         .await
         .expect("the idle timeout ends the stalled stream");

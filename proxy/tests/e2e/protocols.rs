@@ -99,20 +99,7 @@ async fn upgraded_connections_are_spliced_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_listeners_proxy_raw_bytes() {
-    // An echo server as the upstream.
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = echo.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            });
-        }
-    });
+    let echo_addr = start_tcp_echo().await;
     let yaml = format!(
         r#"
 listeners:

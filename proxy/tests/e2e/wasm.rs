@@ -454,12 +454,8 @@ async fn callouts_hold_the_request_until_the_answer() {
             "  - name: auth\n    endpoints: [\"{{auth}}\"]\n  - name: dead\n    endpoints: [\"{dead}\"]\n"
         );
     let proxy = start_proxy(&yaml, &[&app, &auth]).await;
-    let ask = |headers: &[(&str, &str)]| {
-        let mut request = Request::get("/resource");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        send(proxy.addr, request.body(Full::default()).unwrap())
+    let ask = |headers: &'static [(&'static str, &'static str)]| {
+        get_with(proxy.addr, "/resource", headers)
     };
 
     let allowed = ask(&[]).await;
@@ -521,19 +517,7 @@ async fn callouts_hold_the_request_until_the_answer() {
 
 /// A tcp listener with the network fixture in front of an echo server.
 async fn network_proxy(extra: &str) -> TestProxy {
-    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = echo.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            });
-        }
-    });
+    let echo_addr = start_tcp_echo().await;
     let yaml = format!(
         "listeners:\n  - name: main\n    address: 127.0.0.1:0\n    protocol: tcp\n    cluster: echo\n    filters: [{}]\nclusters:\n  - {{ name: echo, endpoints: [\"{echo_addr}\"] }}\n",
         filter("shouter", "network", extra)
@@ -687,12 +671,8 @@ async fn unary_grpc_callouts_answer_with_a_message_or_a_status() {
     let yaml = wasm_config(&format!("[{}]", filter("caller", "grpc", "")), "")
         + "  - name: grpc\n    endpoints: [\"{grpc}\"]\n    protocol: http2\n";
     let proxy = start_proxy(&yaml, &[&app, &grpc]).await;
-    let ask = |headers: &[(&str, &str)]| {
-        let mut request = Request::get("/resource");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        send(proxy.addr, request.body(Full::default()).unwrap())
+    let ask = |headers: &'static [(&'static str, &'static str)]| {
+        get_with(proxy.addr, "/resource", headers)
     };
     let ok = ask(&[]).await;
     assert_eq!(ok.status, 200, "{}", ok.body);

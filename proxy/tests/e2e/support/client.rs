@@ -56,6 +56,47 @@ pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
     collect(response).await
 }
 
+/// Sends one request on a fresh HTTP/1.1 connection and returns the response before its body
+/// is read, for tests about how a body ends.
+pub async fn send_streaming(addr: SocketAddr, path: &str) -> http::Response<hyper::body::Incoming> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+        .send_request(Request::get(path).body(Full::<Bytes>::default()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A GET with the given headers on a fresh HTTP/1.1 connection.
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(addr, request.body(Full::default()).unwrap()).await
+}
+
+/// A TCP server on 127.0.0.1 that echoes every byte back; runs until the test ends.
+pub async fn start_tcp_echo() -> SocketAddr {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = echo.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    addr
+}
+
 /// Sends one request on a fresh h2c (prior knowledge) connection.
 pub async fn send_h2(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
     let stream = TcpStream::connect(addr).await.unwrap();
