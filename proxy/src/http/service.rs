@@ -128,12 +128,7 @@ impl Exchange<'_> {
                 listener.max_body_buffer,
             ))));
             if let Err(interruption) = self
-                .run_request_filters(
-                    &listener.filters,
-                    &mut parts,
-                    end_of_stream,
-                    Some(IDLE_BEFORE_ROUTE),
-                )
+                .run_request_filters(&listener.filters, &mut parts, end_of_stream)
                 .await
             {
                 return self.interrupted(&listener.unrouted, interruption).await;
@@ -151,12 +146,7 @@ impl Exchange<'_> {
         self.filter_idle = route.idle_timeout;
         if !route.filters.is_empty()
             && let Err(interruption) = self
-                .run_request_filters(
-                    &route.filters,
-                    &mut parts,
-                    end_of_stream,
-                    route.idle_timeout,
-                )
+                .run_request_filters(&route.filters, &mut parts, end_of_stream)
                 .await
         {
             return self.interrupted(&target.stats, interruption).await;
@@ -268,14 +258,13 @@ impl Exchange<'_> {
     }
 
     /// Request headers through `specs` (appended to the chain), written back into `parts`.
-    /// A filter that pauses the request gets `idle` to resume it, as Envoy's stream idle
-    /// timeout allows.
+    /// A filter that pauses the request gets the stream idle timeout (`filter_idle`) to resume
+    /// it, as in Envoy.
     async fn run_request_filters(
         &self,
         specs: &[std::sync::Arc<wasm::PluginSpec>],
         parts: &mut http::request::Parts,
         end_of_stream: bool,
-        idle: Option<std::time::Duration>,
     ) -> Result<(), Interruption> {
         let Some(chain) = &self.chain else {
             return Ok(());
@@ -294,7 +283,7 @@ impl Exchange<'_> {
         };
         let pairs = wasm::request_pairs(parts, self.conn.scheme);
         let filtering = wasm::request_headers(chain, pairs, end_of_stream, from);
-        let pairs = match idle {
+        let pairs = match self.filter_idle {
             Some(idle) => tokio::time::timeout(idle, filtering)
                 .await
                 .map_err(|_elapsed| Interruption::TimedOut)??,

@@ -216,16 +216,15 @@ impl PluginVm {
         count: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let ticks = self.spec.callback_deadline_ticks;
-        let name = "proxy_on_request_headers";
+        let callback = self.callbacks.request_headers.as_ref();
         headers(
             &mut self.store,
-            ticks,
-            self.callbacks.request_headers.as_ref(),
+            self.spec.callback_deadline_ticks,
+            callback,
             context,
             count,
             end_of_stream,
-            name,
+            "proxy_on_request_headers",
         )
     }
 
@@ -235,16 +234,15 @@ impl PluginVm {
         count: usize,
         end_of_stream: bool,
     ) -> Result<i32, VmFailure> {
-        let ticks = self.spec.callback_deadline_ticks;
-        let name = "proxy_on_response_headers";
+        let callback = self.callbacks.response_headers.as_ref();
         headers(
             &mut self.store,
-            ticks,
-            self.callbacks.response_headers.as_ref(),
+            self.spec.callback_deadline_ticks,
+            callback,
             context,
             count,
             end_of_stream,
-            name,
+            "proxy_on_response_headers",
         )
     }
 
