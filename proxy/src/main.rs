@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the data plane from a YAML config file.
+    /// Run the data plane from a YAML config file; edits to the file (and to the modules it
+    /// names) are applied while serving.
     Proxy {
         #[arg(long)]
         config: PathBuf,
@@ -113,8 +114,8 @@ async fn run(command: Command) -> Result<(), Failure> {
 
 fn check(file: &std::path::Path) -> Result<(), Failure> {
     let loaded = config::load_file(file).map_err(Failure::usage)?;
-    let snapshot =
-        Snapshot::build(&loaded, 0, &sluice::admin::Metrics::new()).map_err(Failure::usage)?;
+    let snapshot = Snapshot::build(&loaded, 0, &sluice::admin::Metrics::new(), None)
+        .map_err(Failure::usage)?;
     println!(
         "{}: valid ({} listeners, {} clusters)",
         file.display(),
@@ -129,7 +130,16 @@ async fn serve(loaded: &config::LoadedConfig) -> Result<(), Failure> {
         sluice::runtime::StartError::Config(config) => Failure::usage(config),
         other => Failure::runtime(other),
     })?;
+    // Without a watch the proxy still serves; edits then need a restart.
+    let watch = match sluice::runtime::ConfigWatch::start(proxy.applier(), loaded) {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            tracing::warn!(%error, "config edits will not be applied until a restart");
+            None
+        }
+    };
     wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
+    drop(watch);
     proxy.shutdown().await;
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct Metrics {
     plugin_vm_starts: IntCounterVec,
     plugin_fail_policy: IntCounterVec,
     plugin_crash_looping: IntGaugeVec,
+    plugin_vms: IntGaugeVec,
+    config_version: IntGauge,
+    config_changes: IntCounterVec,
 }
 
 /// Counters for one (listener, route, cluster): requests by status class and their latency.
@@ -177,6 +180,25 @@ impl Metrics {
                 "Workers whose VM of the plugin is rebuilding with backoff after repeated failures",
                 &["plugin"],
             ),
+            plugin_vms: gauge_vec(
+                &registry,
+                "sluice_wasm_vms",
+                "Plugin VMs alive on the workers (a replaced plugin's VMs leave once its streams end)",
+                &["plugin"],
+            ),
+            config_version: register(
+                &registry,
+                IntGauge::new(
+                    "sluice_config_version",
+                    "Version of the snapshot new requests run on (1 at start, +1 per applied change)",
+                ),
+            ),
+            config_changes: counter_vec(
+                &registry,
+                "sluice_config_changes_total",
+                "Config changes offered to the running proxy, by result (applied, rejected)",
+                &["result"],
+            ),
             registry,
         };
         Arc::new(metrics)
@@ -259,7 +281,18 @@ impl Metrics {
                 .plugin_fail_policy
                 .with_label_values(&[plugin, "closed"]),
             crash_looping_gauge: self.plugin_crash_looping.with_label_values(&[plugin]),
+            vms_live: self.plugin_vms.with_label_values(&[plugin]),
         }
+    }
+
+    pub fn set_config_version(&self, version: u64) {
+        self.config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    pub fn count_config_change(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.config_changes.with_label_values(&[result]).inc();
     }
 
     /// Counts a local reply. Local replies are the uncommon path, so a label lookup is fine.

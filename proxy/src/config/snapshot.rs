@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use super::error::ConfigError;
 use super::load::LoadedConfig;
-use super::model::{FilterConfig, ListenerProtocol, ProxyConfig};
+use super::model::{ClusterConfig, FilterConfig, ListenerProtocol, ProxyConfig};
 use crate::admin::{ListenerStats, Metrics, RouteStats};
 use crate::http::RouteTable;
 use crate::upstream::Cluster;
-use crate::wasm::{Clusters, PluginSpec};
+use crate::wasm::{Clusters, PluginSpec, WasmError};
 
 pub struct Snapshot {
     pub version: u64,
@@ -45,21 +45,32 @@ pub struct ListenerSnapshot {
 // === impl Snapshot ===
 
 impl Snapshot {
-    /// Builds the runtime form of a validated config. Host-name endpoints are not resolved
-    /// yet; see [`Cluster::refresh_dns`].
+    /// Builds the runtime form of a validated config. Host-name endpoints of new clusters are
+    /// not resolved yet; see [`Cluster::refresh_dns`].
+    ///
+    /// With `previous` (the snapshot this one replaces), clusters whose config is unchanged
+    /// are kept as they are (endpoint health, ejections, DNS answers), and so are plugins whose
+    /// entry, module digest and clusters are unchanged (their VMs stay warm).
     pub fn build(
         loaded: &LoadedConfig,
         version: u64,
         metrics: &Arc<Metrics>,
+        previous: Option<&Snapshot>,
     ) -> Result<Self, ConfigError> {
         let config = &loaded.config;
         let invalid =
             |path: String, reason: String| ConfigError::invalid(&loaded.file, path, reason);
+        let mut reuse = Reuse::from(previous);
 
         let clusters: Arc<HashMap<String, Arc<Cluster>>> = config
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Cluster::new(c, Arc::clone(metrics))))
+            .map(|c| {
+                let cluster = reuse
+                    .cluster(c)
+                    .unwrap_or_else(|| Cluster::new(c, Arc::clone(metrics)));
+                (c.name.clone(), cluster)
+            })
             .collect::<HashMap<_, _>>()
             .into();
 
@@ -76,6 +87,7 @@ impl Snapshot {
                 &listener.filters,
                 metrics,
                 &clusters,
+                &mut reuse,
             )?;
             let route_filters = listener
                 .routes
@@ -88,6 +100,7 @@ impl Snapshot {
                         &route.filters,
                         metrics,
                         &clusters,
+                        &mut reuse,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -159,6 +172,10 @@ impl Snapshot {
         })
     }
 
+    pub fn listener(&self, name: &str) -> Option<&ListenerSnapshot> {
+        self.listeners.iter().find(|listener| listener.name == name)
+    }
+
     /// Every plugin of the snapshot: listener filters, then route filters.
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<PluginSpec>> {
         self.listeners.iter().flat_map(|listener| {
@@ -191,28 +208,90 @@ impl Snapshot {
     }
 }
 
-/// Loads (verifies, compiles, canaries) the plugins of one filter chain.
+/// Loads (verifies, compiles, canaries) the plugins of one filter chain, or keeps the
+/// previous snapshot's.
 fn load_filters(
     loaded: &LoadedConfig,
     path: &str,
     filters: &[FilterConfig],
     metrics: &Arc<Metrics>,
     clusters: &Clusters,
+    reuse: &mut Reuse<'_>,
 ) -> Result<Vec<Arc<PluginSpec>>, ConfigError> {
     filters
         .iter()
         .enumerate()
         .map(|(index, filter)| {
-            PluginSpec::load(
-                filter,
-                loaded.base_dir(),
-                Some(metrics.wasm_families()),
-                metrics.plugin_health(&filter.name),
-                Arc::clone(clusters),
-            )
-            .map_err(|error| {
-                ConfigError::invalid(&loaded.file, format!("{path}[{index}]"), error.to_string())
+            let loaded_filter = PluginSpec::read_module(&filter.module, loaded.base_dir())
+                .and_then(
+                    |bytes| match reuse.plugin(filter, &bytes.digest, clusters) {
+                        Some(spec) => Ok(spec),
+                        None => PluginSpec::from_module(
+                            filter,
+                            bytes,
+                            Some(metrics.wasm_families()),
+                            metrics.plugin_health(&filter.name),
+                            Arc::clone(clusters),
+                        ),
+                    },
+                );
+            loaded_filter.map_err(|error| {
+                // Say which file, unless the error does already.
+                let reason = match error {
+                    WasmError::Read { .. } => error.to_string(),
+                    _ => format!("{}: {error}", filter.module),
+                };
+                ConfigError::invalid(&loaded.file, format!("{path}[{index}]"), reason)
             })
         })
         .collect()
+}
+
+/// What a new snapshot may keep from the one it replaces. Each previous plugin is kept at
+/// most once, so two identical entries still get a plugin (and VMs) each, as they did before.
+struct Reuse<'a> {
+    clusters: Vec<&'a Arc<Cluster>>,
+    plugins: Vec<&'a Arc<PluginSpec>>,
+}
+
+impl<'a> Reuse<'a> {
+    fn from(previous: Option<&'a Snapshot>) -> Self {
+        match previous {
+            Some(snapshot) => Self {
+                clusters: snapshot.clusters.iter().collect(),
+                plugins: snapshot.plugins().collect(),
+            },
+            None => Self {
+                clusters: Vec::new(),
+                plugins: Vec::new(),
+            },
+        }
+    }
+
+    fn cluster(&self, config: &ClusterConfig) -> Option<Arc<Cluster>> {
+        self.clusters
+            .iter()
+            .find(|cluster| cluster.config == *config)
+            .map(|cluster| Arc::clone(cluster))
+    }
+
+    /// A plugin loaded from the same entry and module that calls out to the very same
+    /// clusters: nothing it could observe has changed.
+    fn plugin(
+        &mut self,
+        filter: &FilterConfig,
+        digest: &str,
+        clusters: &Clusters,
+    ) -> Option<Arc<PluginSpec>> {
+        let same_clusters = |theirs: &Clusters| {
+            theirs.len() == clusters.len()
+                && theirs
+                    .iter()
+                    .all(|(name, c)| clusters.get(name).is_some_and(|ours| Arc::ptr_eq(c, ours)))
+        };
+        let index = self.plugins.iter().position(|spec| {
+            spec.source == *filter && spec.digest == digest && same_clusters(&spec.clusters)
+        })?;
+        Some(Arc::clone(self.plugins.swap_remove(index)))
+    }
 }

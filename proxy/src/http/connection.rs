@@ -5,6 +5,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -22,8 +23,8 @@ pub const MIN_HEADER_BUFFER: usize = 8 * 1024;
 /// What a request needs to know about the connection it arrived on.
 pub struct DownstreamConn {
     pub worker: Rc<WorkerContext>,
-    /// Index of the listener in the snapshot.
-    pub listener: usize,
+    /// The listener's name: each request finds its listener in the snapshot it pins.
+    pub listener: Arc<str>,
     pub peer: SocketAddr,
     /// The address the client connected to.
     pub local: SocketAddr,
@@ -89,13 +90,15 @@ impl Drop for StreamGuard {
     }
 }
 
-/// Serves HTTP on `stream` until the client closes, the idle timeout passes, or the worker
-/// drains (then in-flight requests finish and the connection closes gracefully).
+/// Serves HTTP on `stream` until the client closes, the idle timeout passes, the worker
+/// drains or the listener is retired (removed, or moved to another address by a new config):
+/// then in-flight requests finish and the connection closes gracefully.
 pub async fn serve_http(
     stream: TcpStream,
     conn: DownstreamConn,
     settings: ConnectionSettings,
     mut drain: DrainWatch,
+    mut retired: DrainWatch,
 ) {
     let peer = conn.peer;
     let activity = Rc::clone(&conn.activity);
@@ -124,6 +127,10 @@ pub async fn serve_http(
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = drain.signaled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = retired.signaled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -66,8 +66,9 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, BoxError> {
     let started = Instant::now();
     // Pinned once: the whole request runs on the config it started with.
-    let snapshot = conn.worker.state.snapshot();
-    let Some(listener) = snapshot.listeners.get(conn.listener) else {
+    let snapshot = conn.worker.snapshot();
+    // A listener that a new config removed: its connections are closing already.
+    let Some(listener) = snapshot.listener(&conn.listener) else {
         return Ok(LocalReply::no_route(request.method(), request.uri().path()).into_response());
     };
     let guards = (

@@ -1,7 +1,8 @@
 //! The accept loop of one listener on one worker: hand each connection to the HTTP or TCP
-//! path, until the worker drains.
+//! path, until the worker drains or a new config retires the socket.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -14,15 +15,20 @@ use crate::wasm::StreamInfo;
 
 pub async fn accept_loop(
     worker: Rc<WorkerContext>,
-    listener_index: usize,
+    name: Arc<str>,
     socket: TcpListener,
     tracker: ConnectionTracker,
     mut drain: DrainWatch,
+    mut retired: DrainWatch,
 ) {
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
             () = drain.signaled() => return,
+            () = retired.signaled() => {
+                tracing::debug!(listener = %name, worker = worker.id, "socket retired");
+                return;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(pair) => pair,
@@ -33,8 +39,9 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let snapshot = worker.state.snapshot();
-        let Some(listener) = snapshot.listeners.get(listener_index) else {
+        let snapshot = worker.snapshot();
+        let Some(listener) = snapshot.listener(&name) else {
+            // Removed by the config published a moment ago; this socket is being retired.
             continue;
         };
         if let Err(error) = stream.set_nodelay(true) {
@@ -46,10 +53,10 @@ pub async fn accept_loop(
         let tracked = tracker.track();
         match listener.protocol {
             ListenerProtocol::Http => {
-                let drain = drain.clone();
+                let (drain, retired) = (drain.clone(), retired.clone());
                 let conn = DownstreamConn {
                     worker: Rc::clone(&worker),
-                    listener: listener_index,
+                    listener: Arc::clone(&name),
                     peer,
                     local: stream.local_addr().unwrap_or(listener.address),
                     id: next_connection_id(),
@@ -61,7 +68,7 @@ pub async fn accept_loop(
                     max_request_headers_size: listener.max_request_headers_size,
                 };
                 tokio::task::spawn_local(async move {
-                    serve_http(stream, conn, settings, drain).await;
+                    serve_http(stream, conn, settings, drain, retired).await;
                     stats.connections_active.dec();
                     drop(tracked);
                 });

@@ -1,14 +1,19 @@
 //! Threads and lifecycle: worker threads, the shared process state, graceful drain, and the
 //! [`RunningProxy`] that ties them together.
 
+mod apply;
 mod drain;
 mod exec;
+mod file_watch;
+mod listeners;
 mod proxy;
 mod state;
 mod worker;
 
+pub use apply::{ApplyError, ConfigApplier};
 pub use drain::{ConnectionTracker, DrainTrigger, DrainWatch, TrackedConnection, drain_channel};
 pub use exec::LocalExec;
+pub use file_watch::{ConfigWatch, SETTLE_TIME, WatchError};
 pub use proxy::{RunningProxy, StartError};
 pub use state::{NotReady, ProxyState};
 pub use worker::{WorkerContext, WorkerSocket, spawn_worker};

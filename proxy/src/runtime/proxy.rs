@@ -1,19 +1,20 @@
 //! [`RunningProxy`]: builds the snapshot, binds every socket, starts the workers and the admin
-//! endpoint, and drains them on shutdown. The binary and the tests start the proxy the same
-//! way, through this type.
+//! endpoint, applies config changes while serving, and drains on shutdown. The binary and the
+//! tests start the proxy the same way, through this type.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::apply::{ConfigApplier, start_new_clusters};
 use super::drain::{DrainTrigger, drain_channel};
+use super::listeners::ListenerSet;
 use super::state::ProxyState;
-use super::worker::{WorkerSocket, spawn_worker};
+use super::worker::spawn_worker;
 use crate::admin::{Metrics, serve_admin};
 use crate::config::{ConfigError, LoadedConfig, Snapshot};
-use crate::listener::{BindError, bind_reuseport};
-use crate::upstream::spawn_cluster_tasks;
+use crate::listener::BindError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -35,7 +36,7 @@ pub struct RunningProxy {
     state: Arc<ProxyState>,
     drain: DrainTrigger,
     workers: Vec<JoinHandle<()>>,
-    listeners: Vec<(String, SocketAddr)>,
+    applier: ConfigApplier,
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     drain_timeout: Duration,
 }
@@ -47,33 +48,16 @@ impl RunningProxy {
     /// endpoint, DNS refresh and health checks run there, off the workers.
     pub async fn start(loaded: &LoadedConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(loaded, 1, &metrics)?;
-        for cluster in &snapshot.clusters {
-            if cluster.has_host_names() {
-                cluster.refresh_dns().await;
-            }
-            spawn_cluster_tasks(cluster);
-        }
+        let snapshot = Snapshot::build(loaded, 1, &metrics, None)?;
+        start_new_clusters(&snapshot, None).await;
 
         // Bind everything before starting anything: a taken port must leave nothing running.
         let worker_count = snapshot.workers;
-        let mut sockets: Vec<Vec<WorkerSocket>> = (0..worker_count).map(|_| Vec::new()).collect();
-        let mut listeners = Vec::new();
-        for (index, listener) in snapshot.listeners.iter().enumerate() {
-            let bound = bind_reuseport(&listener.name, listener.address, worker_count)?;
-            let local = bound[0].local_addr().map_err(|source| BindError {
-                listener: listener.name.clone(),
-                address: listener.address,
-                source,
-            })?;
-            listeners.push((listener.name.clone(), local));
-            for (worker, socket) in bound.into_iter().enumerate() {
-                sockets[worker].push(WorkerSocket {
-                    listener: index,
-                    socket,
-                });
-            }
-        }
+        let (socket_senders, socket_receivers): (Vec<_>, Vec<_>) = (0..worker_count)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let mut listeners = ListenerSet::new(socket_senders);
+        let sockets = listeners.bind_new(&snapshot)?;
         let admin_socket = match snapshot.admin_address {
             Some(address) => Some(
                 tokio::net::TcpListener::bind(address)
@@ -89,7 +73,7 @@ impl RunningProxy {
         let (drain, drain_watch) = drain_channel();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let mut workers = Vec::with_capacity(worker_count);
-        for (id, worker_sockets) in sockets.into_iter().enumerate() {
+        for (id, worker_sockets) in socket_receivers.into_iter().enumerate() {
             let handle = spawn_worker(
                 id,
                 Arc::clone(&state),
@@ -114,6 +98,7 @@ impl RunningProxy {
             drain.drain();
             return Err(StartError::Workers(reason));
         }
+        listeners.commit(sockets, &state.snapshot());
         state.mark_listeners_bound();
 
         let admin = match (admin_socket, admin_configured) {
@@ -129,28 +114,30 @@ impl RunningProxy {
             }
             _ => None,
         };
-        for (name, address) in &listeners {
+        for (name, address) in listeners.addresses() {
             tracing::info!(listener = %name, %address, workers = worker_count, "listening");
         }
         if let Some((address, _)) = &admin {
             tracing::info!(%address, "admin endpoint listening");
         }
         Ok(Self {
+            applier: ConfigApplier::new(Arc::clone(&state), listeners),
             state,
             drain,
             workers,
-            listeners,
             admin,
             drain_timeout,
         })
     }
 
+    /// The handle that applies config changes to this proxy (file watcher, control client).
+    pub fn applier(&self) -> ConfigApplier {
+        self.applier.clone()
+    }
+
     /// The address a listener actually bound (port 0 in the config becomes a real port).
     pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.applier.listener_address(name)
     }
 
     pub fn admin_address(&self) -> Option<SocketAddr> {

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 
 use crate::admin::Metrics;
 use crate::config::Snapshot;
 
 pub struct ProxyState {
     snapshot: ArcSwap<Snapshot>,
+    /// The published snapshot's version; workers follow it to retire old VMs and warm new ones.
+    published: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
     listeners_bound: AtomicBool,
     draining: AtomicBool,
@@ -29,7 +32,9 @@ pub enum NotReady {
 
 impl ProxyState {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
+        metrics.set_config_version(snapshot.version);
         Arc::new(Self {
+            published: watch::channel(snapshot.version).0,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             listeners_bound: AtomicBool::new(false),
@@ -40,6 +45,19 @@ impl ProxyState {
     /// The snapshot new requests run on. Callers keep the `Arc` for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Makes `snapshot` the one new requests run on. Requests in flight keep theirs.
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        let version = snapshot.version;
+        self.snapshot.store(snapshot);
+        self.metrics.set_config_version(version);
+        self.published.send_replace(version);
+    }
+
+    /// Wakes on every [`ProxyState::publish`].
+    pub fn follow(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     pub fn mark_listeners_bound(&self) {

@@ -39,6 +39,9 @@ pub struct ClusterSettings {
 
 pub struct Cluster {
     pub name: String,
+    /// The config it was built from: a new snapshot with the same config keeps this cluster
+    /// (and its endpoint health, ejections and DNS answers).
+    pub config: ClusterConfig,
     pub settings: ClusterSettings,
     targets: Vec<EndpointTarget>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
@@ -96,6 +99,7 @@ impl Cluster {
             .collect();
         let cluster = Arc::new(Self {
             name: config.name.clone(),
+            config: config.clone(),
             settings: ClusterSettings::from_config(config),
             targets,
             endpoints: ArcSwap::from_pointee(Vec::new()),

@@ -34,6 +34,6 @@ pub use metrics::WasmMetricFamilies;
 pub use network::{NetStep, NetworkChain};
 pub use pairs::{Pair, decode as decode_pairs, encode_pairs};
 pub use plugin::{PluginHealth, PluginSpec};
-pub use runtime::MAX_MEMORY_LIMIT;
+pub use runtime::{MAX_MEMORY_LIMIT, ModuleBytes};
 pub use state::{ResumeSignals, StreamInfo};
 pub use worker::WorkerPlugins;

@@ -28,9 +28,15 @@ pub struct PluginHealth {
     pub fail_open_applied: IntCounter,
     pub fail_closed_applied: IntCounter,
     pub crash_looping_gauge: IntGauge,
+    /// Worker VMs alive (not counting canaries): after a change, the old plugin's VMs leave
+    /// this count once their last stream ends.
+    pub vms_live: IntGauge,
 }
 
 pub struct PluginSpec {
+    /// The filter entry it was loaded from: with the same digest and clusters, a new snapshot
+    /// keeps this plugin (and its warm VMs) instead of loading it again.
+    pub source: FilterConfig,
     pub info: Arc<PluginInfo>,
     pub digest: String,
     pub abi: AbiVersion,
@@ -57,8 +63,19 @@ impl PluginSpec {
         health: PluginHealth,
         clusters: Clusters,
     ) -> Result<Arc<Self>, WasmError> {
+        let bytes = Self::read_module(&filter.module, base_dir)?;
+        Self::from_module(filter, bytes, metric_families, health, clusters)
+    }
+
+    /// Compiles (or takes from the cache) and canaries a module already read.
+    pub fn from_module(
+        filter: &FilterConfig,
+        bytes: ModuleBytes,
+        metric_families: Option<WasmMetricFamilies>,
+        health: PluginHealth,
+        clusters: Clusters,
+    ) -> Result<Arc<Self>, WasmError> {
         let runtime = WasmRuntime::global()?;
-        let bytes = read_module(&filter.module, base_dir)?;
         let module = runtime.compile(&bytes)?;
         let digest = bytes.digest.clone();
         let abi = AbiVersion::detect(&module).ok_or_else(|| WasmError::NoAbiVersion {
@@ -82,6 +99,7 @@ impl PluginSpec {
             callback_time.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
 
         let spec = Arc::new(Self {
+            source: filter.clone(),
             info: Arc::new(PluginInfo {
                 name: filter.name.clone(),
                 root_id: filter.root_id.clone().unwrap_or_default(),
@@ -145,21 +163,25 @@ fn linker(engine: &Engine) -> Result<&'static Linker<HostState>, WasmError> {
         .map_err(|reason| WasmError::Engine(reason.clone()))
 }
 
-fn read_module(reference: &str, base_dir: &Path) -> Result<ModuleBytes, WasmError> {
-    if let Some(digest) = reference.strip_prefix("sha256:") {
-        return Err(WasmError::Read {
-            path: reference.into(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!(
-                    "module sha256:{digest} would come from a control service, which this build cannot reach yet; name a file instead"
+impl PluginSpec {
+    /// The module a filter entry names, with its digest; relative paths resolve against
+    /// `base_dir`.
+    pub fn read_module(reference: &str, base_dir: &Path) -> Result<ModuleBytes, WasmError> {
+        if let Some(digest) = reference.strip_prefix("sha256:") {
+            return Err(WasmError::Read {
+                path: reference.into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!(
+                        "module sha256:{digest} would come from a control service, which this build cannot reach yet; name a file instead"
+                    ),
                 ),
-            ),
-        });
+            });
+        }
+        let path = base_dir.join(reference);
+        let bytes = std::fs::read(&path).map_err(|source| WasmError::Read { path, source })?;
+        Ok(ModuleBytes::new(bytes))
     }
-    let path = base_dir.join(reference);
-    let bytes = std::fs::read(&path).map_err(|source| WasmError::Read { path, source })?;
-    Ok(ModuleBytes::new(bytes))
 }
 
 /// Plugin and VM configuration bytes: a string as is, a mapping or list as JSON text (as

@@ -119,7 +119,11 @@ impl WasmRuntime {
                 let module =
                     Module::new(&self.engine, &bytes.bytes).map_err(|e| WasmError::Compile {
                         digest: digest.clone(),
-                        reason: format!("{e:#}"),
+                        // wasmparser spreads byte dumps over lines; a log line keeps one.
+                        reason: format!("{e:#}")
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" "),
                     })?;
                 self.store_cached(digest, &module);
                 module

@@ -356,6 +356,36 @@ impl PluginVm {
         self.end_context(context, EndOrder::Http)
     }
 
+    /// The plugin is leaving (a new snapshot no longer has it, and its last stream ended):
+    /// the root context gets `on_done` and `on_delete`, as Envoy does when a plugin is removed.
+    /// The VM is freed right after, so a root that answers `false` to `on_done` cannot defer.
+    pub fn retire(&mut self) -> Result<(), VmFailure> {
+        let root = self.root_id;
+        let ticks = self.spec.callback_deadline_ticks;
+        if let Some(f) = &self.callbacks.done {
+            invoke(
+                &mut self.store,
+                ticks,
+                f,
+                root,
+                root as i32,
+                "proxy_on_done",
+            )
+            .map(drop)?;
+        }
+        if let Some(f) = &self.callbacks.delete {
+            invoke(
+                &mut self.store,
+                ticks,
+                f,
+                root,
+                root as i32,
+                "proxy_on_delete",
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn on_tick(&mut self) -> Result<(), VmFailure> {
         let Some(f) = &self.callbacks.tick else {
             return Ok(());

@@ -2,9 +2,12 @@
 //! failure costs only the streams that were on the VM: the next request gets a fresh VM.
 //! Repeated failures with no successful stream between them are a crash loop: rebuilding
 //! then waits (100ms doubling to 30s) and the plugin shows as unhealthy on `/ready`.
+//!
+//! When a new snapshot drops a plugin, the worker forgets its slot; streams that started on
+//! the old snapshot still hold the slot, and the VM is freed when the last of them ends.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +20,7 @@ use super::error::VmFailure;
 use super::plugin::PluginSpec;
 use super::state::{ResumeSignals, StreamInfo};
 use super::vm::PluginVm;
+use crate::config::Snapshot;
 use crate::upstream::UpstreamPools;
 
 /// Failures in a row before rebuilding backs off.
@@ -24,7 +28,11 @@ const CRASH_LOOP_AFTER: u32 = 3;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub struct WorkerPlugins {
+    /// Slots of the plugins of the adopted snapshot, by `Arc` address of their spec.
     by_spec: RefCell<HashMap<usize, Rc<WorkerVm>>>,
+    /// The snapshot version `by_spec` follows, and the spec addresses that snapshot has.
+    adopted: Cell<u64>,
+    current: RefCell<HashSet<usize>>,
     /// The worker's upstream connections, which callouts use too.
     pools: Rc<UpstreamPools>,
 }
@@ -48,19 +56,44 @@ impl WorkerPlugins {
     pub fn new(pools: Rc<UpstreamPools>) -> Self {
         Self {
             by_spec: RefCell::default(),
+            adopted: Cell::new(0),
+            current: RefCell::default(),
             pools,
         }
     }
 
+    /// Follows `snapshot` if it is newer than the one adopted: slots of plugins it no longer
+    /// has are forgotten (their VMs go with their last stream). Returns whether it was newer.
+    pub fn adopt(&self, snapshot: &Snapshot) -> bool {
+        if snapshot.version <= self.adopted.get() {
+            return false;
+        }
+        self.adopted.set(snapshot.version);
+        let current: HashSet<usize> = snapshot.plugins().map(spec_key).collect();
+        self.by_spec
+            .borrow_mut()
+            .retain(|key, _| current.contains(key));
+        *self.current.borrow_mut() = current;
+        true
+    }
+
+    /// Starts a VM for every plugin of `snapshot` that has none, so the first requests after
+    /// a change do not pay for it.
+    pub fn warm(&self, snapshot: &Snapshot) {
+        for spec in snapshot.plugins() {
+            if let Err(failure) = self.slot(spec).ensure_started() {
+                tracing::warn!(plugin = %spec.info.name, %failure, "could not pre-start the plugin's VM");
+            }
+        }
+    }
+
+    /// The slot of `spec`. A spec of an older snapshot (a stream that started before a change)
+    /// gets a slot of its own that nothing keeps once its streams end.
     pub fn slot(&self, spec: &Arc<PluginSpec>) -> Rc<WorkerVm> {
-        let key = Arc::as_ptr(spec) as usize;
+        let key = spec_key(spec);
         if let Some(slot) = self.by_spec.borrow().get(&key) {
             return Rc::clone(slot);
         }
-        let mut by_spec = self.by_spec.borrow_mut();
-        // A new spec means a new snapshot: slots whose spec no snapshot holds any more go now.
-        // (The map keeps each spec alive, so a key is never reused while its slot exists.)
-        by_spec.retain(|_, slot| Arc::strong_count(&slot.spec) > 1);
         let slot = Rc::new(WorkerVm {
             spec: Arc::clone(spec),
             pools: Rc::clone(&self.pools),
@@ -71,9 +104,15 @@ impl WorkerPlugins {
             timer: RefCell::new(None),
             queue_listener: RefCell::new(None),
         });
-        by_spec.insert(key, Rc::clone(&slot));
+        if self.current.borrow().contains(&key) {
+            self.by_spec.borrow_mut().insert(key, Rc::clone(&slot));
+        }
         slot
     }
+}
+
+fn spec_key(spec: &Arc<PluginSpec>) -> usize {
+    Arc::as_ptr(spec) as usize
 }
 
 // === impl WorkerVm ===
@@ -97,6 +136,7 @@ impl WorkerVm {
         self.spec.health.vm_starts.inc();
         match started {
             Ok(vm) => {
+                self.spec.health.vms_live.inc();
                 *self.vm.borrow_mut() = Some(vm);
                 self.generation.set(self.generation.get() + 1);
                 self.listen_to_queues(events_rx);
@@ -175,6 +215,7 @@ impl WorkerVm {
         // Streams paused on this VM must learn that it is gone (and get the fail policy)
         // rather than wait for a resume that can no longer come.
         if let Some(mut vm) = self.vm.borrow_mut().take() {
+            self.spec.health.vms_live.dec();
             for stream in vm.state().streams.values() {
                 stream.resumed.wake_all();
             }
@@ -270,6 +311,32 @@ impl WorkerVm {
             }
         });
         *self.queue_listener.borrow_mut() = Some(listener);
+    }
+}
+
+impl Drop for WorkerVm {
+    /// The last stream of a retired plugin ended: the root context hears it is done, timers
+    /// stop, and the VM's memory goes back.
+    fn drop(&mut self) {
+        if let Some(timer) = self.timer.get_mut().take() {
+            timer.abort();
+        }
+        if let Some(listener) = self.queue_listener.get_mut().take() {
+            listener.abort();
+        }
+        if let Some(mut vm) = self.vm.get_mut().take() {
+            self.spec.health.vms_live.dec();
+            if let Err(failure) = vm.retire() {
+                tracing::warn!(plugin = %self.spec.info.name, %failure, "the retiring plugin failed in on_done/on_delete");
+            }
+        }
+        if self.consecutive_failures.get() >= CRASH_LOOP_AFTER {
+            self.spec
+                .health
+                .crash_looping
+                .fetch_sub(1, Ordering::Relaxed);
+            self.spec.health.crash_looping_gauge.dec();
+        }
     }
 }
 

@@ -1,26 +1,9 @@
 //! The real `sluice` binary: exit codes, error messages, and draining on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::support::*;
-
-fn sluice() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    command.env("SLUICE_LOG", "info");
-    command
-}
-
-/// A config file in a fresh temp folder.
-fn write_config(name: &str, yaml: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("proxy.yaml");
-    std::fs::write(&file, yaml).unwrap();
-    file
-}
 
 #[test]
 fn check_accepts_a_valid_config() {
@@ -103,35 +86,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let upstream = TestUpstream::start("app").await;
     let yaml = simple_config(&format!("\"{}\"", upstream.addr), "", "");
     let file = write_config("drain", &yaml);
-    let mut child = sluice()
-        .args(["proxy", "--config"])
-        .arg(&file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The log line `listening listener=main address=...` tells the port the OS chose.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let address = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "sluice exited before listening"
-        );
-        if let Some(rest) = line.split("listener=main address=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()
-                .unwrap();
-        }
-    };
+    let mut proxy = SpawnedProxy::start(&file);
+    let address = proxy.addr;
     let in_flight = tokio::spawn(async move { get(address, "/slow/700").await });
     // Let the slow request reach the upstream before the signal.
     let reached = eventually(Duration::from_secs(5), async || upstream.requests() == 1).await;
     assert!(reached);
-    let pid = child.id().to_string();
+    let pid = proxy.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -146,10 +107,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         "the in-flight request finished during the drain"
     );
     assert_eq!(reply.body, "slow\n");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::block_in_place(|| proxy.child.wait()).unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(
         tokio::net::TcpStream::connect(address).await.is_err(),

@@ -407,7 +407,7 @@ async fn modules_that_cannot_serve_are_refused_with_the_reason() {
         let error = sluice::config::load_str(&yaml, std::path::Path::new("test.yaml"))
             .map_err(|e| e.to_string())
             .and_then(|loaded| {
-                sluice::config::Snapshot::build(&loaded, 1, &sluice::admin::Metrics::new())
+                sluice::config::Snapshot::build(&loaded, 1, &sluice::admin::Metrics::new(), None)
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             })

@@ -47,13 +47,32 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 
 /// Sends one request on a fresh HTTP/1.1 connection.
 pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await.unwrap();
-    collect(response).await
+    KeptConnection::open(addr).await.send(request).await
+}
+
+/// One HTTP/1.1 connection kept open for several requests.
+pub struct KeptConnection(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+impl KeptConnection {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        Self(sender)
+    }
+
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Reply {
+        self.0.ready().await.unwrap();
+        let response = self.0.send_request(request).await.unwrap();
+        collect(response).await
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let request = Request::get(path).header("host", "test.local");
+        self.send(request.body(Full::default()).unwrap()).await
+    }
 }
 
 /// Sends one request on a fresh HTTP/1.1 connection and returns the response before its body

@@ -2,6 +2,8 @@
 
 pub mod client;
 pub mod fixtures;
+pub mod load;
+pub mod process;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -9,7 +11,10 @@ use std::path::Path;
 
 pub use client::*;
 pub use fixtures::{fixture, legacy_fixture};
+pub use load::SteadyLoad;
+pub use process::*;
 use sluice::RunningProxy;
+use sluice::config::LoadedConfig;
 pub use upstream::TestUpstream;
 
 pub struct TestProxy {
@@ -22,6 +27,19 @@ pub struct TestProxy {
 /// Starts the proxy from YAML. Listeners and admin should use port 0; `{name}` placeholders are
 /// replaced by the address of the upstream of that name.
 pub async fn start_proxy(yaml: &str, upstreams: &[&TestUpstream]) -> TestProxy {
+    let proxy = RunningProxy::start(&test_config(yaml, upstreams))
+        .await
+        .unwrap();
+    let addr = proxy
+        .listener_address("main")
+        .expect("a listener named main");
+    let admin = proxy.admin_address().expect("admin endpoint");
+    TestProxy { proxy, addr, admin }
+}
+
+/// Parses and validates a test config, with the `{name}` placeholders and the admin endpoint
+/// of [`start_proxy`].
+pub fn test_config(yaml: &str, upstreams: &[&TestUpstream]) -> LoadedConfig {
     let mut yaml = yaml.to_owned();
     for upstream in upstreams {
         yaml = yaml.replace(
@@ -32,14 +50,32 @@ pub async fn start_proxy(yaml: &str, upstreams: &[&TestUpstream]) -> TestProxy {
     if !yaml.contains("admin:") {
         yaml = format!("admin: {{ address: \"127.0.0.1:0\" }}\n{yaml}");
     }
-    let loaded = sluice::config::load_str(&yaml, Path::new("test.yaml"))
-        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-    let proxy = RunningProxy::start(&loaded).await.unwrap();
-    let addr = proxy
-        .listener_address("main")
-        .expect("a listener named main");
-    let admin = proxy.admin_address().expect("admin endpoint");
-    TestProxy { proxy, addr, admin }
+    sluice::config::load_str(&yaml, Path::new("test.yaml"))
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"))
+}
+
+/// `main` routes to cluster `backend` ({endpoint}) through filter `tagger`: the headers
+/// fixture at `module`, which stamps `tag` on responses (`x-wasm-tag`), so a response shows
+/// which plugin config served it.
+pub fn tagger_config(module: &str, endpoint: &str, tag: &str, workers: usize) -> String {
+    format!(
+        r#"
+workers: {workers}
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    filters:
+      - name: tagger
+        module: {module}
+        config: "{tag}"
+    routes:
+      - match: {{ prefix: / }}
+        cluster: backend
+clusters:
+  - name: backend
+    endpoints: ["{endpoint}"]
+"#
+    )
 }
 
 /// One listener `main` routing everything to cluster `backend` with the given endpoints.

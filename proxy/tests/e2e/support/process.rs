@@ -1,0 +1,114 @@
+//! The real `sluice` binary as a child process: start it on a config file, learn its ports
+//! from its log, read its log and memory use, kill it when the test ends.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub fn sluice() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command.env("SLUICE_LOG", "info");
+    command
+}
+
+/// A fresh temp folder for one test.
+pub fn temp_folder(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A config file in a fresh temp folder.
+pub fn write_config(name: &str, yaml: &str) -> PathBuf {
+    let file = temp_folder(name).join("proxy.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    file
+}
+
+/// Replaces `file` the way deploy tools do: write a sibling, rename it over.
+pub fn replace_file(file: &Path, contents: &[u8]) {
+    let staged = file.with_extension("staged");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, file).unwrap();
+}
+
+pub struct SpawnedProxy {
+    pub child: Child,
+    /// The listener named `main`.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl SpawnedProxy {
+    /// Runs `sluice proxy --config FILE` and waits until it listens and follows the file.
+    pub fn start(config: &Path) -> Self {
+        let mut child = sluice()
+            .args(["proxy", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn({
+            let log = Arc::clone(&log);
+            move || {
+                let mut listening = None;
+                for line in stderr.lines().map_while(Result::ok) {
+                    if let Some(address) = address_after(&line, "listener=main address=") {
+                        listening = Some(address);
+                    }
+                    if line.contains("watching the config") {
+                        let _ = address_tx.send(listening);
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let addr = address_rx
+            .recv_timeout(Duration::from_secs(30))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("sluice never listened:\n{}", log.lock().unwrap()));
+        Self { child, addr, log }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for SpawnedProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    line.split(marker)
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
