@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod http;
 pub mod listener;

@@ -8,8 +8,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::time::Duration;
+
 use sluice::RunningProxy;
 use sluice::config::{self, Snapshot};
+use sluice::control::{
+    CommandError, ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings,
+    list_versions, rollback, wait_for_acks,
+};
+use sluice_control::{ControlSettings, RunningControl};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -30,7 +37,64 @@ enum Command {
     Proxy {
         #[arg(long)]
         config: PathBuf,
-        /// Control service to subscribe to.
+        /// Control service to subscribe to; its changes apply on top of the file's config.
+        #[arg(long)]
+        control: Option<String>,
+        /// How `sluice status` names this proxy [host name and process id].
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Run the control service: it keeps modules and config versions in its data dir and
+    /// pushes them to subscribed proxies.
+    Control {
+        #[arg(long, default_value = "127.0.0.1:9990")]
+        listen: std::net::SocketAddr,
+        #[arg(long, default_value = "sluice-control")]
+        data_dir: PathBuf,
+        /// Bearer token every client must send (required to listen beyond loopback); also
+        /// read from SLUICE_CONTROL_TOKEN.
+        #[arg(long)]
+        token: Option<String>,
+        /// Largest module accepted, in bytes.
+        #[arg(long, default_value_t = sluice_control::DEFAULT_MAX_MODULE_SIZE)]
+        max_module_size: usize,
+    },
+    /// Upload a filter module and set filter NAME on a listener's chain (default: every HTTP
+    /// listener of every proxy): replaced in place if the chain has it, appended otherwise.
+    Push {
+        module: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Plugin configuration (proxy_on_configure).
+        #[arg(long)]
+        config: Option<String>,
+        /// VM configuration (proxy_on_vm_start).
+        #[arg(long)]
+        vm_config: Option<String>,
+        #[arg(long)]
+        listener: Option<String>,
+        /// On a trap, skip the filter instead of failing the request.
+        #[arg(long)]
+        fail_open: bool,
+        /// Also wait until every connected proxy applied (or rejected) the new version.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        control: Option<String>,
+    },
+    /// Which proxies are connected and which version each applied.
+    Status {
+        #[arg(long)]
+        control: Option<String>,
+    },
+    /// The config versions the control service keeps.
+    Versions {
+        #[arg(long)]
+        control: Option<String>,
+    },
+    /// Make an earlier version current again (as a new version).
+    Rollback {
+        version: u64,
         #[arg(long)]
         control: Option<String>,
     },
@@ -50,6 +114,13 @@ struct Failure {
 }
 
 impl Failure {
+    fn command(error: CommandError) -> Self {
+        Self {
+            code: error.exit_code(),
+            message: error.to_string(),
+        }
+    }
+
     fn usage(message: impl ToString) -> Self {
         Self {
             code: 2,
@@ -99,14 +170,107 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Check { config } => check(&config),
-        Command::Proxy { config, control } => {
-            if let Some(url) = control {
-                return Err(Failure::usage(format!(
-                    "--control {url}: this build cannot subscribe to a control service yet; run from --config alone"
-                )));
-            }
+        Command::Proxy {
+            config,
+            control,
+            id,
+        } => {
             let loaded = config::load_file(&config).map_err(Failure::usage)?;
-            serve(&loaded).await
+            let subscription = control.map(|url| SubscriberSettings {
+                url,
+                token: control_token(None),
+                proxy_id: id.unwrap_or_else(default_proxy_id),
+            });
+            serve(&loaded, subscription).await
+        }
+        Command::Control {
+            listen,
+            data_dir,
+            token,
+            max_module_size,
+        } => {
+            let settings = ControlSettings {
+                listen,
+                data_dir,
+                token: control_token(token),
+                max_module_size,
+            };
+            let control = RunningControl::start(settings, ProxyValidator::new())
+                .await
+                .map_err(|e| match e {
+                    sluice_control::ControlError::Unguarded(_) => Failure::usage(e),
+                    other => Failure::runtime(other),
+                })?;
+            println!("control service listening on http://{}", control.address());
+            wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
+            control.shutdown().await;
+            Ok(())
+        }
+        Command::Push {
+            module,
+            name,
+            config,
+            vm_config,
+            listener,
+            fail_open,
+            wait,
+            control,
+        } => {
+            let mut client = control_client(control).await?;
+            let request = PushRequest {
+                module,
+                name: name.clone(),
+                config,
+                vm_config,
+                listener,
+                fail_open,
+            };
+            let pushed = sluice::control::push(&mut client, request)
+                .await
+                .map_err(Failure::command)?;
+            println!(
+                "{name}: module sha256:{} accepted as version {}",
+                pushed.sha256, pushed.version
+            );
+            if wait {
+                let proxies = wait_for_acks(&mut client, pushed.version, Duration::from_secs(30))
+                    .await
+                    .map_err(Failure::command)?;
+                print_acks(&proxies, pushed.version)?;
+            }
+            Ok(())
+        }
+        Command::Status { control } => {
+            let mut client = control_client(control).await?;
+            let status = sluice::control::status(&mut client)
+                .await
+                .map_err(Failure::command)?;
+            print_status(&status);
+            Ok(())
+        }
+        Command::Versions { control } => {
+            let mut client = control_client(control).await?;
+            let versions = list_versions(&mut client).await.map_err(Failure::command)?;
+            for v in &versions.versions {
+                let marker = if v.version == versions.current {
+                    "*"
+                } else {
+                    " "
+                };
+                println!(
+                    "{marker}{:>5}  {}  {}",
+                    v.version, v.created_unix, v.description
+                );
+            }
+            Ok(())
+        }
+        Command::Rollback { version, control } => {
+            let mut client = control_client(control).await?;
+            let new = rollback(&mut client, version)
+                .await
+                .map_err(Failure::command)?;
+            println!("version {version} is current again, as version {new}");
+            Ok(())
         }
         Command::Demo => demo().await,
     }
@@ -125,7 +289,10 @@ fn check(file: &std::path::Path) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn serve(loaded: &config::LoadedConfig) -> Result<(), Failure> {
+async fn serve(
+    loaded: &config::LoadedConfig,
+    subscription: Option<SubscriberSettings>,
+) -> Result<(), Failure> {
     let proxy = RunningProxy::start(loaded).await.map_err(|e| match e {
         sluice::runtime::StartError::Config(config) => Failure::usage(config),
         other => Failure::runtime(other),
@@ -138,9 +305,77 @@ async fn serve(loaded: &config::LoadedConfig) -> Result<(), Failure> {
             None
         }
     };
+    let control =
+        subscription.map(|settings| ControlSubscription::start(settings, proxy.applier()));
     wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
-    drop(watch);
+    drop((watch, control));
     proxy.shutdown().await;
+    Ok(())
+}
+
+/// `--token`, else SLUICE_CONTROL_TOKEN.
+fn control_token(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| std::env::var("SLUICE_CONTROL_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+}
+
+async fn control_client(url: Option<String>) -> Result<sluice_control::Client, Failure> {
+    let url = url
+        .or_else(|| std::env::var("SLUICE_CONTROL").ok())
+        .unwrap_or_else(|| sluice_control::DEFAULT_CONTROL_URL.to_owned());
+    sluice_control::connect(&url, control_token(None).as_deref())
+        .await
+        .map_err(Failure::runtime)
+}
+
+fn default_proxy_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "proxy".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn print_status(status: &sluice_control::proto::StatusReply) {
+    println!("control version {}", status.current_version);
+    println!("{:<28} {:<13} {:>7}  note", "proxy", "state", "applied");
+    for proxy in &status.proxies {
+        let state = if proxy.connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        let note = if proxy.rejected_version > proxy.applied_version {
+            format!(
+                "rejected version {}: {}",
+                proxy.rejected_version, proxy.rejected_reason
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<28} {:<13} {:>7}  {note}",
+            proxy.proxy_id, state, proxy.applied_version
+        );
+    }
+}
+
+/// Prints what each proxy did with `version`; fails if any rejected it.
+fn print_acks(proxies: &[sluice_control::proto::ProxyStatus], version: u64) -> Result<(), Failure> {
+    let mut rejected = 0;
+    for proxy in proxies {
+        if proxy.applied_version >= version {
+            println!("  {}: applied", proxy.proxy_id);
+        } else {
+            rejected += 1;
+            println!("  {}: rejected: {}", proxy.proxy_id, proxy.rejected_reason);
+        }
+    }
+    if rejected > 0 {
+        return Err(Failure::runtime(format!(
+            "{rejected} of {} proxies rejected version {version}",
+            proxies.len()
+        )));
+    }
     Ok(())
 }
 

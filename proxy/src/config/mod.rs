@@ -4,6 +4,7 @@
 mod error;
 mod load;
 mod model;
+mod overlay;
 mod snapshot;
 mod units;
 mod validate;
@@ -11,5 +12,6 @@ mod validate;
 pub use error::{ConfigError, ConfigProblem};
 pub use load::{LoadedConfig, load_file, load_str};
 pub use model::*;
+pub use overlay::{filter_config, with_overlay};
 pub use snapshot::{ListenerSnapshot, Snapshot};
 pub use units::{ByteSize, ConfigDuration};

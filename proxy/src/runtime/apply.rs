@@ -1,13 +1,18 @@
 //! Applying a config change to a running proxy: build the new snapshot off the data path
 //! (modules compiled and canaried), bind the sockets of new listeners, start new clusters,
 //! then publish it in one atomic swap. Any failure before the swap changes nothing.
+//!
+//! A proxy's config has two sources: its file, and the overlay of a control service it
+//! subscribes to. A change to either is composed with the latest of the other.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::listeners::ListenerSet;
 use super::state::ProxyState;
-use crate::config::{ConfigError, LoadedConfig, Snapshot};
+use sluice_control::Overlay;
+
+use crate::config::{ConfigError, LoadedConfig, Snapshot, with_overlay};
 use crate::listener::BindError;
 use crate::upstream::{Cluster, spawn_cluster_tasks};
 
@@ -38,37 +43,77 @@ struct Applier {
     state: Arc<ProxyState>,
     listeners: Mutex<ListenerSet>,
     /// One change at a time: each is built on the snapshot the previous one published.
-    applying: tokio::sync::Mutex<()>,
+    sources: tokio::sync::Mutex<Sources>,
+}
+
+/// What the running config was composed from.
+struct Sources {
+    file: LoadedConfig,
+    /// The control version and its overlay, once a control service sent one.
+    overlay: Option<(u64, Overlay)>,
 }
 
 // === impl ConfigApplier ===
 
 impl ConfigApplier {
-    pub(super) fn new(state: Arc<ProxyState>, listeners: ListenerSet) -> Self {
+    pub(super) fn new(state: Arc<ProxyState>, listeners: ListenerSet, file: LoadedConfig) -> Self {
         Self(Arc::new(Applier {
             state,
             listeners: Mutex::new(listeners),
-            applying: tokio::sync::Mutex::new(()),
+            sources: tokio::sync::Mutex::new(Sources {
+                file,
+                overlay: None,
+            }),
         }))
     }
 
-    /// Applies a new config while serving, whole or not at all. Its plugins are compiled and
-    /// canaried and its new listeners bound before anything changes; then one atomic swap.
-    /// Requests in flight finish on the snapshot they started with; new requests, even on
-    /// an open keep-alive or HTTP/2 connection, get the new one. Returns the new version.
+    /// Applies a new file config (with the control overlay, if any) while serving, whole or
+    /// not at all. Its plugins are compiled and canaried and its new listeners bound before
+    /// anything changes; then one atomic swap. Requests in flight finish on the snapshot they
+    /// started with; new requests, even on an open keep-alive or HTTP/2 connection, get the
+    /// new one. Returns the new snapshot version.
     pub async fn apply(&self, loaded: LoadedConfig) -> Result<u64, ApplyError> {
-        let _one_at_a_time = self.0.applying.lock().await;
-        match self.apply_now(loaded).await {
+        let mut sources = self.0.sources.lock().await;
+        let composed = match &sources.overlay {
+            Some((version, overlay)) => with_overlay(&loaded, overlay, *version),
+            None => Ok(loaded.clone()),
+        };
+        let applied = self.settle(self.apply_composed(composed).await);
+        if applied.is_ok() {
+            sources.file = loaded;
+        }
+        applied
+    }
+
+    /// Applies control version `version` (its overlay over the file's config), the same way.
+    pub async fn apply_overlay(&self, overlay: Overlay, version: u64) -> Result<u64, ApplyError> {
+        let mut sources = self.0.sources.lock().await;
+        let composed = with_overlay(&sources.file, &overlay, version);
+        let applied = self.settle(self.apply_composed(composed).await);
+        if applied.is_ok() {
+            tracing::info!(control_version = version, "control overlay applied");
+            sources.overlay = Some((version, overlay));
+        }
+        applied
+    }
+
+    async fn apply_composed(
+        &self,
+        composed: Result<LoadedConfig, ConfigError>,
+    ) -> Result<u64, ApplyError> {
+        self.apply_now(composed?).await
+    }
+
+    /// Counts and logs the outcome of a change.
+    fn settle(&self, applied: Result<u64, ApplyError>) -> Result<u64, ApplyError> {
+        match &applied {
             Ok(version) => {
                 self.0.state.metrics.count_config_change(true);
                 tracing::info!(version, "config applied");
-                Ok(version)
             }
-            Err(error) => {
-                self.count_rejected(&error);
-                Err(error)
-            }
+            Err(error) => self.count_rejected(error),
         }
+        applied
     }
 
     /// Logs and counts a change that was refused, here or before it got here (a config file

@@ -121,7 +121,7 @@ impl RunningProxy {
             tracing::info!(%address, "admin endpoint listening");
         }
         Ok(Self {
-            applier: ConfigApplier::new(Arc::clone(&state), listeners),
+            applier: ConfigApplier::new(Arc::clone(&state), listeners, loaded.clone()),
             state,
             drain,
             workers,

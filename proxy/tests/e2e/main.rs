@@ -7,6 +7,7 @@
 mod admin;
 mod balancing;
 mod binary;
+mod control;
 mod failures;
 mod file_mode;
 mod forwarding;

@@ -46,9 +46,15 @@ pub struct SpawnedProxy {
 impl SpawnedProxy {
     /// Runs `sluice proxy --config FILE` and waits until it listens and follows the file.
     pub fn start(config: &Path) -> Self {
+        Self::start_with(config, &[])
+    }
+
+    /// The same with more arguments.
+    pub fn start_with(config: &Path, arguments: &[&str]) -> Self {
         let mut child = sluice()
             .args(["proxy", "--config"])
             .arg(config)
+            .args(arguments)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

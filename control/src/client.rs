@@ -1,0 +1,53 @@
+//! Connecting to a control service, for `sluice push`, `sluice status` and subscribed proxies.
+
+use std::time::Duration;
+
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::auth::SendBearer;
+use crate::proto::control_client::ControlClient;
+use crate::server::DEFAULT_MAX_MODULE_SIZE;
+
+/// Where `sluice push`, `status` and `proxy --control` look without `--control`.
+pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:9990";
+
+pub type Client = ControlClient<InterceptedService<Channel, SendBearer>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{url}: not a control service URL: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot reach the control service at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Connects (within 2s) to the control service at `url`, sending `token` with every call.
+pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
+    let bad_url = |reason: String| ConnectError::Url {
+        url: url.to_owned(),
+        reason,
+    };
+    let bearer = SendBearer::new(token).map_err(bad_url)?;
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| bad_url(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        // A control service that vanished without closing is noticed within seconds.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(ControlClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(DEFAULT_MAX_MODULE_SIZE * 4)
+        .max_encoding_message_size(DEFAULT_MAX_MODULE_SIZE * 4))
+}

@@ -1,0 +1,21 @@
+//! The Sluice control plane: the API (generated from `proto/`), the store behind it, the
+//! service proxies subscribe to, and the client the CLI and proxies use. The proxy crate
+//! supplies validation (it owns the Wasm host and config model) through [`ChangeValidator`].
+
+pub mod auth;
+pub mod client;
+pub mod overlay;
+pub mod server;
+pub mod service;
+pub mod store;
+
+/// Types and the tonic service generated from `proto/sluice/control/v1/control.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("sluice.control.v1");
+}
+
+pub use client::{Client, ConnectError, DEFAULT_CONTROL_URL, connect};
+pub use overlay::{FilterAttachment, ListenerRoutes, Overlay};
+pub use server::{ControlError, ControlSettings, DEFAULT_MAX_MODULE_SIZE, RunningControl};
+pub use service::{ChangeValidator, ControlService};

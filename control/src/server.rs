@@ -1,0 +1,121 @@
+//! Serving the control API: bind (loopback unless a token guards it), open the data dir,
+//! serve until shut down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::auth::RequireBearer;
+use crate::proto::control_server::ControlServer;
+use crate::service::{ChangeValidator, ControlService};
+use crate::store::{Store, StoreError};
+
+/// Modules larger than this are refused unless the service is told otherwise.
+pub const DEFAULT_MAX_MODULE_SIZE: usize = 32 << 20;
+
+pub struct ControlSettings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Required from every client when set; required to listen beyond loopback.
+    pub token: Option<String>,
+    pub max_module_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "refusing to serve the control API on {0} without a token: set --token (or SLUICE_CONTROL_TOKEN), or listen on loopback"
+    )]
+    Unguarded(SocketAddr),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data dir: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A control service serving on a socket.
+pub struct RunningControl {
+    address: SocketAddr,
+    service: ControlService,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningControl {
+    pub async fn start(
+        settings: ControlSettings,
+        validator: Arc<dyn ChangeValidator>,
+    ) -> Result<Self, ControlError> {
+        if !settings.listen.ip().is_loopback() && settings.token.is_none() {
+            return Err(ControlError::Unguarded(settings.listen));
+        }
+        let store = Store::open(&settings.data_dir)?;
+        let current = store.current_version();
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ControlError::Bind {
+                address: settings.listen,
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| ControlError::Bind {
+            address: settings.listen,
+            source,
+        })?;
+        let service = ControlService::new(store, validator, settings.max_module_size);
+        let limit = settings.max_module_size + (64 << 10);
+        let server = tonic::service::interceptor::InterceptedService::new(
+            ControlServer::new(service.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            RequireBearer::new(settings.token.as_deref()),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                }),
+        );
+        tracing::info!(%address, data_dir = %settings.data_dir.display(), version = current, "control service listening");
+        Ok(Self {
+            address,
+            service,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Ends the subscriptions and stops serving.
+    pub async fn shutdown(mut self) {
+        self.service.stop_subscriptions();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match (&mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the control service failed"),
+            Err(error) => tracing::error!(%error, "the control service task failed"),
+        }
+    }
+}
+
+impl Drop for RunningControl {
+    fn drop(&mut self) {
+        self.service.stop_subscriptions();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

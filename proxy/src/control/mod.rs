@@ -1,0 +1,13 @@
+//! The proxy's side of the control plane: validating changes for the control service (it
+//! needs the Wasm host and the config model), subscribing to a control service, and the
+//! `push`, `status`, `versions` and `rollback` commands.
+
+mod commands;
+mod subscriber;
+mod validator;
+
+pub use commands::{
+    CommandError, PushRequest, Pushed, list_versions, push, rollback, status, wait_for_acks,
+};
+pub use subscriber::{ControlSubscription, SubscriberSettings};
+pub use validator::ProxyValidator;

@@ -1,0 +1,305 @@
+//! The control service with real proxies subscribed on loopback: pushes reach every proxy,
+//! bad pushes change nothing, and losing the service loses no config.
+
+use std::time::Duration;
+
+use sluice::control::{
+    CommandError, ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings, push,
+    wait_for_acks,
+};
+use sluice_control::{ControlSettings, RunningControl};
+
+use crate::support::*;
+
+async fn start_control(data_dir: &std::path::Path, token: Option<&str>) -> RunningControl {
+    start_control_on("127.0.0.1:0".parse().unwrap(), data_dir, token).await
+}
+
+async fn start_control_on(
+    listen: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+    token: Option<&str>,
+) -> RunningControl {
+    let settings = ControlSettings {
+        listen,
+        data_dir: data_dir.to_owned(),
+        token: token.map(str::to_owned),
+        max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+    };
+    RunningControl::start(settings, ProxyValidator::new())
+        .await
+        .unwrap()
+}
+
+fn url_of(control: &RunningControl) -> String {
+    format!("http://{}", control.address())
+}
+
+/// A proxy routing to `app`, subscribed to `control` as `id`.
+async fn subscribed_proxy(
+    app: &TestUpstream,
+    control: &str,
+    id: &str,
+) -> (TestProxy, ControlSubscription) {
+    let proxy = start_proxy(&simple_config("\"{app}\"", "", ""), &[app]).await;
+    let settings = SubscriberSettings {
+        url: control.to_owned(),
+        token: None,
+        proxy_id: id.to_owned(),
+    };
+    let subscription = ControlSubscription::start(settings, proxy.proxy.applier());
+    (proxy, subscription)
+}
+
+fn push_tagger(config: &str) -> PushRequest {
+    PushRequest {
+        module: fixture("headers"),
+        name: "tagger".into(),
+        config: Some(config.into()),
+        vm_config: None,
+        listener: None,
+        fail_open: false,
+    }
+}
+
+async fn client_of(control: &str) -> sluice_control::Client {
+    sluice_control::connect(control, None).await.unwrap()
+}
+
+async fn connected(client: &mut sluice_control::Client, count: usize) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        let status = sluice::control::status(client).await.unwrap();
+        status.proxies.iter().filter(|p| p.connected).count() == count
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_reaches_every_proxy_and_bad_pushes_change_nothing() {
+    let app = TestUpstream::start("app").await;
+    let control = start_control(&temp_folder("control-push"), None).await;
+    let url = url_of(&control);
+    let (one, _s1) = subscribed_proxy(&app, &url, "one").await;
+    let (two, _s2) = subscribed_proxy(&app, &url, "two").await;
+    let mut client = client_of(&url).await;
+    assert!(connected(&mut client, 2).await);
+
+    let pushed = push(&mut client, push_tagger("pushed")).await.unwrap();
+    assert_eq!(pushed.version, 1);
+    let acks = wait_for_acks(&mut client, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(acks.len(), 2);
+    assert!(acks.iter().all(|p| p.applied_version == 1), "{acks:?}");
+    for proxy in [&one, &two] {
+        assert_eq!(
+            get(proxy.addr, "/").await.header("x-wasm-tag"),
+            Some("pushed")
+        );
+    }
+
+    // A module whose on_configure refuses its configuration.
+    let refused = PushRequest {
+        module: fixture("hostile"),
+        name: "hostile".into(),
+        config: Some("reject".into()),
+        ..push_tagger("")
+    };
+    let error = push(&mut client, refused).await.err().unwrap();
+    assert!(matches!(error, CommandError::Refused(_)), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("proxy_on_configure returned false"),
+        "{error}"
+    );
+
+    // Bytes that are not WebAssembly.
+    let garbage = temp_folder("control-garbage").join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0\x01 cut short").unwrap();
+    let error = push(
+        &mut client,
+        PushRequest {
+            module: garbage,
+            ..push_tagger("x")
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(error.to_string().contains("does not compile"), "{error}");
+    assert_eq!(error.exit_code(), 2);
+
+    let versions = sluice::control::list_versions(&mut client).await.unwrap();
+    assert_eq!(versions.current, 1, "rejected pushes make no version");
+    assert_eq!(
+        get(one.addr, "/").await.header("x-wasm-tag"),
+        Some("pushed")
+    );
+
+    // Rolling back to "nothing pushed" takes the filter out again.
+    let version = sluice::control::rollback(&mut client, 0).await.unwrap();
+    wait_for_acks(&mut client, version, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(get(two.addr, "/").await.header("x-wasm-tag"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_without_the_control_service_and_resync_when_it_returns() {
+    let app = TestUpstream::start("app").await;
+    let data_dir = temp_folder("control-restart");
+    let control = start_control(&data_dir, None).await;
+    let (address, url) = (control.address(), url_of(&control));
+    let (proxy, _subscription) = subscribed_proxy(&app, &url, "sidecar").await;
+    let mut client = client_of(&url).await;
+    assert!(connected(&mut client, 1).await);
+    push(&mut client, push_tagger("before")).await.unwrap();
+    wait_for_acks(&mut client, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    control.shutdown().await;
+    for _ in 0..5 {
+        let reply = get(proxy.addr, "/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-wasm-tag"), Some("before"));
+    }
+
+    // The same data dir: version 1 is still there, and the proxy reconnects to it.
+    let control = start_control_on(address, &data_dir, None).await;
+    let mut client = client_of(&url_of(&control)).await;
+    assert!(connected(&mut client, 1).await, "the proxy reconnected");
+    let versions = sluice::control::list_versions(&mut client).await.unwrap();
+    assert_eq!(versions.current, 1);
+    push(&mut client, push_tagger("after")).await.unwrap();
+    wait_for_acks(&mut client, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(proxy.addr, "/").await.header("x-wasm-tag"),
+        Some("after")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_service_refuses_calls_without_its_token() {
+    let control = start_control(&temp_folder("control-token"), Some("s3cret")).await;
+    let url = url_of(&control);
+    let mut anonymous = client_of(&url).await;
+    let error = sluice::control::status(&mut anonymous).await.unwrap_err();
+    assert!(error.to_string().contains("bearer token"), "{error}");
+
+    let mut holder = sluice_control::connect(&url, Some("s3cret")).await.unwrap();
+    assert!(sluice::control::status(&mut holder).await.is_ok());
+
+    let settings = ControlSettings {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        data_dir: temp_folder("control-unguarded"),
+        token: None,
+        max_module_size: 1 << 20,
+    };
+    let error = RunningControl::start(settings, ProxyValidator::new())
+        .await
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("without a token"), "{error}");
+}
+
+/// The commands as a user types them: `sluice control`, `sluice proxy --control`,
+/// `sluice push --wait`, `sluice status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pushes_to_a_proxy_and_shows_its_status() {
+    let app = TestUpstream::start("app").await;
+    let folder = temp_folder("control-cli");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut control = sluice()
+        .args([
+            "control",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(folder.join("data"))
+        .spawn()
+        .unwrap();
+    let config = write_config(
+        "control-cli-proxy",
+        &simple_config(&format!("\"{}\"", app.addr), "", ""),
+    );
+    let proxy = SpawnedProxy::start_with(&config, &["--control", &url, "--id", "edge-1"]);
+
+    let mut client = loop {
+        if let Ok(client) = sluice_control::connect(&url, None).await {
+            break client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(connected(&mut client, 1).await, "{}", proxy.log());
+
+    let push = tokio::task::block_in_place(|| {
+        sluice()
+            .arg("push")
+            .arg(fixture("headers"))
+            .args([
+                "--name",
+                "tagger",
+                "--config",
+                "from-cli",
+                "--wait",
+                "--control",
+                &url,
+            ])
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&push.stdout);
+    assert!(
+        push.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    assert!(stdout.contains("accepted as version 1"), "{stdout}");
+    assert!(stdout.contains("edge-1: applied"), "{stdout}");
+    assert_eq!(
+        get(proxy.addr, "/").await.header("x-wasm-tag"),
+        Some("from-cli")
+    );
+
+    let status = tokio::task::block_in_place(|| {
+        sluice()
+            .args(["status", "--control", &url])
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success());
+    assert!(stdout.contains("control version 1"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("edge-1"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("connected") && line.trim_end().ends_with('1'),
+        "{stdout}"
+    );
+
+    let unreachable = tokio::task::block_in_place(|| {
+        sluice()
+            .args(["status", "--control", "http://127.0.0.1:1"])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(unreachable.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&unreachable.stderr)
+            .contains("cannot reach the control service at http://127.0.0.1:1"),
+    );
+    let _ = control.kill();
+    let _ = control.wait();
+}
