@@ -46,6 +46,23 @@ pub struct FilterAttachment {
     /// Index in the chain; by default a filter keeps its place or goes last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u32>,
+    /// A canary beside the filter. With an empty `module_sha256`, the filter it runs beside
+    /// is the chain's own (from the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryAttachment>,
+}
+
+/// The candidate version of a filter during a gradual rollout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryAttachment {
+    pub module_sha256: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub config: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vm_config: String,
+    /// 0 to 100.
+    pub percent: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,16 +102,47 @@ impl Overlay {
                             set.module_sha256
                         )));
                     }
-                    next.put_filter(FilterAttachment {
-                        name: set.name.clone(),
-                        listener: non_empty(&set.listener),
-                        removed: false,
-                        module_sha256: set.module_sha256.to_ascii_lowercase(),
-                        config: set.config.clone(),
-                        vm_config: set.vm_config.clone(),
-                        fail_open: set.fail_open,
-                        position: set.position,
-                    });
+                    match set.canary_percent {
+                        Some(percent) => {
+                            if !(0.0..=100.0).contains(&percent) {
+                                return Err(error(format!(
+                                    "set_filter.canary_percent must be from 0 to 100, not {percent}"
+                                )));
+                            }
+                            next.put_canary(set, percent);
+                        }
+                        None => next.put_filter(FilterAttachment {
+                            name: set.name.clone(),
+                            listener: non_empty(&set.listener),
+                            removed: false,
+                            module_sha256: set.module_sha256.to_ascii_lowercase(),
+                            config: set.config.clone(),
+                            vm_config: set.vm_config.clone(),
+                            fail_open: set.fail_open,
+                            position: set.position,
+                            canary: None,
+                        }),
+                    }
+                }
+                Some(EditKind::PromoteFilter(promote)) => {
+                    let listener = non_empty(&promote.listener);
+                    let attachment = next
+                        .filters
+                        .iter_mut()
+                        .find(|f| f.name == promote.name && f.listener == listener)
+                        .filter(|f| f.canary.is_some())
+                        .ok_or_else(|| {
+                            error(format!(
+                                "filter {:?} on {} has no canary to promote",
+                                promote.name,
+                                listener_label(&promote.listener)
+                            ))
+                        })?;
+                    if let Some(canary) = attachment.canary.take() {
+                        attachment.module_sha256 = canary.module_sha256;
+                        attachment.config = canary.config;
+                        attachment.vm_config = canary.vm_config;
+                    }
                 }
                 Some(EditKind::RemoveFilter(remove)) => {
                     if remove.name.is_empty() {
@@ -145,12 +193,41 @@ impl Overlay {
         Ok(next)
     }
 
-    /// The modules the overlay's filters use.
+    /// The modules the overlay's filters (and canaries) use.
     pub fn modules(&self) -> impl Iterator<Item = &str> {
         self.filters
             .iter()
             .filter(|f| !f.removed)
-            .map(|f| f.module_sha256.as_str())
+            .flat_map(|f| {
+                let canary = f.canary.as_ref().map(|c| c.module_sha256.as_str());
+                std::iter::once(f.module_sha256.as_str()).chain(canary)
+            })
+            .filter(|digest| !digest.is_empty())
+    }
+
+    /// Puts a canary beside the filter of the same name and listener: one set earlier, or
+    /// (with no module of its own) the chain's own filter.
+    fn put_canary(&mut self, set: &proto::SetFilter, percent: f64) {
+        let canary = CanaryAttachment {
+            module_sha256: set.module_sha256.to_ascii_lowercase(),
+            config: set.config.clone(),
+            vm_config: set.vm_config.clone(),
+            percent,
+        };
+        let listener = non_empty(&set.listener);
+        match self
+            .filters
+            .iter_mut()
+            .find(|f| f.name == set.name && f.listener == listener && !f.removed)
+        {
+            Some(existing) => existing.canary = Some(canary),
+            None => self.filters.push(FilterAttachment {
+                name: set.name.clone(),
+                listener,
+                canary: Some(canary),
+                ..FilterAttachment::default()
+            }),
+        }
     }
 
     /// Replaces the attachment for the same filter and listener in place, or adds it last.
@@ -170,11 +247,24 @@ pub fn describe(edits: &[proto::Edit]) -> String {
         .iter()
         .filter_map(|edit| edit.edit.as_ref())
         .map(|edit| match edit {
-            EditKind::SetFilter(set) => format!(
-                "set filter {} (sha256:{}) on {}",
-                set.name,
-                &set.module_sha256[..set.module_sha256.len().min(12)],
-                listener_label(&set.listener)
+            EditKind::SetFilter(set) => match set.canary_percent {
+                Some(percent) => format!(
+                    "canary {percent}% of filter {} (sha256:{}) on {}",
+                    set.name,
+                    &set.module_sha256[..set.module_sha256.len().min(12)],
+                    listener_label(&set.listener)
+                ),
+                None => format!(
+                    "set filter {} (sha256:{}) on {}",
+                    set.name,
+                    &set.module_sha256[..set.module_sha256.len().min(12)],
+                    listener_label(&set.listener)
+                ),
+            },
+            EditKind::PromoteFilter(promote) => format!(
+                "promote the canary of filter {} on {}",
+                promote.name,
+                listener_label(&promote.listener)
             ),
             EditKind::RemoveFilter(remove) => format!(
                 "remove filter {} from {}",

@@ -87,13 +87,8 @@ impl ControlService {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Checks what `edits` set, against the overlay they produce.
-    async fn validate(
-        &self,
-        store: &Store,
-        edits: &[crate::proto::Edit],
-        next: &Overlay,
-    ) -> Result<(), Status> {
+    /// Checks what `edits` set: modules, clusters, routes.
+    async fn validate(&self, store: &Store, edits: &[crate::proto::Edit]) -> Result<(), Status> {
         for (index, edit) in edits.iter().enumerate() {
             let invalid =
                 |reason: String| Status::invalid_argument(format!("edits[{index}]: {reason}"));
@@ -109,16 +104,14 @@ impl ControlService {
                                 set.module_sha256
                             ))
                         })?;
-                    let Some(filter) = next
-                        .filters
-                        .iter()
-                        .find(|f| {
-                            f.name == set.name
-                                && f.listener.as_deref().unwrap_or("") == set.listener
-                        })
-                        .cloned()
-                    else {
-                        continue;
+                    // What the edit sets, whether it becomes the filter or its canary.
+                    let filter = FilterAttachment {
+                        name: set.name.clone(),
+                        module_sha256: set.module_sha256.clone(),
+                        config: set.config.clone(),
+                        vm_config: set.vm_config.clone(),
+                        fail_open: set.fail_open,
+                        ..FilterAttachment::default()
                     };
                     // Compiling and canarying take milliseconds to seconds.
                     tokio::task::spawn_blocking(move || validator.validate_filter(&filter, &module))
@@ -212,7 +205,7 @@ impl Control for ControlService {
         let next = current
             .edited(&request.edits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.validate(&store, &request.edits, &next).await?;
+        self.validate(&store, &request.edits).await?;
         let description = match request.description {
             text if text.is_empty() => describe(&request.edits),
             text => text,

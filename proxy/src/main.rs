@@ -14,7 +14,7 @@ use sluice::RunningProxy;
 use sluice::config::{self, Snapshot};
 use sluice::control::{
     CommandError, ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings,
-    list_versions, rollback, wait_for_acks,
+    list_versions, promote, rollback, wait_for_acks,
 };
 use sluice_control::{ControlSettings, RunningControl};
 use tracing_subscriber::EnvFilter;
@@ -76,6 +76,21 @@ enum Command {
         /// On a trap, skip the filter instead of failing the request.
         #[arg(long)]
         fail_open: bool,
+        /// Gradual rollout: run the module as a canary beside the filter the chain has, for
+        /// this percent of streams; `sluice promote` ends it, `sluice rollback` undoes it.
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Also wait until every connected proxy applied (or rejected) the new version.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        control: Option<String>,
+    },
+    /// End a gradual rollout: the canary of filter NAME becomes the filter for every stream.
+    Promote {
+        name: String,
+        #[arg(long)]
+        listener: Option<String>,
         /// Also wait until every connected proxy applied (or rejected) the new version.
         #[arg(long)]
         wait: bool,
@@ -213,6 +228,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             vm_config,
             listener,
             fail_open,
+            percent,
             wait,
             control,
         } => {
@@ -224,19 +240,34 @@ async fn run(command: Command) -> Result<(), Failure> {
                 vm_config,
                 listener,
                 fail_open,
+                canary_percent: percent,
             };
             let pushed = sluice::control::push(&mut client, request)
                 .await
                 .map_err(Failure::command)?;
+            let role = percent.map_or(String::new(), |p| format!(" as a {p}% canary"));
             println!(
-                "{name}: module sha256:{} accepted as version {}",
+                "{name}: module sha256:{}{role} accepted as version {}",
                 pushed.sha256, pushed.version
             );
             if wait {
-                let proxies = wait_for_acks(&mut client, pushed.version, Duration::from_secs(30))
-                    .await
-                    .map_err(Failure::command)?;
-                print_acks(&proxies, pushed.version)?;
+                await_acks(&mut client, pushed.version).await?;
+            }
+            Ok(())
+        }
+        Command::Promote {
+            name,
+            listener,
+            wait,
+            control,
+        } => {
+            let mut client = control_client(control).await?;
+            let version = promote(&mut client, name.clone(), listener)
+                .await
+                .map_err(Failure::command)?;
+            println!("{name}: canary promoted as version {version}");
+            if wait {
+                await_acks(&mut client, version).await?;
             }
             Ok(())
         }
@@ -357,6 +388,18 @@ fn print_status(status: &sluice_control::proto::StatusReply) {
             proxy.proxy_id, state, proxy.applied_version
         );
     }
+}
+
+/// Waits for every connected proxy's answer on `version` and prints them; fails if any
+/// rejected it.
+async fn await_acks(client: &mut sluice_control::Client, version: u64) -> Result<(), Failure> {
+    let proxies = wait_for_acks(client, version, Duration::from_secs(30))
+        .await
+        .map_err(Failure::command)?;
+    if proxies.is_empty() {
+        println!("  no proxy is connected");
+    }
+    print_acks(&proxies, version)
 }
 
 /// Prints what each proxy did with `version`; fails if any rejected it.

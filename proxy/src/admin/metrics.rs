@@ -273,6 +273,7 @@ impl Metrics {
 
     pub fn plugin_health(&self, plugin: &str) -> PluginHealth {
         PluginHealth {
+            label: plugin.to_owned(),
             crash_looping: std::sync::atomic::AtomicUsize::new(0),
             failures: self.plugin_failures.clone(),
             vm_starts: self.plugin_vm_starts.with_label_values(&[plugin]),

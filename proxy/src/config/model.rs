@@ -93,6 +93,24 @@ pub struct FilterConfig {
     /// The plugin's log level: trace, debug, info, warn, error or critical. [info]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<PluginLogLevel>,
+    /// Another version of the filter that takes `percent` of the streams (gradual rollout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// The candidate version of a filter during a gradual rollout: its own module and
+/// configuration, the same name, limits and ids. Its metrics carry `plugin="<name>@canary"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    pub module: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_yaml::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_config: Option<serde_yaml::Value>,
+    /// Share of streams (requests, or connections on tcp listeners) that get the canary,
+    /// from 0 to 100.
+    pub percent: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -8,7 +8,7 @@ use sluice_control::{FilterAttachment, Overlay};
 
 use super::error::{ConfigError, ConfigProblem};
 use super::load::LoadedConfig;
-use super::model::{ClusterConfig, FilterConfig, ListenerProtocol, RouteConfig};
+use super::model::{CanaryConfig, ClusterConfig, FilterConfig, ListenerProtocol, RouteConfig};
 use super::validate::validate;
 
 /// `base` with `overlay` (control version `version`) applied.
@@ -65,7 +65,12 @@ pub fn with_overlay(
             };
             if targeted {
                 matched = true;
-                attach(&mut listener.filters, attachment);
+                attach(&mut listener.filters, attachment).map_err(|reason| {
+                    problem(
+                        format!("overlay.filters[{index}]"),
+                        format!("listener {:?}: {reason}", listener.name),
+                    )
+                })?;
             }
         }
         if !matched && let Some(name) = &attachment.listener {
@@ -91,13 +96,24 @@ pub fn with_overlay(
 
 /// Sets or removes one filter on a chain. A filter set over one of the file's keeps the
 /// file's limits, ids and log level.
-fn attach(chain: &mut Vec<FilterConfig>, attachment: &FilterAttachment) {
+fn attach(chain: &mut Vec<FilterConfig>, attachment: &FilterAttachment) -> Result<(), String> {
     let existing = chain.iter().position(|f| f.name == attachment.name);
     if attachment.removed {
         if let Some(index) = existing {
             chain.remove(index);
         }
-        return;
+        return Ok(());
+    }
+    if attachment.module_sha256.is_empty() {
+        // Only a canary was pushed: it runs beside the chain's own filter.
+        let own = existing.map(|index| &mut chain[index]).ok_or_else(|| {
+            format!(
+                "the canary of filter {:?} needs a filter of that name to run beside",
+                attachment.name
+            )
+        })?;
+        own.canary = canary_config(attachment);
+        return Ok(());
     }
     let mut filter = filter_config(attachment);
     let index = match existing {
@@ -115,6 +131,17 @@ fn attach(chain: &mut Vec<FilterConfig>, attachment: &FilterAttachment) {
         .position
         .map_or(index, |p| (p as usize).min(chain.len()));
     chain.insert(index, filter);
+    Ok(())
+}
+
+fn canary_config(attachment: &FilterAttachment) -> Option<CanaryConfig> {
+    let text = |s: &str| (!s.is_empty()).then(|| serde_yaml::Value::String(s.to_owned()));
+    attachment.canary.as_ref().map(|canary| CanaryConfig {
+        module: format!("sha256:{}", canary.module_sha256),
+        config: text(&canary.config),
+        vm_config: text(&canary.vm_config),
+        percent: canary.percent,
+    })
 }
 
 /// The filter entry a control service's attachment stands for.
@@ -130,6 +157,7 @@ pub fn filter_config(attachment: &FilterAttachment) -> FilterConfig {
         vm_id: None,
         root_id: None,
         log_level: None,
+        canary: canary_config(attachment),
     }
 }
 

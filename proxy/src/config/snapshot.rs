@@ -13,7 +13,7 @@ use super::model::{ClusterConfig, FilterConfig, ListenerProtocol, ProxyConfig};
 use crate::admin::{ListenerStats, Metrics, RouteStats};
 use crate::http::RouteTable;
 use crate::upstream::Cluster;
-use crate::wasm::{Clusters, PluginSpec, WasmError};
+use crate::wasm::{Canary, Clusters, ConfiguredFilter, PluginSpec, WasmError};
 
 pub struct Snapshot {
     pub version: u64,
@@ -30,7 +30,7 @@ pub struct ListenerSnapshot {
     pub address: SocketAddr,
     pub protocol: ListenerProtocol,
     /// Wasm filters every request on this listener passes, in order.
-    pub filters: Vec<Arc<PluginSpec>>,
+    pub filters: Vec<ConfiguredFilter>,
     pub routes: RouteTable,
     /// `protocol: tcp` only.
     pub tcp_cluster: Option<Arc<Cluster>>,
@@ -176,8 +176,13 @@ impl Snapshot {
         self.listeners.iter().find(|listener| listener.name == name)
     }
 
-    /// Every plugin of the snapshot: listener filters, then route filters.
+    /// Every plugin of the snapshot: listener filters, then route filters (canaries with them).
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<PluginSpec>> {
+        self.filters().flat_map(ConfiguredFilter::plugins)
+    }
+
+    /// Every filter of the snapshot: listener filters, then route filters.
+    pub fn filters(&self) -> impl Iterator<Item = &ConfiguredFilter> {
         self.listeners.iter().flat_map(|listener| {
             listener.filters.iter().chain(
                 listener
@@ -191,13 +196,21 @@ impl Snapshot {
     /// The running snapshot as `/config` shows it.
     pub fn to_json(&self) -> serde_json::Value {
         let modules: Vec<serde_json::Value> = self
-            .plugins()
-            .map(|plugin| {
-                serde_json::json!({
+            .filters()
+            .map(|filter| {
+                let plugin = &filter.plugin;
+                let mut module = serde_json::json!({
                     "plugin": plugin.info.name,
                     "sha256": plugin.digest,
                     "abi": plugin.abi.as_str(),
-                })
+                });
+                if let Some(canary) = &filter.canary {
+                    module["canary"] = serde_json::json!({
+                        "sha256": canary.plugin.digest,
+                        "percent": canary.percent,
+                    });
+                }
+                module
             })
             .collect();
         serde_json::json!({
@@ -217,34 +230,69 @@ fn load_filters(
     metrics: &Arc<Metrics>,
     clusters: &Clusters,
     reuse: &mut Reuse<'_>,
-) -> Result<Vec<Arc<PluginSpec>>, ConfigError> {
-    filters
-        .iter()
-        .enumerate()
-        .map(|(index, filter)| {
-            let loaded_filter = PluginSpec::read_module(&filter.module, loaded.base_dir())
-                .and_then(
-                    |bytes| match reuse.plugin(filter, &bytes.digest, clusters) {
-                        Some(spec) => Ok(spec),
-                        None => PluginSpec::from_module(
-                            filter,
-                            bytes,
-                            Some(metrics.wasm_families()),
-                            metrics.plugin_health(&filter.name),
-                            Arc::clone(clusters),
-                        ),
-                    },
-                );
-            loaded_filter.map_err(|error| {
-                // Say which file, unless the error does already.
-                let reason = match error {
-                    WasmError::Read { .. } => error.to_string(),
-                    _ => format!("{}: {error}", filter.module),
+) -> Result<Vec<ConfiguredFilter>, ConfigError> {
+    let mut chain = Vec::with_capacity(filters.len());
+    for (index, filter) in filters.iter().enumerate() {
+        let path = format!("{path}[{index}]");
+        let mut load = |entry: &FilterConfig, label: String, path: String| {
+            load_plugin(loaded, entry, label, metrics, clusters, reuse)
+                .map_err(|reason| ConfigError::invalid(&loaded.file, path, reason))
+        };
+        // The stable plugin is loaded without the canary, so starting or ending a rollout
+        // keeps its warm VMs.
+        let stable = FilterConfig {
+            canary: None,
+            ..filter.clone()
+        };
+        let plugin = load(&stable, filter.name.clone(), path.clone())?;
+        let canary = match &filter.canary {
+            Some(canary) => {
+                let entry = FilterConfig {
+                    module: canary.module.clone(),
+                    config: canary.config.clone(),
+                    vm_config: canary.vm_config.clone(),
+                    ..stable.clone()
                 };
-                ConfigError::invalid(&loaded.file, format!("{path}[{index}]"), reason)
-            })
-        })
-        .collect()
+                let label = format!("{}@canary", filter.name);
+                Some(Canary {
+                    plugin: load(&entry, label, format!("{path}.canary"))?,
+                    percent: canary.percent,
+                })
+            }
+            None => None,
+        };
+        chain.push(ConfiguredFilter { plugin, canary });
+    }
+    Ok(chain)
+}
+
+/// One plugin, kept from the previous snapshot when nothing it could observe changed.
+fn load_plugin(
+    loaded: &LoadedConfig,
+    filter: &FilterConfig,
+    label: String,
+    metrics: &Arc<Metrics>,
+    clusters: &Clusters,
+    reuse: &mut Reuse<'_>,
+) -> Result<Arc<PluginSpec>, String> {
+    let loaded_plugin =
+        PluginSpec::read_module(&filter.module, loaded.base_dir()).and_then(|bytes| {
+            match reuse.plugin(filter, &label, &bytes.digest, clusters) {
+                Some(spec) => Ok(spec),
+                None => PluginSpec::from_module(
+                    filter,
+                    bytes,
+                    Some(metrics.wasm_families()),
+                    metrics.plugin_health(&label),
+                    Arc::clone(clusters),
+                ),
+            }
+        });
+    // Say which file, unless the error does already.
+    loaded_plugin.map_err(|error| match error {
+        WasmError::Read { .. } => error.to_string(),
+        _ => format!("{}: {error}", filter.module),
+    })
 }
 
 /// What a new snapshot may keep from the one it replaces. Each previous plugin is kept at
@@ -280,6 +328,7 @@ impl<'a> Reuse<'a> {
     fn plugin(
         &mut self,
         filter: &FilterConfig,
+        label: &str,
         digest: &str,
         clusters: &Clusters,
     ) -> Option<Arc<PluginSpec>> {
@@ -290,7 +339,10 @@ impl<'a> Reuse<'a> {
                     .all(|(name, c)| clusters.get(name).is_some_and(|ours| Arc::ptr_eq(c, ours)))
         };
         let index = self.plugins.iter().position(|spec| {
-            spec.source == *filter && spec.digest == digest && same_clusters(&spec.clusters)
+            spec.source == *filter
+                && spec.health.label == label
+                && spec.digest == digest
+                && same_clusters(&spec.clusters)
         })?;
         Some(Arc::clone(self.plugins.swap_remove(index)))
     }

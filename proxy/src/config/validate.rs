@@ -237,6 +237,20 @@ impl Checker {
                     "must name a .wasm file or sha256:<digest>",
                 );
             }
+            if let Some(canary) = &filter.canary {
+                if canary.module.is_empty() {
+                    self.problem(
+                        format!("{filter_path}.canary.module"),
+                        "must name a .wasm file or sha256:<digest>",
+                    );
+                }
+                if !(0.0..=100.0).contains(&canary.percent) {
+                    self.problem(
+                        format!("{filter_path}.canary.percent"),
+                        format!("must be from 0 to 100, not {}", canary.percent),
+                    );
+                }
+            }
             if let Some(memory) = filter.limits.as_ref().and_then(|l| l.memory)
                 && memory.0 > crate::wasm::MAX_MEMORY_LIMIT
             {
@@ -378,7 +392,7 @@ listeners:
     address: 127.0.0.1:1
     filters:
       - { name: probe, module: "", limits: { memory: 2GiB, callback_time: 0 } }
-      - { name: probe, module: probe.wasm }
+      - { name: probe, module: probe.wasm, canary: { module: "", percent: 120 } }
     routes: [{ match: { prefix: / }, cluster: c }]
 clusters: [{ name: c, endpoints: ["127.0.0.1:2"] }]
 "#,
@@ -390,6 +404,8 @@ clusters: [{ name: c, endpoints: ["127.0.0.1:2"] }]
                 "listeners[0].filters[0].limits.memory: must be at most 1GiB",
                 "listeners[0].filters[0].limits.callback_time: must be more than 0",
                 "listeners[0].filters[1].name: duplicate filter name \"probe\" in this chain",
+                "listeners[0].filters[1].canary.module: must name a .wasm file or sha256:<digest>",
+                "listeners[0].filters[1].canary.percent: must be from 0 to 100, not 120",
             ]
         );
     }

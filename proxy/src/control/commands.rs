@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice_control::proto::{
-    ChangeRequest, Edit, ListVersionsReply, ListVersionsRequest, ProxyStatus, RollbackRequest,
-    SetFilter, StatusReply, StatusRequest, UploadModuleRequest, edit,
+    ChangeRequest, Edit, ListVersionsReply, ListVersionsRequest, PromoteFilter, ProxyStatus,
+    RollbackRequest, SetFilter, StatusReply, StatusRequest, UploadModuleRequest, edit,
 };
 use sluice_control::{Client, ConnectError};
 use tonic::Code;
@@ -59,6 +59,9 @@ pub struct PushRequest {
     /// `None`: every HTTP listener of every proxy.
     pub listener: Option<String>,
     pub fail_open: bool,
+    /// Gradual rollout: run the module as a canary beside the filter, for this share of
+    /// streams (0 to 100).
+    pub canary_percent: Option<f64>,
 }
 
 pub struct Pushed {
@@ -85,15 +88,31 @@ pub async fn push(client: &mut Client, request: PushRequest) -> Result<Pushed, C
         fail_open: request.fail_open,
         vm_config: request.vm_config.unwrap_or_default(),
         position: None,
+        canary_percent: request.canary_percent,
     };
+    let version = change(client, edit::Edit::SetFilter(set)).await?;
+    Ok(Pushed { sha256, version })
+}
+
+/// Ends a gradual rollout: the canary of filter `name` becomes the filter. Returns the version.
+pub async fn promote(
+    client: &mut Client,
+    name: String,
+    listener: Option<String>,
+) -> Result<u64, CommandError> {
+    let promote = PromoteFilter {
+        name,
+        listener: listener.unwrap_or_default(),
+    };
+    change(client, edit::Edit::PromoteFilter(promote)).await
+}
+
+async fn change(client: &mut Client, edit: edit::Edit) -> Result<u64, CommandError> {
     let change = ChangeRequest {
-        edits: vec![Edit {
-            edit: Some(edit::Edit::SetFilter(set)),
-        }],
+        edits: vec![Edit { edit: Some(edit) }],
         description: String::new(),
     };
-    let version = client.change(change).await?.into_inner().version;
-    Ok(Pushed { sha256, version })
+    Ok(client.change(change).await?.into_inner().version)
 }
 
 pub async fn status(client: &mut Client) -> Result<StatusReply, CommandError> {

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, Method};
 use crate::admin::{Metrics, RouteStats};
 use crate::config::{HeaderMatch, RouteConfig, RouteMatch};
 use crate::upstream::Cluster;
-use crate::wasm::PluginSpec;
+use crate::wasm::ConfiguredFilter;
 
 pub struct RouteTable {
     routes: Vec<Route>,
@@ -27,7 +27,7 @@ pub struct Route {
     /// Longest silence on the response stream; `None` when disabled.
     pub idle_timeout: Option<Duration>,
     /// Wasm filters that run after the listener's, for this route only.
-    pub filters: Vec<Arc<PluginSpec>>,
+    pub filters: Vec<ConfiguredFilter>,
 }
 
 /// A cluster as seen from one route, with that route's metric handles.
@@ -76,7 +76,7 @@ impl RouteTable {
         routes: &[RouteConfig],
         clusters: &HashMap<String, Arc<Cluster>>,
         metrics: &Metrics,
-        mut route_filters: Vec<Vec<Arc<PluginSpec>>>,
+        mut route_filters: Vec<Vec<ConfiguredFilter>>,
     ) -> Result<Self, String> {
         route_filters.resize_with(routes.len(), Vec::new);
         let mut route_filters = route_filters.into_iter();

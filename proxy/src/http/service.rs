@@ -263,20 +263,23 @@ impl Exchange<'_> {
     /// it, as in Envoy.
     async fn run_request_filters(
         &self,
-        specs: &[std::sync::Arc<wasm::PluginSpec>],
+        filters: &[wasm::ConfiguredFilter],
         parts: &mut http::request::Parts,
         end_of_stream: bool,
     ) -> Result<(), Interruption> {
         let Some(chain) = &self.chain else {
             return Ok(());
         };
-        if specs.is_empty() {
+        if filters.is_empty() {
             return Ok(());
         }
         let from = {
             let mut chain = chain.borrow_mut();
             let from = chain.len();
-            chain.extend(&self.conn.worker.plugins, specs);
+            chain.extend(
+                &self.conn.worker.plugins,
+                filters.iter().map(wasm::ConfiguredFilter::pick),
+            );
             if let Some(failure) = chain.take_start_failure() {
                 return Err(failure);
             }

@@ -78,7 +78,11 @@ pub async fn accept_loop(
                     continue;
                 };
                 let idle_timeout = listener.idle_timeout;
-                let specs = listener.filters.clone();
+                let specs: Vec<_> = listener
+                    .filters
+                    .iter()
+                    .map(|filter| std::sync::Arc::clone(filter.pick()))
+                    .collect();
                 let buffer_limit = listener.max_body_buffer;
                 let worker = Rc::clone(&worker);
                 let info = Rc::new(StreamInfo {

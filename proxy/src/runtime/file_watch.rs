@@ -142,8 +142,12 @@ impl WatchedFiles {
                     .iter()
                     .chain(l.routes.iter().flat_map(|r| &r.filters))
             })
-            .filter(|filter| !filter.module.starts_with("sha256:"))
-            .map(|filter| absolute(&loaded.base_dir().join(&filter.module)));
+            .flat_map(|filter| {
+                let canary = filter.canary.as_ref().map(|c| &c.module);
+                std::iter::once(&filter.module).chain(canary)
+            })
+            .filter(|module| !module.starts_with("sha256:"))
+            .map(|module| absolute(&loaded.base_dir().join(module)));
         files.extend(modules);
         for folder in files.iter().filter_map(|file| file.parent()) {
             if self.folders.contains(folder) {

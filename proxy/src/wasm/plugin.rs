@@ -21,6 +21,9 @@ use crate::config::{FilterConfig, PluginLogLevel};
 
 /// Per-plugin health, shared by every worker's VM of the plugin.
 pub struct PluginHealth {
+    /// The `plugin` label of its metrics (and of the metrics it defines): the filter's name,
+    /// with `@canary` for the canary of a gradual rollout.
+    pub label: String,
     /// Workers whose VM of this plugin is in crash-loop backoff.
     pub crash_looping: AtomicUsize,
     pub failures: IntCounterVec,

@@ -87,7 +87,7 @@ impl PluginVm {
             .memory_size(spec.memory_limit)
             .trap_on_grow_failure(true)
             .build();
-        let metrics = VmMetrics::new(plugin, spec.metric_families.clone());
+        let metrics = VmMetrics::new(&spec.health.label, spec.metric_families.clone());
         let mut state = HostState::new(Arc::clone(&spec.info), spec.abi, limits, metrics);
         state.queue_events = queue_events;
         state.clusters = Some(Arc::clone(&spec.clusters));

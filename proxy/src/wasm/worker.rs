@@ -233,7 +233,7 @@ impl WorkerVm {
         self.spec
             .health
             .failures
-            .with_label_values(&[self.spec.info.name.as_str(), failure.kind.as_str()])
+            .with_label_values(&[self.spec.health.label.as_str(), failure.kind.as_str()])
             .inc();
         let failures = self.consecutive_failures.get() + 1;
         self.consecutive_failures.set(failures);

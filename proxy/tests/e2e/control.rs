@@ -59,6 +59,7 @@ fn push_tagger(config: &str) -> PushRequest {
         vm_config: None,
         listener: None,
         fail_open: false,
+        canary_percent: None,
     }
 }
 
@@ -145,6 +146,84 @@ async fn a_push_reaches_every_proxy_and_bad_pushes_change_nothing() {
     assert_eq!(get(two.addr, "/").await.header("x-wasm-tag"), None);
 }
 
+/// How many of `count` requests got each `x-wasm-tag`.
+async fn tags_over(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let reply = get(addr, "/").await;
+        assert_eq!(reply.status, 200);
+        let tag = reply.header("x-wasm-tag").unwrap_or("none").to_owned();
+        *seen.entry(tag).or_default() += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_share_then_is_promoted_or_rolled_back() {
+    let app = TestUpstream::start("app").await;
+    let control = start_control(&temp_folder("control-canary"), None).await;
+    let url = url_of(&control);
+    let (proxy, _subscription) = subscribed_proxy(&app, &url, "edge").await;
+    let mut client = client_of(&url).await;
+    assert!(connected(&mut client, 1).await);
+
+    push(&mut client, push_tagger("stable")).await.unwrap();
+    let canary = PushRequest {
+        canary_percent: Some(50.0),
+        ..push_tagger("canary")
+    };
+    let version = push(&mut client, canary).await.unwrap().version;
+    wait_for_acks(&mut client, version, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let seen = tags_over(proxy.addr, 200).await;
+    assert!(seen.get("stable").is_some_and(|n| *n >= 40), "{seen:?}");
+    assert!(seen.get("canary").is_some_and(|n| *n >= 40), "{seen:?}");
+    // Each version has its own metrics.
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_wasm_vms{plugin="tagger@canary"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_wasm_vms{plugin="tagger"} 2"#),
+        "{metrics}"
+    );
+
+    // Rolling back to the version before the canary is one command.
+    let back = sluice::control::rollback(&mut client, version - 1)
+        .await
+        .unwrap();
+    wait_for_acks(&mut client, back, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(tags_over(proxy.addr, 20).await.get("stable"), Some(&20));
+
+    // So is promoting it.
+    let canary = PushRequest {
+        canary_percent: Some(10.0),
+        ..push_tagger("next")
+    };
+    push(&mut client, canary).await.unwrap();
+    let promoted = sluice::control::promote(&mut client, "tagger".into(), None)
+        .await
+        .unwrap();
+    wait_for_acks(&mut client, promoted, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(tags_over(proxy.addr, 20).await.get("next"), Some(&20));
+    let error = sluice::control::promote(&mut client, "tagger".into(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("has no canary to promote"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_keep_serving_without_the_control_service_and_resync_when_it_returns() {
     let app = TestUpstream::start("app").await;
@@ -226,6 +305,8 @@ async fn the_cli_pushes_to_a_proxy_and_shows_its_status() {
             "--data-dir",
         ])
         .arg(folder.join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let config = write_config(
