@@ -384,3 +384,61 @@ async fn the_cli_pushes_to_a_proxy_and_shows_its_status() {
     let _ = control.kill();
     let _ = control.wait();
 }
+
+/// Two real proxy processes under a steady load while a filter is pushed 50 times: no
+/// request fails, every proxy applies every version, and memory stays flat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_pushes_under_load_fail_nothing_on_any_proxy() {
+    let app = TestUpstream::start("app").await;
+    let control = start_control(&temp_folder("control-load"), None).await;
+    let url = url_of(&control);
+    let proxies: Vec<SpawnedProxy> = (0..2)
+        .map(|index| {
+            let yaml = format!(
+                "workers: 1\n{}",
+                simple_config(&format!("\"{}\"", app.addr), "", "").replace("workers: 2\n", "")
+            );
+            let config = write_config(&format!("control-load-{index}"), &yaml);
+            SpawnedProxy::start_with(&config, &["--control", &url, "--id", &format!("p{index}")])
+        })
+        .collect();
+    let mut client = client_of(&url).await;
+    assert!(connected(&mut client, 2).await);
+    let loads: Vec<SteadyLoad> = proxies
+        .iter()
+        .map(|proxy| SteadyLoad::start(proxy.addr, 2, |reply| reply.status == 200))
+        .collect();
+
+    let mut rss_before = Vec::new();
+    for swap in 1..=50u64 {
+        let pushed = push(&mut client, push_tagger(&format!("v{swap}")))
+            .await
+            .unwrap();
+        let acks = wait_for_acks(&mut client, pushed.version, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            acks.iter().all(|p| p.applied_version == pushed.version),
+            "{acks:?}"
+        );
+        if swap == 5 {
+            // The first swaps grow the allocator's pools to their working size.
+            rss_before = proxies.iter().map(SpawnedProxy::rss_kib).collect();
+        }
+    }
+    for proxy in &proxies {
+        assert_eq!(get(proxy.addr, "/").await.header("x-wasm-tag"), Some("v50"));
+    }
+    for (proxy, before) in proxies.iter().zip(rss_before) {
+        let after = proxy.rss_kib();
+        assert!(
+            after.saturating_sub(before) < 6 * 1024,
+            "RSS grew from {before} KiB to {after} KiB over 45 pushes"
+        );
+    }
+    for load in loads {
+        let outcome = load.stop().await;
+        assert_eq!(outcome.failed, 0, "{outcome:?}");
+        assert!(outcome.served > 100, "{outcome:?}");
+    }
+}

@@ -1,0 +1,292 @@
+//! How fast a pushed filter reaches a fleet, and what a swap costs the traffic.
+//!
+//! In one process, on loopback: a control service, ten proxies subscribed to it (one worker
+//! each), and a small upstream. A filter (the headers fixture) is pushed 50 times with a new
+//! configuration each time (the module is cached after the first push). Each proxy has a
+//! client sending requests back to back; the time that counts is from `push` returning to the
+//! first response carrying the new configuration on the last of the ten proxies.
+//!
+//! It also times a cold module compile against a cached one, and the request latency on one
+//! proxy during the 50 swaps against the same number of requests with no swap.
+//!
+//! Run: `cargo bench -p sluice-benches --bench swap_latency`
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use sluice::control::{ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings, push};
+use sluice_control::{ControlSettings, RunningControl};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+const PROXIES: usize = 10;
+const SWAPS: usize = 50;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let module = sluice_benches::fixture("headers").expect("fixture filters build");
+    let (cold, cached) = compile_times(&module);
+    let upstream = start_upstream().await;
+    let data_dir = std::env::temp_dir().join(format!("sluice-swap-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let control = RunningControl::start(
+        ControlSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: data_dir.clone(),
+            token: None,
+            max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+        },
+        ProxyValidator::new(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", control.address());
+
+    let mut proxies = Vec::new();
+    for index in 0..PROXIES {
+        let yaml = format!(
+            "workers: 1\nlisteners:\n  - name: main\n    address: 127.0.0.1:0\n    routes: [{{ match: {{ prefix: / }}, cluster: app }}]\nclusters: [{{ name: app, endpoints: [\"{upstream}\"] }}]\n"
+        );
+        let loaded = sluice::config::load_str(&yaml, Path::new("bench.yaml")).unwrap();
+        let proxy = sluice::RunningProxy::start(&loaded).await.unwrap();
+        let subscription = ControlSubscription::start(
+            SubscriberSettings {
+                url: url.clone(),
+                token: None,
+                proxy_id: format!("proxy-{index}"),
+            },
+            proxy.applier(),
+        );
+        proxies.push((proxy, subscription));
+    }
+    let addresses: Vec<SocketAddr> = proxies
+        .iter()
+        .map(|(p, _)| p.listener_address("main").unwrap())
+        .collect();
+
+    // Each proxy's client reports the tag of every response.
+    let mut tags = Vec::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut latency_clients = Vec::new();
+    for (index, address) in addresses.iter().enumerate() {
+        let (tx, rx) = watch::channel(String::new());
+        tags.push(rx);
+        latency_clients.push(tokio::spawn(client_loop(
+            *address,
+            tx,
+            Arc::clone(&stop),
+            index == 0,
+        )));
+    }
+
+    // A quiet second first: the latency baseline.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut client = sluice_control::connect(&url, None).await.unwrap();
+    let mut push_rpc = Vec::new();
+    let mut to_all = Vec::new();
+    // The first push compiles the module; the rest find it cached.
+    for swap in 0..=SWAPS {
+        let tag = format!("v{swap}");
+        let started = Instant::now();
+        let request = PushRequest {
+            module: module.clone(),
+            name: "tagger".into(),
+            config: Some(tag.clone()),
+            vm_config: None,
+            listener: None,
+            fail_open: false,
+            canary_percent: None,
+        };
+        push(&mut client, request).await.unwrap();
+        let returned = Instant::now();
+        for rx in &mut tags {
+            rx.wait_for(|seen| *seen == tag).await.unwrap();
+        }
+        if swap > 0 {
+            push_rpc.push(returned - started);
+            to_all.push(returned.elapsed());
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut quiet_and_swapping = None;
+    for (index, handle) in latency_clients.into_iter().enumerate() {
+        let latencies = handle.await.unwrap();
+        if index == 0 {
+            quiet_and_swapping = latencies;
+        }
+    }
+    let (quiet, swapping) = quiet_and_swapping.unwrap_or_default();
+
+    println!("\n## Pushing a filter to {PROXIES} proxies, {SWAPS} times (module cached)\n");
+    println!("| measure | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    row(
+        "push RPC (validate: canary VM with the new config)",
+        &mut push_rpc,
+    );
+    row(
+        "push returned -> new config served on all proxies",
+        &mut to_all,
+    );
+    println!("\n## Module compile\n");
+    println!("| | time |\n|---|---|");
+    println!("| cold compile (Cranelift) | {} |", ms(cold));
+    println!(
+        "| plugin load with the module cached (canary VM included) | {} |",
+        ms(cached)
+    );
+    println!("\n## Request latency on one proxy (keep-alive, back to back)\n");
+    println!("| period | requests | p50 | p99 | max |");
+    println!("|---|---|---|---|---|");
+    latency_row("no swaps", quiet);
+    latency_row(&format!("during the {SWAPS} swaps"), swapping);
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Sends requests back to back; publishes each response's tag. The first client also
+/// returns its latencies: the first 2000 before any swap, then those during the swaps.
+async fn client_loop(
+    address: SocketAddr,
+    tags: watch::Sender<String>,
+    stop: Arc<AtomicBool>,
+    measure: bool,
+) -> Option<(Vec<Duration>, Vec<Duration>)> {
+    let stream = TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let (mut quiet, mut swapping) = (Vec::new(), Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let request = http::Request::get("/")
+            .header("host", "bench")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let tag = response
+            .headers()
+            .get("x-wasm-tag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        response.into_body().collect().await.unwrap();
+        if measure {
+            if tag.is_empty() && quiet.len() < 2000 {
+                quiet.push(started.elapsed());
+            } else if !tag.is_empty() {
+                swapping.push(started.elapsed());
+            }
+        }
+        tags.send_if_modified(|seen| {
+            let changed = *seen != tag;
+            *seen = tag;
+            changed
+        });
+        sender.ready().await.unwrap();
+    }
+    measure.then_some((quiet, swapping))
+}
+
+/// A cold compile (Cranelift, with the proxy's engine settings) against a plugin load that
+/// finds the module compiled already (it still runs the canary VM).
+fn compile_times(module: &Path) -> (Duration, Duration) {
+    let filter: sluice::config::FilterConfig = serde_yaml::from_str(&format!(
+        "{{ name: tagger, module: \"{}\" }}",
+        module.display()
+    ))
+    .unwrap();
+    let load = || {
+        let started = Instant::now();
+        let spec = sluice::wasm::PluginSpec::load(
+            &filter,
+            Path::new("."),
+            None,
+            sluice::admin::Metrics::new().plugin_health("tagger"),
+            Arc::new(std::collections::HashMap::new()),
+        )
+        .unwrap();
+        (started.elapsed(), spec)
+    };
+    let (_, held) = load();
+    let (cached, _) = load();
+    let bytes = std::fs::read(module).unwrap();
+    let started = Instant::now();
+    wasmtime::Module::new(held.runtime_engine(), &bytes).unwrap();
+    (started.elapsed(), cached)
+}
+
+fn row(label: &str, samples: &mut [Duration]) {
+    samples.sort();
+    println!(
+        "| {label} | {} | {} | {} |",
+        ms(percentile(samples, 0.5)),
+        ms(percentile(samples, 0.99)),
+        ms(samples.last().copied().unwrap_or_default())
+    );
+}
+
+fn latency_row(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "| {label} | {} | {} | {} | {} |",
+        samples.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(samples.last().copied().unwrap_or_default())
+    );
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                        b"ok\n",
+                    ))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
