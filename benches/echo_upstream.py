@@ -39,6 +39,9 @@ FILLER = b"0123456789abcdef" * 4 + b"\n"  # x-echo-size bodies repeat this
 
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, a proxy's pooled connection would
+    # wait for its own delayed ACK (40ms) before the body arrives.
+    disable_nagle_algorithm = True
     served = 0
     lock = threading.Lock()
 

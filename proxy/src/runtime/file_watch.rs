@@ -4,19 +4,21 @@
 //!
 //! The folders are watched rather than the files: editors and deploy tools replace a file by
 //! writing a new one and renaming it over the old, which a watch on the old file would miss.
-//! Events come in bursts (write, chmod, rename), so a change is read once things are quiet.
+//! A file renamed into place is whole the moment it appears, so it is read at once. Writes in
+//! place come in bursts and may be half done, so they are read once things are quiet.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use notify::event::{ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::apply::{ApplyError, ConfigApplier};
 use crate::config::{self, LoadedConfig};
 
-/// How long the files must stay quiet before a change is read.
+/// How long the files must stay quiet after a write in place before a change is read.
 pub const SETTLE_TIME: Duration = Duration::from_millis(100);
 
 /// Following a config file; dropping it stops following.
@@ -37,6 +39,10 @@ pub struct WatchError {
 struct WatchedFiles {
     files: HashSet<PathBuf>,
     folders: HashSet<PathBuf>,
+    /// Folders holding a watched file that is a symlink. Its target changes without any event
+    /// on the link itself (a Kubernetes ConfigMap volume renames a `..data` link beside it),
+    /// so any rename in such a folder counts.
+    linked: HashSet<PathBuf>,
 }
 
 // === impl ConfigWatch ===
@@ -77,16 +83,12 @@ async fn follow(
     mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
 ) {
     loop {
-        if !next_change(&mut events, &watched).await {
+        let Some(change) = next_change(&mut events, &watched).await else {
             return;
-        }
-        // Let the burst finish: every further change restarts the wait.
-        loop {
-            match tokio::time::timeout(SETTLE_TIME, next_change(&mut events, &watched)).await {
-                Ok(true) => continue,
-                Ok(false) => return,
-                Err(_quiet) => break,
-            }
+        };
+        // Let a burst of writes finish: every further change restarts the wait.
+        if change == Change::Written && !settled(&mut events, &watched).await {
+            return;
         }
         tracing::info!(file = %file.display(), "config or module changed; applying");
         let loaded = match config::load_file(&file) {
@@ -104,23 +106,60 @@ async fn follow(
     }
 }
 
-/// Waits for an event that touches a watched file; `false` once the watcher is gone.
-async fn next_change(
+/// Waits until no watched file changed for [`SETTLE_TIME`]; `false` if the watcher is gone.
+async fn settled(
     events: &mut mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     watched: &WatchedFiles,
 ) -> bool {
+    loop {
+        match tokio::time::timeout(SETTLE_TIME, next_change(events, watched)).await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return false,
+            Err(_quiet) => return true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// Renamed into place: complete.
+    Replaced,
+    /// Written, created or removed: maybe half done.
+    Written,
+}
+
+/// Waits for an event that touches a watched file; `None` once the watcher is gone.
+async fn next_change(
+    events: &mut mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    watched: &WatchedFiles,
+) -> Option<Change> {
     while let Some(event) = events.recv().await {
         match event {
-            Ok(event) if !matches!(event.kind, EventKind::Access(_)) => {
-                if event.paths.iter().any(|path| watched.files.contains(path)) {
-                    return true;
+            // A rename is reported as "from", "to", and then both paths together: "to" is
+            // the one that says a watched file was replaced.
+            Ok(event)
+                if !matches!(
+                    event.kind,
+                    EventKind::Access(_) | EventKind::Modify(ModifyKind::Name(RenameMode::Both))
+                ) =>
+            {
+                if event.paths.iter().any(|path| watched.concerns(path)) {
+                    let renamed = matches!(
+                        event.kind,
+                        EventKind::Modify(ModifyKind::Name(RenameMode::To))
+                    );
+                    return Some(if renamed {
+                        Change::Replaced
+                    } else {
+                        Change::Written
+                    });
                 }
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "file watch error"),
         }
     }
-    false
+    None
 }
 
 // === impl WatchedFiles ===
@@ -161,8 +200,20 @@ impl WatchedFiles {
                 })?;
             self.folders.insert(folder.to_owned());
         }
+        self.linked = files
+            .iter()
+            .filter(|file| file.is_symlink())
+            .filter_map(|file| file.parent().map(Path::to_owned))
+            .collect();
         self.files = files;
         Ok(())
+    }
+
+    fn concerns(&self, path: &Path) -> bool {
+        self.files.contains(path)
+            || path
+                .parent()
+                .is_some_and(|folder| self.linked.contains(folder))
     }
 }
 

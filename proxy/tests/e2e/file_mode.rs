@@ -34,6 +34,14 @@ async fn serves_tag(proxy: &SpawnedProxy, tag: &str) -> bool {
     .await
 }
 
+/// Waits until the proxy has logged `count` applied changes.
+async fn applied(proxy: &SpawnedProxy, count: usize) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        proxy.log().matches("config applied").count() >= count
+    })
+    .await
+}
+
 /// Waits until the proxy has logged `count` rejected changes.
 async fn rejected(proxy: &SpawnedProxy, count: usize) -> bool {
     eventually(Duration::from_secs(10), async || {
@@ -65,20 +73,52 @@ async fn edits_apply_while_serving_and_broken_ones_change_nothing() {
     assert!(log.contains(&config.display().to_string()), "{log}");
     assert_eq!(tag_served(&proxy).await.as_deref(), Some("v2"));
 
-    // A module that does not compile, with a good config.
-    replace_file(&config, tagged_yaml(&endpoint, "v3").as_bytes());
+    // A module that does not compile, under a good config. A file renamed into place is
+    // read at once, so each replacement is a change of its own.
+    replace_file(&config, tagged_yaml(&endpoint, "v2").as_bytes());
+    assert!(applied(&proxy, 2).await, "{}", proxy.log());
     replace_file(&module, b"\0asm\x01\0\0\0 truncated");
     assert!(rejected(&proxy, 2).await, "{}", proxy.log());
     assert!(
-        proxy.log().contains("listeners[0].filters[0]"),
+        proxy.log().contains("listeners[0].filters[0]: tagger.wasm"),
         "{}",
         proxy.log()
     );
+    replace_file(&config, tagged_yaml(&endpoint, "v3").as_bytes());
+    assert!(rejected(&proxy, 3).await, "{}", proxy.log());
     assert_eq!(tag_served(&proxy).await.as_deref(), Some("v2"));
 
     // Fixing the module is a change too.
     replace_file(&module, &std::fs::read(fixture("headers")).unwrap());
     assert!(serves_tag(&proxy, "v3").await, "{}", proxy.log());
+}
+
+/// A Kubernetes ConfigMap volume: `proxy.yaml` links to `..data/proxy.yaml`, and an update
+/// renames a new `..data` link over the old one, with no event on `proxy.yaml` itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_is_followed() {
+    use std::os::unix::fs::symlink;
+    let app = TestUpstream::start("app").await;
+    let endpoint = app.addr.to_string();
+    let folder = temp_folder("file-configmap");
+    let version = |name: &str, tag: &str| {
+        let dir = folder.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixture("headers"), dir.join("tagger.wasm")).unwrap();
+        std::fs::write(dir.join("proxy.yaml"), tagged_yaml(&endpoint, tag)).unwrap();
+    };
+    version("..2026_v1", "v1");
+    symlink("..2026_v1", folder.join("..data")).unwrap();
+    for file in ["proxy.yaml", "tagger.wasm"] {
+        symlink(format!("..data/{file}"), folder.join(file)).unwrap();
+    }
+    let proxy = SpawnedProxy::start(&folder.join("proxy.yaml"));
+    assert_eq!(tag_served(&proxy).await.as_deref(), Some("v1"));
+
+    version("..2026_v2", "v2");
+    symlink("..2026_v2", folder.join("..data_tmp")).unwrap();
+    std::fs::rename(folder.join("..data_tmp"), folder.join("..data")).unwrap();
+    assert!(serves_tag(&proxy, "v2").await, "{}", proxy.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
