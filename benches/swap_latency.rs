@@ -114,6 +114,7 @@ async fn run() {
             listener: None,
             fail_open: false,
             canary_percent: None,
+            route: None,
         };
         push(&mut client, request).await.unwrap();
         let returned = Instant::now();

@@ -32,6 +32,9 @@ pub struct FilterAttachment {
     /// `None`: every HTTP listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener: Option<String>,
+    /// `Some`: the chain of the route of that name, not the listener's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// Removes the filter (one from the file too) instead of setting it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
@@ -114,6 +117,7 @@ impl Overlay {
                         None => next.put_filter(FilterAttachment {
                             name: set.name.clone(),
                             listener: non_empty(&set.listener),
+                            route: non_empty(&set.route),
                             removed: false,
                             module_sha256: set.module_sha256.to_ascii_lowercase(),
                             config: set.config.clone(),
@@ -125,17 +129,20 @@ impl Overlay {
                     }
                 }
                 Some(EditKind::PromoteFilter(promote)) => {
-                    let listener = non_empty(&promote.listener);
+                    let (listener, route) =
+                        (non_empty(&promote.listener), non_empty(&promote.route));
                     let attachment = next
                         .filters
                         .iter_mut()
-                        .find(|f| f.name == promote.name && f.listener == listener)
+                        .find(|f| {
+                            f.name == promote.name && f.listener == listener && f.route == route
+                        })
                         .filter(|f| f.canary.is_some())
                         .ok_or_else(|| {
                             error(format!(
                                 "filter {:?} on {} has no canary to promote",
                                 promote.name,
-                                listener_label(&promote.listener)
+                                chain_label(&promote.listener, &promote.route)
                             ))
                         })?;
                     if let Some(canary) = attachment.canary.take() {
@@ -151,6 +158,7 @@ impl Overlay {
                     next.put_filter(FilterAttachment {
                         name: remove.name.clone(),
                         listener: non_empty(&remove.listener),
+                        route: non_empty(&remove.route),
                         removed: true,
                         ..FilterAttachment::default()
                     });
@@ -214,16 +222,15 @@ impl Overlay {
             vm_config: set.vm_config.clone(),
             percent,
         };
-        let listener = non_empty(&set.listener);
-        match self
-            .filters
-            .iter_mut()
-            .find(|f| f.name == set.name && f.listener == listener && !f.removed)
-        {
+        let (listener, route) = (non_empty(&set.listener), non_empty(&set.route));
+        match self.filters.iter_mut().find(|f| {
+            f.name == set.name && f.listener == listener && f.route == route && !f.removed
+        }) {
             Some(existing) => existing.canary = Some(canary),
             None => self.filters.push(FilterAttachment {
                 name: set.name.clone(),
                 listener,
+                route,
                 canary: Some(canary),
                 ..FilterAttachment::default()
             }),
@@ -232,8 +239,11 @@ impl Overlay {
 
     /// Replaces the attachment for the same filter and listener in place, or adds it last.
     fn put_filter(&mut self, attachment: FilterAttachment) {
-        let same =
-            |f: &FilterAttachment| f.name == attachment.name && f.listener == attachment.listener;
+        let same = |f: &FilterAttachment| {
+            f.name == attachment.name
+                && f.listener == attachment.listener
+                && f.route == attachment.route
+        };
         match self.filters.iter_mut().find(|f| same(f)) {
             Some(existing) => *existing = attachment,
             None => self.filters.push(attachment),
@@ -252,24 +262,24 @@ pub fn describe(edits: &[proto::Edit]) -> String {
                     "canary {percent}% of filter {} (sha256:{}) on {}",
                     set.name,
                     &set.module_sha256[..set.module_sha256.len().min(12)],
-                    listener_label(&set.listener)
+                    chain_label(&set.listener, &set.route)
                 ),
                 None => format!(
                     "set filter {} (sha256:{}) on {}",
                     set.name,
                     &set.module_sha256[..set.module_sha256.len().min(12)],
-                    listener_label(&set.listener)
+                    chain_label(&set.listener, &set.route)
                 ),
             },
             EditKind::PromoteFilter(promote) => format!(
                 "promote the canary of filter {} on {}",
                 promote.name,
-                listener_label(&promote.listener)
+                chain_label(&promote.listener, &promote.route)
             ),
             EditKind::RemoveFilter(remove) => format!(
                 "remove filter {} from {}",
                 remove.name,
-                listener_label(&remove.listener)
+                chain_label(&remove.listener, &remove.route)
             ),
             EditKind::SetCluster(_) => "set a cluster".to_owned(),
             EditKind::RemoveCluster(remove) => format!("remove cluster {}", remove.name),
@@ -279,11 +289,16 @@ pub fn describe(edits: &[proto::Edit]) -> String {
     each.join("; ")
 }
 
-fn listener_label(listener: &str) -> String {
-    if listener.is_empty() {
+fn chain_label(listener: &str, route: &str) -> String {
+    let listener = if listener.is_empty() {
         "every HTTP listener".to_owned()
     } else {
         format!("listener {listener}")
+    };
+    if route.is_empty() {
+        listener
+    } else {
+        format!("route {route} of {listener}")
     }
 }
 
@@ -339,7 +354,7 @@ mod tests {
         let remove = Edit {
             edit: Some(EditKind::RemoveFilter(RemoveFilter {
                 name: "authz".into(),
-                listener: String::new(),
+                ..RemoveFilter::default()
             })),
         };
         let overlay = Overlay::default()

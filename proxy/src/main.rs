@@ -13,8 +13,8 @@ use std::time::Duration;
 use sluice::RunningProxy;
 use sluice::config::{self, Snapshot};
 use sluice::control::{
-    CommandError, ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings,
-    list_versions, promote, rollback, wait_for_acks,
+    CommandError, ControlSubscription, FilterTarget, ProxyValidator, PushRequest,
+    SubscriberSettings, list_versions, promote, remove, rollback, wait_for_acks,
 };
 use sluice_control::{ControlSettings, RunningControl};
 use tracing_subscriber::EnvFilter;
@@ -73,6 +73,9 @@ enum Command {
         vm_config: Option<String>,
         #[arg(long)]
         listener: Option<String>,
+        /// The chain of the route with this name instead of the listener's.
+        #[arg(long)]
+        route: Option<String>,
         /// On a trap, skip the filter instead of failing the request.
         #[arg(long)]
         fail_open: bool,
@@ -87,16 +90,9 @@ enum Command {
         control: Option<String>,
     },
     /// End a gradual rollout: the canary of filter NAME becomes the filter for every stream.
-    Promote {
-        name: String,
-        #[arg(long)]
-        listener: Option<String>,
-        /// Also wait until every connected proxy applied (or rejected) the new version.
-        #[arg(long)]
-        wait: bool,
-        #[arg(long)]
-        control: Option<String>,
-    },
+    Promote(FilterArgs),
+    /// Take filter NAME off a chain (one from a proxy's own file too).
+    Remove(FilterArgs),
     /// Which proxies are connected and which version each applied.
     Status {
         #[arg(long)]
@@ -120,6 +116,33 @@ enum Command {
     },
     /// Run a small demo on loopback and print what to try.
     Demo,
+}
+
+/// A filter on a chain, for `promote` and `remove`.
+#[derive(clap::Args)]
+struct FilterArgs {
+    name: String,
+    /// [every HTTP listener]
+    #[arg(long)]
+    listener: Option<String>,
+    /// The chain of the route with this name instead of the listener's.
+    #[arg(long)]
+    route: Option<String>,
+    /// Also wait until every connected proxy applied (or rejected) the new version.
+    #[arg(long)]
+    wait: bool,
+    #[arg(long)]
+    control: Option<String>,
+}
+
+impl FilterArgs {
+    fn target(&self) -> FilterTarget {
+        FilterTarget {
+            name: self.name.clone(),
+            listener: self.listener.clone(),
+            route: self.route.clone(),
+        }
+    }
 }
 
 /// How the process ends when something went wrong.
@@ -227,6 +250,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             config,
             vm_config,
             listener,
+            route,
             fail_open,
             percent,
             wait,
@@ -239,6 +263,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 config,
                 vm_config,
                 listener,
+                route,
                 fail_open,
                 canary_percent: percent,
             };
@@ -255,18 +280,24 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Promote {
-            name,
-            listener,
-            wait,
-            control,
-        } => {
-            let mut client = control_client(control).await?;
-            let version = promote(&mut client, name.clone(), listener)
+        Command::Promote(filter) => {
+            let mut client = control_client(filter.control.clone()).await?;
+            let version = promote(&mut client, filter.target())
                 .await
                 .map_err(Failure::command)?;
-            println!("{name}: canary promoted as version {version}");
-            if wait {
+            println!("{}: canary promoted as version {version}", filter.name);
+            if filter.wait {
+                await_acks(&mut client, version).await?;
+            }
+            Ok(())
+        }
+        Command::Remove(filter) => {
+            let mut client = control_client(filter.control.clone()).await?;
+            let version = remove(&mut client, filter.target())
+                .await
+                .map_err(Failure::command)?;
+            println!("{}: removed as version {version}", filter.name);
+            if filter.wait {
                 await_acks(&mut client, version).await?;
             }
             Ok(())
@@ -288,9 +319,17 @@ async fn run(command: Command) -> Result<(), Failure> {
                 } else {
                     " "
                 };
+                let modules: Vec<&str> = v
+                    .module_sha256
+                    .iter()
+                    .map(|d| &d[..d.len().min(12)])
+                    .collect();
                 println!(
-                    "{marker}{:>5}  {}  {}",
-                    v.version, v.created_unix, v.description
+                    "{marker}{:>5}  {}  {}  [modules: {}]",
+                    v.version,
+                    v.created_unix,
+                    v.description,
+                    modules.join(", ")
                 );
             }
             Ok(())

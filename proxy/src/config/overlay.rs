@@ -57,29 +57,48 @@ pub fn with_overlay(
     }
 
     for (index, attachment) in overlay.filters.iter().enumerate() {
+        let path = format!("overlay.filters[{index}]");
         let mut matched = false;
         for listener in &mut config.listeners {
             let targeted = match &attachment.listener {
                 Some(name) => *name == listener.name,
                 None => listener.protocol == ListenerProtocol::Http,
             };
-            if targeted {
-                matched = true;
-                attach(&mut listener.filters, attachment).map_err(|reason| {
-                    problem(
-                        format!("overlay.filters[{index}]"),
-                        format!("listener {:?}: {reason}", listener.name),
-                    )
-                })?;
+            if !targeted {
+                continue;
             }
+            let chain = match &attachment.route {
+                None => Some(&mut listener.filters),
+                Some(route) => listener
+                    .routes
+                    .iter_mut()
+                    .find(|r| r.name.as_deref() == Some(route.as_str()))
+                    .map(|r| &mut r.filters),
+            };
+            // A filter for a route goes wherever a route of that name is.
+            let Some(chain) = chain else { continue };
+            matched = true;
+            attach(chain, attachment).map_err(|reason| {
+                problem(
+                    path.clone(),
+                    format!("listener {:?}: {reason}", listener.name),
+                )
+            })?;
         }
-        if !matched && let Some(name) = &attachment.listener {
-            return Err(problem(
-                format!("overlay.filters[{index}]"),
-                format!(
-                    "filter {:?}: this proxy has no listener {name:?}",
-                    attachment.name
+        if !matched && (attachment.listener.is_some() || attachment.route.is_some()) {
+            let wanted = match (&attachment.listener, &attachment.route) {
+                (Some(listener), Some(route)) => {
+                    format!("listener {listener:?} with a route named {route:?}")
+                }
+                (Some(listener), None) => format!("listener {listener:?}"),
+                (None, _) => format!(
+                    "HTTP listener with a route named {:?}",
+                    attachment.route.as_deref().unwrap_or_default()
                 ),
+            };
+            return Err(problem(
+                path,
+                format!("filter {:?}: this proxy has no {wanted}", attachment.name),
             ));
         }
     }
@@ -266,6 +285,42 @@ clusters:
             .to_string();
         assert!(error.contains("control version 8"), "{error}");
         assert!(error.contains("unknown cluster \"app\""), "{error}");
+    }
+
+    #[test]
+    fn filters_can_target_a_named_route() {
+        let mut base = base();
+        base.config.listeners[0].routes[0].name = Some("api".into());
+        let overlay = Overlay {
+            filters: vec![FilterAttachment {
+                route: Some("api".into()),
+                ..set("routed", None)
+            }],
+            ..Overlay::default()
+        };
+        let composed = with_overlay(&base, &overlay, 4).unwrap();
+        let route = &composed.config.listeners[0].routes[0];
+        assert_eq!(route.filters[0].name, "routed");
+        assert_eq!(
+            chain(&composed),
+            ["first", "second"],
+            "the listener chain is untouched"
+        );
+
+        let missing = Overlay {
+            filters: vec![FilterAttachment {
+                route: Some("nope".into()),
+                ..set("routed", None)
+            }],
+            ..Overlay::default()
+        };
+        let error = with_overlay(&base, &missing, 5).unwrap_err().to_string();
+        assert!(
+            error.ends_with(
+                r#"filter "routed": this proxy has no HTTP listener with a route named "nope""#
+            ),
+            "{error}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use sluice_control::proto::{
     ChangeRequest, Edit, ListVersionsReply, ListVersionsRequest, PromoteFilter, ProxyStatus,
-    RollbackRequest, SetFilter, StatusReply, StatusRequest, UploadModuleRequest, edit,
+    RemoveFilter, RollbackRequest, SetFilter, StatusReply, StatusRequest, UploadModuleRequest,
+    edit,
 };
 use sluice_control::{Client, ConnectError};
 use tonic::Code;
@@ -58,6 +59,8 @@ pub struct PushRequest {
     pub vm_config: Option<String>,
     /// `None`: every HTTP listener of every proxy.
     pub listener: Option<String>,
+    /// `Some`: the chain of the route of that name instead of the listener's.
+    pub route: Option<String>,
     pub fail_open: bool,
     /// Gradual rollout: run the module as a canary beside the filter, for this share of
     /// streams (0 to 100).
@@ -89,22 +92,38 @@ pub async fn push(client: &mut Client, request: PushRequest) -> Result<Pushed, C
         vm_config: request.vm_config.unwrap_or_default(),
         position: None,
         canary_percent: request.canary_percent,
+        route: request.route.unwrap_or_default(),
     };
     let version = change(client, edit::Edit::SetFilter(set)).await?;
     Ok(Pushed { sha256, version })
 }
 
-/// Ends a gradual rollout: the canary of filter `name` becomes the filter. Returns the version.
-pub async fn promote(
-    client: &mut Client,
-    name: String,
-    listener: Option<String>,
-) -> Result<u64, CommandError> {
+/// Which filter on which chain: `None` listener means every HTTP listener; `Some` route means
+/// the chain of the route of that name.
+pub struct FilterTarget {
+    pub name: String,
+    pub listener: Option<String>,
+    pub route: Option<String>,
+}
+
+/// Ends a gradual rollout: the canary of the filter becomes the filter. Returns the version.
+pub async fn promote(client: &mut Client, target: FilterTarget) -> Result<u64, CommandError> {
     let promote = PromoteFilter {
-        name,
-        listener: listener.unwrap_or_default(),
+        name: target.name,
+        listener: target.listener.unwrap_or_default(),
+        route: target.route.unwrap_or_default(),
     };
     change(client, edit::Edit::PromoteFilter(promote)).await
+}
+
+/// Takes the filter off its chain (a filter of the proxy's own file too). Returns the version.
+pub async fn remove(client: &mut Client, target: FilterTarget) -> Result<u64, CommandError> {
+    let remove = RemoveFilter {
+        name: target.name,
+        listener: target.listener.unwrap_or_default(),
+        route: target.route.unwrap_or_default(),
+    };
+    change(client, edit::Edit::RemoveFilter(remove)).await
 }
 
 async fn change(client: &mut Client, edit: edit::Edit) -> Result<u64, CommandError> {

@@ -7,8 +7,8 @@ mod subscriber;
 mod validator;
 
 pub use commands::{
-    CommandError, PushRequest, Pushed, list_versions, promote, push, rollback, status,
-    wait_for_acks,
+    CommandError, FilterTarget, PushRequest, Pushed, list_versions, promote, push, remove,
+    rollback, status, wait_for_acks,
 };
 pub use subscriber::{ControlSubscription, SubscriberSettings};
 pub use validator::ProxyValidator;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use sluice::control::{
-    CommandError, ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings, push,
-    wait_for_acks,
+    CommandError, ControlSubscription, FilterTarget, ProxyValidator, PushRequest,
+    SubscriberSettings, push, wait_for_acks,
 };
 use sluice_control::{ControlSettings, RunningControl};
 
@@ -60,6 +60,7 @@ fn push_tagger(config: &str) -> PushRequest {
         listener: None,
         fail_open: false,
         canary_percent: None,
+        route: None,
     }
 }
 
@@ -208,20 +209,87 @@ async fn a_canary_takes_its_share_then_is_promoted_or_rolled_back() {
         ..push_tagger("next")
     };
     push(&mut client, canary).await.unwrap();
-    let promoted = sluice::control::promote(&mut client, "tagger".into(), None)
+    let promoted = sluice::control::promote(&mut client, tagger_target(None))
         .await
         .unwrap();
     wait_for_acks(&mut client, promoted, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(tags_over(proxy.addr, 20).await.get("next"), Some(&20));
-    let error = sluice::control::promote(&mut client, "tagger".into(), None)
+    let error = sluice::control::promote(&mut client, tagger_target(None))
         .await
         .unwrap_err();
     assert!(
         error.to_string().contains("has no canary to promote"),
         "{error}"
     );
+}
+
+fn tagger_target(route: Option<&str>) -> FilterTarget {
+    FilterTarget {
+        name: "tagger".into(),
+        listener: None,
+        route: route.map(str::to_owned),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_go_on_a_named_route_and_come_off_again() {
+    let app = TestUpstream::start("app").await;
+    let control = start_control(&temp_folder("control-route"), None).await;
+    let url = url_of(&control);
+    let proxy = start_proxy(
+        &simple_config("\"{app}\"", "", "        name: api"),
+        &[&app],
+    )
+    .await;
+    let settings = SubscriberSettings {
+        url: url.clone(),
+        token: None,
+        proxy_id: "edge".into(),
+    };
+    let _subscription = ControlSubscription::start(settings, proxy.proxy.applier());
+    let mut client = client_of(&url).await;
+    assert!(connected(&mut client, 1).await);
+
+    let routed = PushRequest {
+        route: Some("api".into()),
+        ..push_tagger("on-route")
+    };
+    let version = push(&mut client, routed).await.unwrap().version;
+    wait_for_acks(&mut client, version, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        get(proxy.addr, "/").await.header("x-wasm-tag"),
+        Some("on-route")
+    );
+
+    let version = sluice::control::remove(&mut client, tagger_target(Some("api")))
+        .await
+        .unwrap();
+    wait_for_acks(&mut client, version, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(get(proxy.addr, "/").await.header("x-wasm-tag"), None);
+
+    // A route this proxy does not have: the proxy says so, and keeps serving.
+    let nowhere = PushRequest {
+        route: Some("missing".into()),
+        ..push_tagger("x")
+    };
+    let version = push(&mut client, nowhere).await.unwrap().version;
+    let acks = wait_for_acks(&mut client, version, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(acks[0].rejected_version, version);
+    assert!(
+        acks[0]
+            .rejected_reason
+            .contains(r#"no HTTP listener with a route named "missing""#),
+        "{acks:?}"
+    );
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
