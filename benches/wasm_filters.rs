@@ -64,8 +64,7 @@ fn per_request(c: &mut Criterion) {
         destination: "127.0.0.1:10000".parse().unwrap(),
         protocol: "HTTP/1.1",
         start: std::time::SystemTime::now(),
-        route_name: None,
-        cluster_name: None,
+        routed: std::cell::OnceCell::new(),
     });
 
     let mut group = c.benchmark_group("filters_per_request");

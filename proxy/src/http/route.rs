@@ -19,7 +19,10 @@ pub struct RouteTable {
 }
 
 pub struct Route {
+    /// The metric label: the configured name, or the match written out.
     pub name: String,
+    /// The configured name, as filters see it (`route_name`; empty when unnamed, as in Envoy).
+    pub configured_name: Option<String>,
     matcher: Matcher,
     target: RouteTarget,
     /// Whole-request deadline; `None` when disabled.
@@ -117,6 +120,7 @@ impl RouteTable {
                     .idle_timeout
                     .map_or(Some(Duration::from_secs(300)), |t| t.non_zero()),
                 filters: route_filters.next().unwrap_or_default(),
+                configured_name: config.name.clone(),
                 name,
             });
         }

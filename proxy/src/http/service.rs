@@ -121,8 +121,7 @@ impl Exchange<'_> {
                 destination: self.conn.local,
                 protocol: protocol_name(parts.version),
                 start: std::time::SystemTime::now(),
-                route_name: None,
-                cluster_name: None,
+                routed: std::cell::OnceCell::new(),
             });
             self.chain = Some(Rc::new(RefCell::new(FilterChain::new(
                 info,
@@ -144,6 +143,13 @@ impl Exchange<'_> {
             return self.local(&listener.unrouted, reply).await;
         };
         let target = route.pick_target();
+        if let Some(chain) = &self.chain {
+            let route_name = route.configured_name.as_deref().unwrap_or_default();
+            chain
+                .borrow()
+                .info()
+                .set_routed(route_name, &target.cluster.name);
+        }
         self.filter_idle = route.idle_timeout;
         if !route.filters.is_empty()
             && let Err(interruption) = self

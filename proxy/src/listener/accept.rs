@@ -91,9 +91,9 @@ pub async fn accept_loop(
                     destination: stream.local_addr().unwrap_or(listener.address),
                     protocol: "",
                     start: std::time::SystemTime::now(),
-                    route_name: None,
-                    cluster_name: Some(cluster.name.clone()),
+                    routed: std::cell::OnceCell::new(),
                 });
+                info.set_routed("", &cluster.name);
                 tokio::task::spawn_local(async move {
                     let filters = NetworkFilters {
                         specs: &specs,

@@ -18,6 +18,25 @@ pub fn build_wasm_workspace_for(
     target_dir: &Path,
     target: &str,
 ) -> Result<PathBuf, String> {
+    build_wasm(manifest, &[], target_dir, target)
+}
+
+/// Builds the named packages of the cargo workspace `manifest` for `wasm32-wasip1`, as
+/// [`build_wasm_workspace`] builds all of them.
+pub fn build_wasm_packages(
+    manifest: &Path,
+    packages: &[&str],
+    target_dir: &Path,
+) -> Result<PathBuf, String> {
+    build_wasm(manifest, packages, target_dir, "wasm32-wasip1")
+}
+
+fn build_wasm(
+    manifest: &Path,
+    packages: &[&str],
+    target_dir: &Path,
+    target: &str,
+) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -29,6 +48,7 @@ pub fn build_wasm_workspace_for(
             "--manifest-path",
         ])
         .arg(manifest)
+        .args(packages.iter().flat_map(|package| ["--package", package]))
         .arg("--target-dir")
         .arg(target_dir)
         .output()

@@ -102,6 +102,11 @@ impl FilterChain {
         }
     }
 
+    /// What the stream's filters see of it.
+    pub fn info(&self) -> &Rc<StreamInfo> {
+        &self.info
+    }
+
     pub fn len(&self) -> usize {
         self.filters.len()
     }

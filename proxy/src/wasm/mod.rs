@@ -25,7 +25,7 @@ mod vm;
 mod worker;
 
 pub use body::FilteredBody;
-pub use build::{build_wasm_workspace, build_wasm_workspace_for};
+pub use build::{build_wasm_packages, build_wasm_workspace, build_wasm_workspace_for};
 pub use callout::{Clusters, GrpcOutcome};
 pub use chain::{BodyStep, FilterChain, Interruption, request_headers, response_headers};
 pub use convert::{

@@ -52,8 +52,27 @@ pub struct StreamInfo {
     pub destination: SocketAddr,
     pub protocol: &'static str,
     pub start: SystemTime,
-    pub route_name: Option<String>,
-    pub cluster_name: Option<String>,
+    /// Known once the stream is routed (for TCP, from the start).
+    pub routed: std::cell::OnceCell<Routed>,
+}
+
+/// Where a stream was routed: the `route_name` and `cluster_name` properties.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// Empty for a route without a `name`.
+    pub route_name: String,
+    pub cluster_name: String,
+}
+
+impl StreamInfo {
+    /// Records the routing decision; later callbacks (and `on_log`) see it. The first one
+    /// stands.
+    pub fn set_routed(&self, route_name: &str, cluster_name: &str) {
+        let _ = self.routed.set(Routed {
+            route_name: route_name.to_owned(),
+            cluster_name: cluster_name.to_owned(),
+        });
+    }
 }
 
 /// What one HTTP stream context can reach during a callback.

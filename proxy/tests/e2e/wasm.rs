@@ -733,8 +733,7 @@ fn body_chunks_after_the_stream_ended_pass_through_without_failing_the_vm() {
             destination: "127.0.0.1:2".parse().unwrap(),
             protocol: "HTTP/1.1",
             start: std::time::SystemTime::now(),
-            route_name: None,
-            cluster_name: None,
+            routed: std::cell::OnceCell::new(),
         });
         let chain = Rc::new(RefCell::new(FilterChain::new(info, 1 << 20)));
         chain.borrow_mut().extend(&plugins, &[Arc::clone(&spec)]);

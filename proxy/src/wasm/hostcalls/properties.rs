@@ -165,9 +165,11 @@ fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
                 None => Value::Map(list.clone()),
             }
         }
-        (b"xds", Some(b"route_name")) | (b"route_name", None) => text(info.route_name.clone()?),
+        (b"xds", Some(b"route_name")) | (b"route_name", None) => {
+            text(info.routed.get()?.route_name.clone())
+        }
         (b"xds", Some(b"cluster_name")) | (b"cluster_name", None) => {
-            text(info.cluster_name.clone()?)
+            text(info.routed.get()?.cluster_name.clone())
         }
         // Anything else: what `proxy_set_property` stored under that path.
         _ => {

@@ -1,0 +1,84 @@
+//! filters/metrics on the real host.
+
+use sluice_filter_tests::module;
+use sluice_sdk::harness::{Harness, Scripted};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_counted_by_route_cluster_and_status_class() {
+    let harness = Harness::builder()
+        .filter("metrics", &module("metrics"), "")
+        .route_name("api")
+        .start()
+        .await
+        .unwrap();
+    harness
+        .upstream()
+        .script([Scripted::status(503), Scripted::status(404)]);
+    for _ in 0..4 {
+        harness.get("/", &[]).await;
+    }
+    let series =
+        |class: &str| format!("requests_total;route=api;cluster=upstream;status_class={class}");
+    assert_eq!(harness.filter_metric(&series("5xx")).await, Some(1.0));
+    assert_eq!(harness.filter_metric(&series("4xx")).await, Some(1.0));
+    assert_eq!(harness.filter_metric(&series("2xx")).await, Some(2.0));
+    assert_eq!(
+        harness
+            .filter_histogram_count("request_duration_ms;route=api;cluster=upstream")
+            .await,
+        Some(4.0)
+    );
+    assert_eq!(harness.filter_metric("requests_active").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_counted_while_they_run() {
+    let harness = Harness::builder()
+        .filter("metrics", &module("metrics"), "")
+        .start()
+        .await
+        .unwrap();
+    harness
+        .upstream()
+        .script([Scripted::status(200).delay(std::time::Duration::from_millis(500))]);
+    let address = harness.address();
+    let slow = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = stream;
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        reply
+    });
+    let mut seen_in_flight = false;
+    for _ in 0..40 {
+        if harness.filter_metric("requests_active").await == Some(1.0) {
+            seen_in_flight = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(seen_in_flight);
+    assert!(slow.await.unwrap().starts_with("HTTP/1.1 200"));
+    assert_eq!(harness.filter_metric("requests_active").await, Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_series_new_pairs_count_as_other() {
+    let harness = Harness::builder()
+        .filter("metrics", &module("metrics"), r#"{"max_series": 0}"#)
+        .start()
+        .await
+        .unwrap();
+    harness.get("/", &[]).await;
+    assert_eq!(
+        harness
+            .filter_metric("requests_total;route=other;cluster=other;status_class=2xx")
+            .await,
+        Some(1.0)
+    );
+}

@@ -1,0 +1,406 @@
+//! Test a compiled filter on the real Sluice host, in-process, from `cargo test`.
+//!
+//! ```no_run
+//! use sluice_sdk::harness::{Harness, Scripted};
+//!
+//! # async fn example(module: std::path::PathBuf) {
+//! let harness = Harness::builder()
+//!     .filter("ratelimit", &module, r#"{"key": "header:x-user", "rate": 1, "per": "1s"}"#)
+//!     .start()
+//!     .await
+//!     .unwrap();
+//! harness.upstream().script([Scripted::status(503), Scripted::status(200)]);
+//! let reply = harness.get("/", &[("x-user", "ann")]).await;
+//! assert_eq!(reply.status, 503);
+//! assert_eq!(harness.upstream().requests().len(), 1);
+//! # }
+//! ```
+//!
+//! The proxy is the one `sluice proxy` runs: one listener on 127.0.0.1, the filters in the
+//! order given, every request routed to one cluster whose endpoint is a [`ScriptedUpstream`].
+//! Build the `.wasm` with [`build_filters`] so the test runs the module you will ship.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use sluice::RunningProxy;
+
+/// Builds every filter crate of the cargo workspace (or single crate) at `manifest` for
+/// `wasm32-wasip1`, in release mode, into `target_dir`; returns the folder of the `.wasm`
+/// files (`<crate_name_with_underscores>.wasm`).
+pub fn build_filters(manifest: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    sluice::wasm::build_wasm_workspace(manifest, target_dir)
+}
+
+pub struct HarnessBuilder {
+    filters: Vec<serde_json::Value>,
+    workers: usize,
+    route_name: String,
+}
+
+/// A running proxy with the filters under test, its upstream, and a client.
+pub struct Harness {
+    proxy: RunningProxy,
+    upstream: ScriptedUpstream,
+    address: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// What the client got.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+// === impl HarnessBuilder ===
+
+impl HarnessBuilder {
+    /// Adds filter `name` running `module` with configuration `config` (JSON text, or any
+    /// string the filter understands). Filters run in the order added.
+    pub fn filter(mut self, name: &str, module: &Path, config: &str) -> Self {
+        self.filters.push(serde_json::json!({
+            "name": name,
+            "module": module.display().to_string(),
+            "config": config,
+        }));
+        self
+    }
+
+    /// Worker threads [1]. More than one shows whether state is shared across workers.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers;
+        self
+    }
+
+    /// The name of the one route (the `route_name` property filters see) [default].
+    pub fn route_name(mut self, name: &str) -> Self {
+        self.route_name = name.to_owned();
+        self
+    }
+
+    /// Starts the upstream and the proxy. Call inside a multi-threaded tokio runtime
+    /// (`#[tokio::test(flavor = "multi_thread")]`).
+    pub async fn start(self) -> Result<Harness, String> {
+        let upstream = ScriptedUpstream::start().await?;
+        // JSON is YAML, so the proxy reads this as it reads any config file.
+        let config = serde_json::json!({
+            "admin": { "address": "127.0.0.1:0" },
+            "workers": self.workers,
+            "listeners": [{
+                "name": "main",
+                "address": "127.0.0.1:0",
+                "filters": self.filters,
+                "routes": [{ "name": self.route_name, "match": { "prefix": "/" }, "cluster": "upstream" }],
+            }],
+            "clusters": [{
+                "name": "upstream",
+                "endpoints": [upstream.address().to_string()],
+                // A scripted reset must not eject the only endpoint.
+                "outlier_detection": { "consecutive_connect_failures": 0 },
+            }],
+        });
+        let loaded = sluice::config::load_str(&config.to_string(), Path::new("harness.yaml"))
+            .map_err(|e| e.to_string())?;
+        let proxy = RunningProxy::start(&loaded)
+            .await
+            .map_err(|e| e.to_string())?;
+        let address = proxy
+            .listener_address("main")
+            .ok_or("the proxy has no listener")?;
+        let admin = proxy.admin_address().ok_or("the proxy has no admin")?;
+        Ok(Harness {
+            proxy,
+            upstream,
+            address,
+            admin,
+        })
+    }
+}
+
+// === impl Harness ===
+
+impl Harness {
+    pub fn builder() -> HarnessBuilder {
+        HarnessBuilder {
+            filters: Vec::new(),
+            workers: 1,
+            route_name: "default".to_owned(),
+        }
+    }
+
+    /// Where clients connect.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn upstream(&self) -> &ScriptedUpstream {
+        &self.upstream
+    }
+
+    pub fn proxy(&self) -> &RunningProxy {
+        &self.proxy
+    }
+
+    /// `GET path` with `headers`, on a new connection.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::get(path).header("host", "harness.test");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Full::default()).unwrap_or_default())
+            .await
+    }
+
+    /// Sends `request` on a new HTTP/1.1 connection. A request that fails on the wire (the
+    /// proxy reset it) panics with the reason, failing the test.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
+        let stream = tokio::net::TcpStream::connect(self.address)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the proxy at {}: {e}", self.address));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("HTTP handshake with the proxy failed: {e}"));
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("the request failed on the wire: {e}"));
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("the response body broke off: {e}"))
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// The proxy's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let reply = get_plain(self.admin, "/metrics").await;
+        reply.body
+    }
+
+    /// The value of a counter or gauge a filter defined (`proxy_define_metric`) by its name,
+    /// summed over the plugins that define it; `None` if no plugin did.
+    pub async fn filter_metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        sum_of(&text, &["sluice_wasm_counter{", "sluice_wasm_gauge{"], name)
+    }
+
+    /// How many values a histogram a filter defined has recorded; `None` if none defined it.
+    pub async fn filter_histogram_count(&self, name: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        sum_of(&text, &["sluice_wasm_histogram_count{"], name)
+    }
+}
+
+/// The sum of the samples of `families` whose `name` label is `name`.
+fn sum_of(text: &str, families: &[&str], name: &str) -> Option<f64> {
+    let label = format!(
+        "name=\"{}\"",
+        name.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|line| families.iter().any(|family| line.starts_with(family)))
+        .filter(|line| line.contains(&label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+async fn get_plain(address: SocketAddr, path: &str) -> Reply {
+    let request = Request::get(path)
+        .header("host", "admin")
+        .body(Full::<Bytes>::default())
+        .unwrap_or_default();
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the admin endpoint: {e}"));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap_or_else(|e| panic!("admin handshake failed: {e}"));
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .unwrap_or_else(|e| panic!("admin request failed: {e}"));
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+// === the scripted upstream ===
+
+/// One scripted answer of the upstream.
+#[derive(Debug, Clone)]
+pub struct Scripted {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    delay: Duration,
+    reset: bool,
+}
+
+impl Scripted {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: String::new(),
+            delay: Duration::ZERO,
+            reset: false,
+        }
+    }
+
+    /// Closes the connection without answering.
+    pub fn reset() -> Self {
+        Self {
+            reset: true,
+            ..Self::status(0)
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn body(mut self, body: &str) -> Self {
+        self.body = body.to_owned();
+        self
+    }
+
+    /// Answers after `delay`.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 that answers from a script, in order, then `200 ok` once
+/// the script runs out; it records every request.
+#[derive(Clone)]
+pub struct ScriptedUpstream {
+    address: SocketAddr,
+    state: Arc<Mutex<UpstreamState>>,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    script: VecDeque<Scripted>,
+    seen: Vec<SeenRequest>,
+}
+
+impl ScriptedUpstream {
+    pub async fn start() -> Result<Self, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot bind the scripted upstream: {e}"))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let upstream = Self {
+            address,
+            state: Arc::default(),
+        };
+        let serving = upstream.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let upstream = serving.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let upstream = upstream.clone();
+                        async move { upstream.answer(request).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Ok(upstream)
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Appends answers to the script.
+    pub fn script(&self, answers: impl IntoIterator<Item = Scripted>) {
+        self.lock().script.extend(answers);
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.lock().seen.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, UpstreamState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn answer(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        let next = {
+            let mut state = self.lock();
+            state.seen.push(SeenRequest {
+                method: request.method().to_string(),
+                path: request.uri().path().to_owned(),
+                headers: request.headers().clone(),
+            });
+            state.script.pop_front()
+        };
+        let next = next.unwrap_or_else(|| Scripted::status(200).body("ok\n"));
+        // The body is read so a keep-alive connection stays usable.
+        let _ = request.into_body().collect().await;
+        tokio::time::sleep(next.delay).await;
+        if next.reset {
+            return Err(std::io::Error::other("scripted reset"));
+        }
+        let mut response = Response::builder().status(next.status);
+        for (name, value) in &next.headers {
+            response = response.header(name, value);
+        }
+        response
+            .body(Full::new(Bytes::from(next.body)))
+            .map_err(std::io::Error::other)
+    }
+}

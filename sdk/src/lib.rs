@@ -1,0 +1,15 @@
+//! `sluice-sdk`: what a Proxy-Wasm filter author needs for Sluice.
+//!
+//! - [`proxy_wasm`]: the official Rust SDK, re-exported, so a filter written with it runs
+//!   unchanged in Sluice and in Envoy.
+//! - [`config`]: parsing a filter's JSON configuration with errors that name the field.
+//! - `harness` (feature `harness`, native only): runs a compiled `.wasm` on the real Sluice
+//!   host in-process, in front of a scripted upstream, for `cargo test`.
+
+pub use proxy_wasm;
+
+pub mod config;
+pub mod duration;
+
+#[cfg(feature = "harness")]
+pub mod harness;
