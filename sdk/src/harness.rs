@@ -169,34 +169,21 @@ impl Harness {
     /// Sends `request` on a new HTTP/1.1 connection. A request that fails on the wire (the
     /// proxy reset it) panics with the reason, failing the test.
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Reply {
-        let stream = tokio::net::TcpStream::connect(self.address)
+        exchange(self.address, request)
             .await
-            .unwrap_or_else(|e| panic!("cannot connect to the proxy at {}: {e}", self.address));
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap_or_else(|e| panic!("HTTP handshake with the proxy failed: {e}"));
-        tokio::spawn(connection);
-        let response = sender
-            .send_request(request)
-            .await
-            .unwrap_or_else(|e| panic!("the request failed on the wire: {e}"));
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("the response body broke off: {e}"))
-            .to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+            .unwrap_or_else(|e| panic!("request to the proxy at {}: {e}", self.address))
     }
 
     /// The proxy's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let reply = get_plain(self.admin, "/metrics").await;
-        reply.body
+        let request = Request::get("/metrics")
+            .header("host", "admin")
+            .body(Full::default())
+            .unwrap_or_default();
+        exchange(self.admin, request)
+            .await
+            .unwrap_or_else(|e| panic!("admin endpoint at {}: {e}", self.admin))
+            .body
     }
 
     /// The value of a counter or gauge a filter defined (`proxy_define_metric`) by its name,
@@ -228,33 +215,30 @@ fn sum_of(text: &str, families: &[&str], name: &str) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum())
 }
 
-async fn get_plain(address: SocketAddr, path: &str) -> Reply {
-    let request = Request::get(path)
-        .header("host", "admin")
-        .body(Full::<Bytes>::default())
-        .unwrap_or_default();
+/// One request on a new HTTP/1.1 connection, and the whole response.
+async fn exchange(address: SocketAddr, request: Request<Full<Bytes>>) -> Result<Reply, String> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
-        .unwrap_or_else(|e| panic!("cannot reach the admin endpoint: {e}"));
+        .map_err(|e| format!("cannot connect: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap_or_else(|e| panic!("admin handshake failed: {e}"));
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
     tokio::spawn(connection);
     let response = sender
         .send_request(request)
         .await
-        .unwrap_or_else(|e| panic!("admin request failed: {e}"));
+        .map_err(|e| format!("the request failed on the wire: {e}"))?;
     let (parts, body) = response.into_parts();
     let body = body
         .collect()
         .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Reply {
+        .map_err(|e| format!("the response body broke off: {e}"))?
+        .to_bytes();
+    Ok(Reply {
         status: parts.status,
         headers: parts.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    })
 }
 
 // === the scripted upstream ===
