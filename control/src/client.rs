@@ -7,7 +7,6 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::SendBearer;
 use crate::proto::control_client::ControlClient;
-use crate::server::DEFAULT_MAX_MODULE_SIZE;
 
 /// Where `sluice push`, `status` and `proxy --control` look without `--control`.
 pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:9990";
@@ -47,7 +46,8 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
             url: url.to_owned(),
             source,
         })?;
+    // The service enforces the module limit; a client takes whatever size it allows.
     Ok(ControlClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(DEFAULT_MAX_MODULE_SIZE * 4)
-        .max_encoding_message_size(DEFAULT_MAX_MODULE_SIZE * 4))
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
 }

@@ -44,8 +44,9 @@ pub struct FilterAttachment {
     pub config: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vm_config: String,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub fail_open: bool,
+    /// `None`: as the filter it replaces has it (false for a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_open: Option<bool>,
     /// Index in the chain; by default a filter keeps its place or goes last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u32>,

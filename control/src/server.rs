@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
@@ -69,7 +70,9 @@ impl RunningControl {
             source,
         })?;
         let service = ControlService::new(store, validator, settings.max_module_size);
-        let limit = settings.max_module_size + (64 << 10);
+        // Far above the module limit, so the service itself answers an oversize upload with
+        // the limit and the flag that sets it.
+        let limit = settings.max_module_size.saturating_mul(4) + (1 << 20);
         let server = tonic::service::interceptor::InterceptedService::new(
             ControlServer::new(service.clone())
                 .max_decoding_message_size(limit)
@@ -78,10 +81,16 @@ impl RunningControl {
         );
         // Without TCP_NODELAY, an update written in two segments waits for the proxy's
         // delayed ACK: 40ms on Linux, for every push.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(30)));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
             tonic::transport::Server::builder()
+                // A proxy that vanished without closing (a lost node) is noticed in seconds,
+                // so `status` stops calling it connected and `push --wait` stops waiting.
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .add_service(server)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;

@@ -33,6 +33,9 @@ pub trait ChangeValidator: Send + Sync + 'static {
     fn validate_routes(&self, routes: &serde_json::Value) -> Result<(), String>;
 }
 
+/// How long `status` keeps a proxy that disconnected.
+const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
 #[derive(Clone)]
 pub struct ControlService {
     shared: Arc<Shared>,
@@ -293,6 +296,8 @@ impl Control for ControlService {
         }
         {
             let mut proxies = self.proxies();
+            // A proxy gone for an hour (its id usually dies with its process) leaves the list.
+            proxies.retain(|_, r| r.subscriptions > 0 || r.seen.elapsed() < FORGET_AFTER);
             let record = proxies.entry(id.clone()).or_insert_with(|| ProxyRecord {
                 subscriptions: 0,
                 applied: 0,

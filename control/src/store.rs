@@ -51,7 +51,11 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         for sub in ["modules", "versions"] {
             let path = dir.join(sub);
-            std::fs::create_dir_all(&path).map_err(|source| StoreError::Io { path, source })?;
+            std::fs::create_dir_all(&path).map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            remove_leftovers(&path);
         }
         let folder = dir.join("versions");
         let entries = std::fs::read_dir(&folder).map_err(|source| StoreError::Io {
@@ -61,21 +65,14 @@ impl Store {
         let mut versions = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("json") => {
-                    let text = std::fs::read(&path).map_err(|source| StoreError::Io {
-                        path: path.clone(),
-                        source,
-                    })?;
-                    let record: VersionRecord = serde_json::from_slice(&text)
-                        .map_err(|source| StoreError::Corrupt { path, source })?;
-                    versions.push(record);
-                }
-                // A write that never got renamed into place: the crash it survived lost it.
-                Some("tmp") => {
-                    let _ = std::fs::remove_file(&path);
-                }
-                _ => {}
+            if path.extension().is_some_and(|e| e == "json") {
+                let text = std::fs::read(&path).map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let record: VersionRecord = serde_json::from_slice(&text)
+                    .map_err(|source| StoreError::Corrupt { path, source })?;
+                versions.push(record);
             }
         }
         versions.sort_by_key(|v| v.version);
@@ -89,7 +86,9 @@ impl Store {
     pub fn put_module(&self, bytes: &[u8]) -> Result<String, StoreError> {
         let digest = sha256_hex(bytes);
         let path = self.module_path(&digest);
-        if !path.exists() {
+        // A file damaged on disk is repaired by uploading the module again.
+        let intact = std::fs::read(&path).is_ok_and(|stored| sha256_hex(&stored) == digest);
+        if !intact {
             write_atomically(&path, bytes)?;
         }
         Ok(digest)
@@ -155,6 +154,19 @@ impl Store {
 
     fn module_path(&self, digest: &str) -> PathBuf {
         self.dir.join("modules").join(format!("{digest}.wasm"))
+    }
+}
+
+/// Removes the `.tmp` files of writes that never got renamed into place: the crash they
+/// survived lost them.
+fn remove_leftovers(folder: &Path) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_some_and(|e| e == "tmp") {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -233,5 +245,8 @@ mod tests {
         std::fs::write(dir.join(format!("modules/{digest}.wasm")), b"changed").unwrap();
         let error = store.module(&digest).unwrap_err();
         assert!(matches!(error, StoreError::Tampered { .. }), "{error}");
+        // Uploading it again repairs it.
+        store.put_module(b"original").unwrap();
+        assert_eq!(store.module(&digest).unwrap().unwrap(), b"original");
     }
 }

@@ -1,19 +1,26 @@
 //! Reading a config file: YAML → [`ProxyConfig`] with the failing field's path, then the
 //! semantic checks of [`super::validate`].
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::error::ConfigError;
 use super::model::ProxyConfig;
 use super::validate::validate;
 
 /// A config that parsed and passed validation, with the file it came from (relative module
-/// paths resolve against that file's folder).
+/// paths resolve against that file's folder) and the modules a control service sent for it.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
     pub config: ProxyConfig,
     pub file: PathBuf,
+    /// What `module: sha256:<hex>` entries name, verified against their digest.
+    pub sent_modules: Arc<SentModules>,
 }
+
+/// Module bytes a control service sent, by sha256 (lowercase hex).
+pub type SentModules = HashMap<String, Arc<[u8]>>;
 
 impl LoadedConfig {
     /// The folder relative paths in the config are resolved against.
@@ -40,6 +47,7 @@ pub fn load_str(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
     Ok(LoadedConfig {
         config,
         file: file.to_owned(),
+        sent_modules: Arc::default(),
     })
 }
 

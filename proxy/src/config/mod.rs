@@ -10,7 +10,7 @@ mod units;
 mod validate;
 
 pub use error::{ConfigError, ConfigProblem};
-pub use load::{LoadedConfig, load_file, load_str};
+pub use load::{LoadedConfig, SentModules, load_file, load_str};
 pub use model::*;
 pub use overlay::{filter_config, with_overlay};
 pub use snapshot::{ListenerSnapshot, Snapshot};

@@ -3,19 +3,22 @@
 //! version so an operator knows the file is not to blame.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sluice_control::{FilterAttachment, Overlay};
 
 use super::error::{ConfigError, ConfigProblem};
-use super::load::LoadedConfig;
+use super::load::{LoadedConfig, SentModules};
 use super::model::{CanaryConfig, ClusterConfig, FilterConfig, ListenerProtocol, RouteConfig};
 use super::validate::validate;
 
-/// `base` with `overlay` (control version `version`) applied.
+/// `base` with `overlay` (control version `version`) applied; `modules` holds the modules the
+/// overlay names.
 pub fn with_overlay(
     base: &LoadedConfig,
     overlay: &Overlay,
     version: u64,
+    modules: &Arc<SentModules>,
 ) -> Result<LoadedConfig, ConfigError> {
     let source = PathBuf::from(format!(
         "{} + control version {version}",
@@ -110,6 +113,7 @@ pub fn with_overlay(
     Ok(LoadedConfig {
         config,
         file: base.file.clone(),
+        sent_modules: Arc::clone(modules),
     })
 }
 
@@ -138,6 +142,7 @@ fn attach(chain: &mut Vec<FilterConfig>, attachment: &FilterAttachment) -> Resul
     let index = match existing {
         Some(index) => {
             let old = chain.remove(index);
+            filter.fail_open = attachment.fail_open.unwrap_or(old.fail_open);
             filter.limits = old.limits;
             filter.vm_id = old.vm_id;
             filter.root_id = old.root_id;
@@ -171,7 +176,7 @@ pub fn filter_config(attachment: &FilterAttachment) -> FilterConfig {
         module: format!("sha256:{}", attachment.module_sha256),
         config: text(&attachment.config),
         vm_config: text(&attachment.vm_config),
-        fail_open: attachment.fail_open,
+        fail_open: attachment.fail_open.unwrap_or(false),
         limits: None,
         vm_id: None,
         root_id: None,
@@ -234,7 +239,7 @@ clusters:
             ],
             ..Overlay::default()
         };
-        let composed = with_overlay(&base(), &overlay, 3).unwrap();
+        let composed = with_overlay(&base(), &overlay, 3, &Arc::default()).unwrap();
         assert_eq!(chain(&composed), ["zeroth", "first", "second", "third"]);
         let first = &composed.config.listeners[0].filters[1];
         assert_eq!(first.module, format!("sha256:{}", "ab".repeat(32)));
@@ -243,6 +248,27 @@ clusters:
             composed.config.listeners[1].filters.is_empty(),
             "tcp listeners are not HTTP chains"
         );
+    }
+
+    #[test]
+    fn a_replaced_filter_keeps_its_fail_policy_unless_the_push_sets_one() {
+        let mut base = base();
+        base.config.listeners[0].filters[0].fail_open = true;
+        let keep = Overlay {
+            filters: vec![set("first", None)],
+            ..Overlay::default()
+        };
+        let composed = with_overlay(&base, &keep, 1, &Arc::default()).unwrap();
+        assert!(composed.config.listeners[0].filters[0].fail_open);
+        let closed = Overlay {
+            filters: vec![FilterAttachment {
+                fail_open: Some(false),
+                ..set("first", None)
+            }],
+            ..Overlay::default()
+        };
+        let composed = with_overlay(&base, &closed, 2, &Arc::default()).unwrap();
+        assert!(!composed.config.listeners[0].filters[0].fail_open);
     }
 
     #[test]
@@ -256,7 +282,7 @@ clusters:
             ..Overlay::default()
         };
         assert_eq!(
-            chain(&with_overlay(&base(), &overlay, 1).unwrap()),
+            chain(&with_overlay(&base(), &overlay, 1, &Arc::default()).unwrap()),
             ["second"]
         );
     }
@@ -270,7 +296,9 @@ clusters:
             }],
             ..Overlay::default()
         };
-        let error = with_overlay(&base(), &overlay, 7).unwrap_err().to_string();
+        let error = with_overlay(&base(), &overlay, 7, &Arc::default())
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             error,
             r#"/etc/sluice/proxy.yaml + control version 7: overlay.filters[0]: filter "x": this proxy has no listener "nope""#
@@ -280,7 +308,7 @@ clusters:
             removed_clusters: vec!["app".into()],
             ..Overlay::default()
         };
-        let error = with_overlay(&base(), &removes_used_cluster, 8)
+        let error = with_overlay(&base(), &removes_used_cluster, 8, &Arc::default())
             .unwrap_err()
             .to_string();
         assert!(error.contains("control version 8"), "{error}");
@@ -298,7 +326,7 @@ clusters:
             }],
             ..Overlay::default()
         };
-        let composed = with_overlay(&base, &overlay, 4).unwrap();
+        let composed = with_overlay(&base, &overlay, 4, &Arc::default()).unwrap();
         let route = &composed.config.listeners[0].routes[0];
         assert_eq!(route.filters[0].name, "routed");
         assert_eq!(
@@ -314,7 +342,9 @@ clusters:
             }],
             ..Overlay::default()
         };
-        let error = with_overlay(&base, &missing, 5).unwrap_err().to_string();
+        let error = with_overlay(&base, &missing, 5, &Arc::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             error.ends_with(
                 r#"filter "routed": this proxy has no HTTP listener with a route named "nope""#
@@ -333,7 +363,7 @@ clusters:
             }],
             ..Overlay::default()
         };
-        let composed = with_overlay(&base(), &overlay, 2).unwrap();
+        let composed = with_overlay(&base(), &overlay, 2, &Arc::default()).unwrap();
         assert_eq!(composed.config.clusters.len(), 2);
         assert_eq!(
             composed.config.listeners[0].routes[0].cluster.as_deref(),

@@ -276,8 +276,8 @@ fn load_plugin(
     reuse: &mut Reuse<'_>,
 ) -> Result<Arc<PluginSpec>, String> {
     let loaded_plugin =
-        PluginSpec::read_module(&filter.module, loaded.base_dir()).and_then(|bytes| {
-            match reuse.plugin(filter, &label, &bytes.digest, clusters) {
+        PluginSpec::read_module(&filter.module, loaded.base_dir(), &loaded.sent_modules).and_then(
+            |bytes| match reuse.plugin(filter, &label, &bytes.digest, clusters) {
                 Some(spec) => Ok(spec),
                 None => PluginSpec::from_module(
                     filter,
@@ -286,8 +286,8 @@ fn load_plugin(
                     metrics.plugin_health(&label),
                     Arc::clone(clusters),
                 ),
-            }
-        });
+            },
+        );
     // Say which file, unless the error does already.
     loaded_plugin.map_err(|error| match error {
         WasmError::Read { .. } => error.to_string(),

@@ -88,7 +88,7 @@ pub async fn push(client: &mut Client, request: PushRequest) -> Result<Pushed, C
         module_sha256: sha256.clone(),
         config: request.config.unwrap_or_default(),
         listener: request.listener.unwrap_or_default(),
-        fail_open: request.fail_open,
+        fail_open: request.fail_open.then_some(true),
         vm_config: request.vm_config.unwrap_or_default(),
         position: None,
         canary_percent: request.canary_percent,

@@ -3,17 +3,22 @@
 //! reason. Losing the service changes nothing in the data path: the proxy keeps its last good
 //! config and reconnects with backoff, and the service sends the current version again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_control::proto::{AckRequest, ConfigUpdate, GetModuleRequest, SubscribeRequest};
 use sluice_control::{Client, Overlay};
+use tonic::Code;
 
-use crate::runtime::ConfigApplier;
-use crate::wasm::{hold_module, is_held, release_modules_except};
+use crate::config::SentModules;
+use crate::runtime::{ConfigApplier, ControlOverlay};
+use crate::wasm::ModuleBytes;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// A refused token will not start working by itself: retry rarely.
+const RETRY_AFTER_REFUSAL: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct SubscriberSettings {
@@ -43,107 +48,200 @@ impl Drop for ControlSubscription {
     }
 }
 
+/// Why a subscription ended.
+enum Ended {
+    /// The service closed the stream (it is shutting down).
+    Closed,
+    /// Reaching or talking to the service failed; retry.
+    Failed(String),
+    /// The service refused our token.
+    Refused(String),
+}
+
+/// What the subscriber keeps across subscriptions.
+#[derive(Default)]
+struct Subscriber {
+    /// The version running and its overlay text: a version is skipped only if both match (a
+    /// control service with a fresh data dir numbers its versions from 1 again).
+    running: Option<(u64, String)>,
+    /// The last version refused, and its text, for the ack when it applies later.
+    refused: Option<(u64, String)>,
+    /// Modules fetched so far, by sha256; those no running version names are let go.
+    modules: HashMap<String, Arc<[u8]>>,
+}
+
 async fn follow(settings: SubscriberSettings, applier: ConfigApplier) {
-    // The control version this proxy runs (0: none yet).
-    let mut applied = 0;
+    let mut subscriber = Subscriber::default();
     let mut retry = FIRST_RETRY;
     loop {
-        match subscription(&settings, &applier, &mut applied, &mut retry).await {
-            Ok(()) => {
-                tracing::warn!(url = %settings.url, "the control service ended the subscription; keeping the last good config and reconnecting")
+        let wait = match subscriber
+            .subscription(&settings, &applier, &mut retry)
+            .await
+        {
+            Ended::Closed => {
+                tracing::warn!(url = %settings.url, "the control service ended the subscription; keeping the last good config and reconnecting");
+                retry
             }
-            Err(error) => {
-                tracing::warn!(url = %settings.url, %error, ?retry, "control service unreachable; keeping the last good config and retrying")
+            Ended::Failed(error) => {
+                tracing::warn!(url = %settings.url, %error, ?retry, "control service unreachable; keeping the last good config and retrying");
+                retry
             }
-        }
+            Ended::Refused(error) => {
+                tracing::error!(url = %settings.url, %error, "the control service refused this proxy; check SLUICE_CONTROL_TOKEN. Keeping the last good config");
+                RETRY_AFTER_REFUSAL
+            }
+        };
         // Jitter keeps a fleet of proxies from reconnecting in lockstep.
-        let jitter = retry.mul_f64(fastrand::f64() * 0.2);
-        tokio::time::sleep(retry + jitter).await;
+        let jitter = wait.mul_f64(fastrand::f64() * 0.2);
+        tokio::time::sleep(wait + jitter).await;
         retry = (retry * 2).min(MAX_RETRY);
     }
 }
 
-/// One subscription, until the stream ends or fails.
-async fn subscription(
-    settings: &SubscriberSettings,
-    applier: &ConfigApplier,
-    applied: &mut u64,
-    retry: &mut Duration,
-) -> Result<(), String> {
-    let mut client = sluice_control::connect(&settings.url, settings.token.as_deref())
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = SubscribeRequest {
-        proxy_id: settings.proxy_id.clone(),
-        applied_version: *applied,
-    };
-    let mut updates = client
-        .subscribe(request)
-        .await
-        .map_err(|status| status.message().to_owned())?
-        .into_inner();
-    *retry = FIRST_RETRY;
-    tracing::info!(url = %settings.url, proxy_id = %settings.proxy_id, "subscribed to the control service");
-    while let Some(update) = updates
-        .message()
-        .await
-        .map_err(|status| format!("{}: {}", status.code(), status.message()))?
-    {
-        let outcome = if update.version == *applied {
-            Ok(())
-        } else {
-            apply_update(&mut client, applier, &update).await
-        };
-        if outcome.is_ok() {
-            *applied = update.version;
-        }
-        let ack = AckRequest {
+impl Subscriber {
+    /// One subscription, until the stream ends or fails.
+    async fn subscription(
+        &mut self,
+        settings: &SubscriberSettings,
+        applier: &ConfigApplier,
+        retry: &mut Duration,
+    ) -> Ended {
+        let mut client =
+            match sluice_control::connect(&settings.url, settings.token.as_deref()).await {
+                Ok(client) => client,
+                Err(error) => return Ended::Failed(error.to_string()),
+            };
+        let request = SubscribeRequest {
             proxy_id: settings.proxy_id.clone(),
-            version: update.version,
-            applied: outcome.is_ok(),
-            error: outcome.err().unwrap_or_default(),
+            applied_version: self.running.as_ref().map_or(0, |(v, _)| *v),
         };
-        client
-            .acknowledge(ack)
-            .await
-            .map_err(|status| status.message().to_owned())?;
+        let mut updates = match client.subscribe(request).await {
+            Ok(updates) => updates.into_inner(),
+            Err(status) => return ended(&status),
+        };
+        *retry = FIRST_RETRY;
+        tracing::info!(url = %settings.url, proxy_id = %settings.proxy_id, "subscribed to the control service");
+        let mut overlay_applied = applier.follow_overlay();
+        loop {
+            let update = tokio::select! {
+                message = updates.message() => match message {
+                    Ok(Some(update)) => update,
+                    Ok(None) => return Ended::Closed,
+                    Err(status) => return ended(&status),
+                },
+                // A refused version that a later file edit let apply.
+                changed = overlay_applied.changed() => {
+                    if changed.is_err() {
+                        return Ended::Closed;
+                    }
+                    let version = *overlay_applied.borrow_and_update();
+                    if let Some(refused) = self.refused.take_if(|(v, _)| *v == version) {
+                        self.running = Some(refused);
+                        if let Err(status) = ack(&mut client, settings, version, Ok(())).await {
+                            return ended(&status);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let already = self
+                .running
+                .as_ref()
+                .is_some_and(|(v, text)| *v == update.version && *text == update.overlay_json);
+            let outcome = if already {
+                Ok(())
+            } else {
+                match self.apply(&mut client, applier, &update).await {
+                    Ok(outcome) => outcome,
+                    // Fetching failed: not the version's fault. Reconnect, and try again.
+                    Err(status) => return ended(&status),
+                }
+            };
+            let text = update.overlay_json.clone();
+            match &outcome {
+                Ok(()) => self.running = Some((update.version, text)),
+                Err(_) => self.refused = Some((update.version, text)),
+            }
+            if let Err(status) = ack(&mut client, settings, update.version, outcome).await {
+                return ended(&status);
+            }
+        }
     }
-    Ok(())
+
+    /// Fetches the modules `update` names that this proxy lacks (checking each digest), then
+    /// applies it. The inner result is the version's fate; `Err` is a failed fetch.
+    async fn apply(
+        &mut self,
+        client: &mut Client,
+        applier: &ConfigApplier,
+        update: &ConfigUpdate,
+    ) -> Result<Result<(), String>, tonic::Status> {
+        let overlay: Overlay = match serde_json::from_str(&update.overlay_json) {
+            Ok(overlay) => overlay,
+            Err(error) => {
+                return Ok(Err(format!(
+                    "version {}: the overlay is not valid: {error}",
+                    update.version
+                )));
+            }
+        };
+        let mut named = SentModules::new();
+        for digest in overlay.modules() {
+            let digest = digest.to_ascii_lowercase();
+            if !self.modules.contains_key(&digest) {
+                let module = client
+                    .get_module(GetModuleRequest {
+                        sha256: digest.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .module;
+                // Verified on this end too: what runs is what was pushed.
+                let actual = ModuleBytes::new(module);
+                if actual.digest != digest {
+                    return Ok(Err(format!(
+                        "module sha256:{digest} arrived with sha256 {}; refusing it",
+                        actual.digest
+                    )));
+                }
+                self.modules.insert(digest.clone(), actual.bytes.into());
+            }
+            if let Some(bytes) = self.modules.get(&digest) {
+                named.insert(digest, Arc::clone(bytes));
+            }
+        }
+        let control = ControlOverlay {
+            version: update.version,
+            overlay,
+            modules: Arc::new(named),
+        };
+        let applied = applier.apply_overlay(control.clone()).await;
+        // Keep what this version names; the applier keeps the running version's modules.
+        self.modules
+            .retain(|digest, _| control.modules.contains_key(digest));
+        Ok(applied.map(drop).map_err(|error| error.to_string()))
+    }
 }
 
-/// Fetches the modules `update` names that this proxy does not hold, then applies it.
-async fn apply_update(
+async fn ack(
     client: &mut Client,
-    applier: &ConfigApplier,
-    update: &ConfigUpdate,
-) -> Result<(), String> {
-    let overlay: Overlay = serde_json::from_str(&update.overlay_json)
-        .map_err(|e| format!("version {}: the overlay is not valid: {e}", update.version))?;
-    for digest in overlay.modules() {
-        if is_held(digest) {
-            continue;
-        }
-        let module = client
-            .get_module(GetModuleRequest {
-                sha256: digest.to_owned(),
-            })
-            .await
-            .map_err(|status| format!("fetching module sha256:{digest}: {}", status.message()))?
-            .into_inner()
-            .module;
-        // Verified on this end too: what runs is what was pushed.
-        let actual = hold_module(module);
-        if !actual.eq_ignore_ascii_case(digest) {
-            return Err(format!(
-                "module sha256:{digest} arrived with sha256 {actual}; refusing it"
-            ));
-        }
+    settings: &SubscriberSettings,
+    version: u64,
+    outcome: Result<(), String>,
+) -> Result<(), tonic::Status> {
+    let ack = AckRequest {
+        proxy_id: settings.proxy_id.clone(),
+        version,
+        applied: outcome.is_ok(),
+        error: outcome.err().unwrap_or_default(),
+    };
+    client.acknowledge(ack).await.map(drop)
+}
+
+fn ended(status: &tonic::Status) -> Ended {
+    let text = format!("{}: {}", status.code(), status.message());
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => Ended::Refused(text),
+        _ => Ended::Failed(text),
     }
-    applier
-        .apply_overlay(overlay.clone(), update.version)
-        .await
-        .map_err(|error| error.to_string())?;
-    let keep: HashSet<&str> = overlay.modules().collect();
-    release_modules_except(&keep);
-    Ok(())
 }

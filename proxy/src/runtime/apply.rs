@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::listeners::ListenerSet;
 use super::state::ProxyState;
 use sluice_control::Overlay;
+use tokio::sync::watch;
 
-use crate::config::{ConfigError, LoadedConfig, Snapshot, with_overlay};
+use crate::config::{ConfigError, LoadedConfig, SentModules, Snapshot, with_overlay};
 use crate::listener::BindError;
 use crate::upstream::{Cluster, spawn_cluster_tasks};
 
@@ -44,13 +45,32 @@ struct Applier {
     listeners: Mutex<ListenerSet>,
     /// One change at a time: each is built on the snapshot the previous one published.
     sources: tokio::sync::Mutex<Sources>,
+    /// The control version running, for the subscriber (an overlay refused when it came can
+    /// apply later, with a file that fits it).
+    overlay_applied: watch::Sender<u64>,
 }
 
 /// What the running config was composed from.
 struct Sources {
     file: LoadedConfig,
-    /// The control version and its overlay, once a control service sent one.
-    overlay: Option<(u64, Overlay)>,
+    /// The control overlay running, once a control service sent one.
+    overlay: Option<ControlOverlay>,
+    /// The newest overlay, when it was refused: retried with each new file config.
+    refused: Option<ControlOverlay>,
+}
+
+/// One version of a control service's overlay, with the modules it names.
+#[derive(Clone)]
+pub struct ControlOverlay {
+    pub version: u64,
+    pub overlay: Overlay,
+    pub modules: Arc<SentModules>,
+}
+
+impl ControlOverlay {
+    fn over(&self, file: &LoadedConfig) -> Result<LoadedConfig, ConfigError> {
+        with_overlay(file, &self.overlay, self.version, &self.modules)
+    }
 }
 
 // === impl ConfigApplier ===
@@ -63,7 +83,9 @@ impl ConfigApplier {
             sources: tokio::sync::Mutex::new(Sources {
                 file,
                 overlay: None,
+                refused: None,
             }),
+            overlay_applied: watch::channel(0).0,
         }))
     }
 
@@ -74,8 +96,24 @@ impl ConfigApplier {
     /// new one. Returns the new snapshot version.
     pub async fn apply(&self, loaded: LoadedConfig) -> Result<u64, ApplyError> {
         let mut sources = self.0.sources.lock().await;
+        // An overlay refused for want of something in the file may fit this file.
+        if let Some(refused) = sources.refused.clone()
+            && let Ok(composed) = refused.over(&loaded)
+            && let Ok(version) = self.apply_now(composed).await
+        {
+            let _ = self.settle(Ok(version));
+            tracing::info!(
+                control_version = refused.version,
+                "the refused control overlay fits the new file; applied"
+            );
+            self.0.overlay_applied.send_replace(refused.version);
+            sources.file = loaded;
+            sources.overlay = Some(refused);
+            sources.refused = None;
+            return Ok(version);
+        }
         let composed = match &sources.overlay {
-            Some((version, overlay)) => with_overlay(&loaded, overlay, *version),
+            Some(overlay) => overlay.over(&loaded),
             None => Ok(loaded.clone()),
         };
         let applied = self.settle(self.apply_composed(composed).await);
@@ -85,16 +123,27 @@ impl ConfigApplier {
         applied
     }
 
-    /// Applies control version `version` (its overlay over the file's config), the same way.
-    pub async fn apply_overlay(&self, overlay: Overlay, version: u64) -> Result<u64, ApplyError> {
+    /// Applies a control service's overlay over the file's config, the same way.
+    pub async fn apply_overlay(&self, overlay: ControlOverlay) -> Result<u64, ApplyError> {
         let mut sources = self.0.sources.lock().await;
-        let composed = with_overlay(&sources.file, &overlay, version);
+        let composed = overlay.over(&sources.file);
         let applied = self.settle(self.apply_composed(composed).await);
-        if applied.is_ok() {
-            tracing::info!(control_version = version, "control overlay applied");
-            sources.overlay = Some((version, overlay));
+        match applied {
+            Ok(_) => {
+                tracing::info!(control_version = overlay.version, "control overlay applied");
+                self.0.overlay_applied.send_replace(overlay.version);
+                sources.overlay = Some(overlay);
+                sources.refused = None;
+            }
+            Err(_) => sources.refused = Some(overlay),
         }
         applied
+    }
+
+    /// The control version running; changes when an overlay applies, also one that was
+    /// refused when it came and fits a later file.
+    pub fn follow_overlay(&self) -> watch::Receiver<u64> {
+        self.0.overlay_applied.subscribe()
     }
 
     async fn apply_composed(
@@ -128,11 +177,16 @@ impl ConfigApplier {
         let version = running.version + 1;
         // Compiling and canarying modules takes milliseconds to seconds: not on this runtime.
         let (metrics, previous) = (Arc::clone(&self.0.state.metrics), Arc::clone(&running));
-        let snapshot = tokio::task::spawn_blocking(move || {
+        let workers_unset = loaded.config.workers.is_none();
+        let mut snapshot = tokio::task::spawn_blocking(move || {
             Snapshot::build(&loaded, version, &metrics, Some(&previous))
         })
         .await
         .map_err(|e| ApplyError::Interrupted(e.to_string()))??;
+        // Left to the CPU count, which may have changed since the start: keep what runs.
+        if workers_unset {
+            snapshot.workers = running.workers;
+        }
         if snapshot.workers != running.workers {
             return Err(ApplyError::NeedsRestart {
                 field: "workers",

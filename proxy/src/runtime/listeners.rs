@@ -1,6 +1,6 @@
 //! The sockets the workers accept on, per listener, and how a new config changes them: a
-//! listener that keeps its name and configured address keeps its sockets (and connections);
-//! a new or moved one gets fresh sockets, bound before the config is published so a taken port
+//! listener that keeps its name, configured address and protocol keeps its sockets (and
+//! connections); a new, moved or re-purposed one gets fresh sockets, bound before the config is published so a taken port
 //! rejects the change; a removed or moved one is retired after the config is published.
 
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::drain::{DrainTrigger, drain_channel};
 use super::worker::WorkerSocket;
-use crate::config::Snapshot;
+use crate::config::{ListenerProtocol, Snapshot};
 use crate::listener::{BindError, bind_reuseport};
 
 /// The listeners being served, and the channels that hand new sockets to the workers.
@@ -23,6 +23,8 @@ struct BoundListener {
     name: Arc<str>,
     /// As written in the config (port 0 stays 0, so an unchanged config keeps its port).
     configured: SocketAddr,
+    /// Connections of one protocol cannot be served as the other.
+    protocol: ListenerProtocol,
     local: SocketAddr,
     /// Dropping it retires the listener's sockets on every worker.
     _retire: DrainTrigger,
@@ -30,7 +32,15 @@ struct BoundListener {
 
 /// Sockets bound for a snapshot that is not published yet.
 pub struct BoundForSnapshot {
-    listeners: Vec<(Arc<str>, SocketAddr, SocketAddr, Vec<std::net::TcpListener>)>,
+    listeners: Vec<NewSockets>,
+}
+
+struct NewSockets {
+    name: Arc<str>,
+    configured: SocketAddr,
+    protocol: ListenerProtocol,
+    local: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
 }
 
 // === impl ListenerSet ===
@@ -48,10 +58,11 @@ impl ListenerSet {
     pub fn bind_new(&self, snapshot: &Snapshot) -> Result<BoundForSnapshot, BindError> {
         let mut listeners = Vec::new();
         for listener in &snapshot.listeners {
-            let served = self
-                .bound
-                .iter()
-                .any(|b| *b.name == *listener.name && b.configured == listener.address);
+            let served = self.bound.iter().any(|b| {
+                *b.name == *listener.name
+                    && b.configured == listener.address
+                    && b.protocol == listener.protocol
+            });
             if served {
                 continue;
             }
@@ -61,12 +72,13 @@ impl ListenerSet {
                 address: listener.address,
                 source,
             })?;
-            listeners.push((
-                Arc::from(listener.name.as_str()),
-                listener.address,
+            listeners.push(NewSockets {
+                name: Arc::from(listener.name.as_str()),
+                configured: listener.address,
+                protocol: listener.protocol,
                 local,
                 sockets,
-            ));
+            });
         }
         Ok(BoundForSnapshot { listeners })
     }
@@ -74,7 +86,14 @@ impl ListenerSet {
     /// After `snapshot` is published: hands the new sockets to the workers, and retires the
     /// sockets of listeners the snapshot removed or moved (their connections close gracefully).
     pub fn commit(&mut self, fresh: BoundForSnapshot, snapshot: &Snapshot) {
-        for (name, configured, local, sockets) in fresh.listeners {
+        for NewSockets {
+            name,
+            configured,
+            protocol,
+            local,
+            sockets,
+        } in fresh.listeners
+        {
             let (retire, retired) = drain_channel();
             for (sender, socket) in self.workers.iter().zip(sockets) {
                 let socket = WorkerSocket {
@@ -88,13 +107,14 @@ impl ListenerSet {
             }
             if let Some(old) = self.bound.iter().position(|b| b.name == name) {
                 let old = self.bound.remove(old);
-                tracing::info!(listener = %name, from = %old.local, to = %local, "listener moved; connections to the old address drain");
+                tracing::info!(listener = %name, from = %old.local, to = %local, "listener moved or changed protocol; connections to its old sockets drain");
             } else {
                 tracing::info!(listener = %name, address = %local, "listener added");
             }
             self.bound.push(BoundListener {
                 name,
                 configured,
+                protocol,
                 local,
                 _retire: retire,
             });

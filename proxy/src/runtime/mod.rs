@@ -10,7 +10,7 @@ mod proxy;
 mod state;
 mod worker;
 
-pub use apply::{ApplyError, ConfigApplier};
+pub use apply::{ApplyError, ConfigApplier, ControlOverlay};
 pub use drain::{ConnectionTracker, DrainTrigger, DrainWatch, TrackedConnection, drain_channel};
 pub use exec::LocalExec;
 pub use file_watch::{ConfigWatch, SETTLE_TIME, WatchError};

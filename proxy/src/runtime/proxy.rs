@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use super::apply::{ConfigApplier, start_new_clusters};
 use super::drain::{DrainTrigger, drain_channel};
@@ -38,7 +37,6 @@ pub struct RunningProxy {
     workers: Vec<JoinHandle<()>>,
     applier: ConfigApplier,
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
-    drain_timeout: Duration,
 }
 
 // === impl RunningProxy ===
@@ -67,7 +65,6 @@ impl RunningProxy {
             None => None,
         };
 
-        let drain_timeout = snapshot.drain_timeout;
         let admin_configured = snapshot.admin_address;
         let state = ProxyState::new(snapshot, metrics);
         let (drain, drain_watch) = drain_channel();
@@ -79,7 +76,6 @@ impl RunningProxy {
                 Arc::clone(&state),
                 worker_sockets,
                 drain_watch.clone(),
-                drain_timeout,
                 started_tx.clone(),
             )
             .map_err(|e| {
@@ -126,7 +122,6 @@ impl RunningProxy {
             drain,
             workers,
             admin,
-            drain_timeout,
         })
     }
 
@@ -151,7 +146,7 @@ impl RunningProxy {
     /// Drains: stop accepting, let in-flight requests finish (up to the drain timeout), then
     /// stop the workers and the admin endpoint.
     pub async fn shutdown(mut self) {
-        tracing::info!(timeout = ?self.drain_timeout, "draining");
+        tracing::info!(timeout = ?self.state.snapshot().drain_timeout, "draining");
         self.state.mark_draining();
         self.drain.drain();
         let workers = std::mem::take(&mut self.workers);

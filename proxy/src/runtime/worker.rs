@@ -8,7 +8,6 @@
 use std::rc::Rc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::LocalSet;
@@ -52,7 +51,6 @@ pub fn spawn_worker(
     state: Arc<ProxyState>,
     sockets: mpsc::UnboundedReceiver<WorkerSocket>,
     drain: DrainWatch,
-    drain_timeout: Duration,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
@@ -77,10 +75,7 @@ pub fn spawn_worker(
                 plugins: WorkerPlugins::new(Rc::clone(&pools)),
                 pools,
             });
-            LocalSet::new().block_on(
-                &runtime,
-                run_worker(context, sockets, drain, drain_timeout, started),
-            );
+            LocalSet::new().block_on(&runtime, run_worker(context, sockets, drain, started));
         })
 }
 
@@ -88,7 +83,6 @@ async fn run_worker(
     context: Rc<WorkerContext>,
     mut sockets: mpsc::UnboundedReceiver<WorkerSocket>,
     mut drain: DrainWatch,
-    drain_timeout: Duration,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
     let tracker = ConnectionTracker::default();
@@ -109,6 +103,8 @@ async fn run_worker(
     }
     let open = tracker.open();
     tracing::debug!(worker = context.id, open, "draining");
+    // The running config's drain timeout: a change to it applies to the next drain.
+    let drain_timeout = context.state.snapshot().drain_timeout;
     if tokio::time::timeout(drain_timeout, tracker.all_closed())
         .await
         .is_err()

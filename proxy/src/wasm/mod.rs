@@ -10,7 +10,6 @@ mod chain;
 mod convert;
 mod error;
 mod guest;
-mod held;
 mod hostcalls;
 mod metrics;
 mod network;
@@ -32,7 +31,6 @@ pub use convert::{
     apply_request_pairs, apply_response_pairs, local_response, request_pairs, response_pairs,
 };
 pub use error::{VmFailure, WasmError};
-pub use held::{hold_module, is_held, release_modules_except};
 pub use metrics::WasmMetricFamilies;
 pub use network::{NetStep, NetworkChain};
 pub use pairs::{Pair, decode as decode_pairs, encode_pairs};

@@ -17,7 +17,7 @@ use super::runtime::{EPOCH_TICK, MAX_MEMORY_LIMIT, ModuleBytes, WasmRuntime};
 use super::state::{HostState, PluginInfo};
 use super::status::AbiVersion;
 use super::vm::PluginVm;
-use crate::config::{FilterConfig, PluginLogLevel};
+use crate::config::{FilterConfig, PluginLogLevel, SentModules};
 
 /// Per-plugin health, shared by every worker's VM of the plugin.
 pub struct PluginHealth {
@@ -66,7 +66,7 @@ impl PluginSpec {
         health: PluginHealth,
         clusters: Clusters,
     ) -> Result<Arc<Self>, WasmError> {
-        let bytes = Self::read_module(&filter.module, base_dir)?;
+        let bytes = Self::read_module(&filter.module, base_dir, &SentModules::new())?;
         Self::from_module(filter, bytes, metric_families, health, clusters)
     }
 
@@ -167,17 +167,24 @@ fn linker(engine: &Engine) -> Result<&'static Linker<HostState>, WasmError> {
 }
 
 impl PluginSpec {
-    /// The module a filter entry names, with its digest; relative paths resolve against
-    /// `base_dir`.
-    pub fn read_module(reference: &str, base_dir: &Path) -> Result<ModuleBytes, WasmError> {
+    /// The module a filter entry names, with its digest: a file (relative paths resolve
+    /// against `base_dir`), or `sha256:<hex>` from what a control service `sent`.
+    pub fn read_module(
+        reference: &str,
+        base_dir: &Path,
+        sent: &SentModules,
+    ) -> Result<ModuleBytes, WasmError> {
         if let Some(digest) = reference.strip_prefix("sha256:") {
-            return super::held::held_module(digest).ok_or_else(|| WasmError::Read {
-                path: reference.into(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no control service sent this module; a config file names modules by path",
-                ),
-            });
+            let held = sent.get(&digest.to_ascii_lowercase());
+            return held
+                .map(|bytes| ModuleBytes::new(bytes.to_vec()))
+                .ok_or_else(|| WasmError::Read {
+                    path: reference.into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no control service sent this module; a config file names modules by path",
+                    ),
+                });
         }
         let path = base_dir.join(reference);
         let bytes = std::fs::read(&path).map_err(|source| WasmError::Read { path, source })?;

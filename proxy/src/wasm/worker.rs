@@ -33,6 +33,10 @@ pub struct WorkerPlugins {
     /// The snapshot version `by_spec` follows, and the spec addresses that snapshot has.
     adopted: Cell<u64>,
     current: RefCell<HashSet<usize>>,
+    /// Slots of plugins an adopted snapshot dropped, while streams still hold them: a stream
+    /// of the old snapshot that adds a filter late (a route filter after a paused listener
+    /// filter) joins the old VM instead of starting one of its own.
+    retired: RefCell<HashMap<usize, Weak<WorkerVm>>>,
     /// The worker's upstream connections, which callouts use too.
     pools: Rc<UpstreamPools>,
 }
@@ -58,6 +62,7 @@ impl WorkerPlugins {
             by_spec: RefCell::default(),
             adopted: Cell::new(0),
             current: RefCell::default(),
+            retired: RefCell::default(),
             pools,
         }
     }
@@ -70,9 +75,15 @@ impl WorkerPlugins {
         }
         self.adopted.set(snapshot.version);
         let current: HashSet<usize> = snapshot.plugins().map(spec_key).collect();
-        self.by_spec
-            .borrow_mut()
-            .retain(|key, _| current.contains(key));
+        let mut retired = self.retired.borrow_mut();
+        retired.retain(|_, slot| slot.strong_count() > 0);
+        self.by_spec.borrow_mut().retain(|key, slot| {
+            let kept = current.contains(key);
+            if !kept {
+                retired.insert(*key, Rc::downgrade(slot));
+            }
+            kept
+        });
         *self.current.borrow_mut() = current;
         true
     }
@@ -88,11 +99,15 @@ impl WorkerPlugins {
     }
 
     /// The slot of `spec`. A spec of an older snapshot (a stream that started before a change)
-    /// gets a slot of its own that nothing keeps once its streams end.
+    /// shares the slot its other streams hold, and nothing keeps it once they end.
     pub fn slot(&self, spec: &Arc<PluginSpec>) -> Rc<WorkerVm> {
         let key = spec_key(spec);
         if let Some(slot) = self.by_spec.borrow().get(&key) {
             return Rc::clone(slot);
+        }
+        // The caller holds `spec`, so its address cannot belong to another spec meanwhile.
+        if let Some(slot) = self.retired.borrow().get(&key).and_then(Weak::upgrade) {
+            return slot;
         }
         let slot = Rc::new(WorkerVm {
             spec: Arc::clone(spec),
@@ -106,6 +121,8 @@ impl WorkerPlugins {
         });
         if self.current.borrow().contains(&key) {
             self.by_spec.borrow_mut().insert(key, Rc::clone(&slot));
+        } else {
+            self.retired.borrow_mut().insert(key, Rc::downgrade(&slot));
         }
         slot
     }

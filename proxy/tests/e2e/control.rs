@@ -313,19 +313,65 @@ async fn proxies_keep_serving_without_the_control_service_and_resync_when_it_ret
         assert_eq!(reply.header("x-wasm-tag"), Some("before"));
     }
 
-    // The same data dir: version 1 is still there, and the proxy reconnects to it.
+    // While the service is down, its data dir gains a version (as a restore would): the
+    // proxy must pick it up on reconnecting, with no push.
+    {
+        let mut store = sluice_control::store::Store::open(&data_dir).unwrap();
+        let current = store.current().unwrap().overlay.clone();
+        let mut retagged = current.clone();
+        retagged.filters[0].config = "while-away".into();
+        store.append(retagged, "edited offline".into()).unwrap();
+    }
     let control = start_control_on(address, &data_dir, None).await;
     let mut client = client_of(&url_of(&control)).await;
     assert!(connected(&mut client, 1).await, "the proxy reconnected");
-    let versions = sluice::control::list_versions(&mut client).await.unwrap();
-    assert_eq!(versions.current, 1);
-    push(&mut client, push_tagger("after")).await.unwrap();
     wait_for_acks(&mut client, 2, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(
         get(proxy.addr, "/").await.header("x-wasm-tag"),
-        Some("after")
+        Some("while-away")
+    );
+}
+
+/// A version refused because the proxy's file lacks what it names applies by itself once
+/// the file has it, and the control service hears so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_version_applies_when_the_file_catches_up() {
+    let app = TestUpstream::start("app").await;
+    let control = start_control(&temp_folder("control-catch-up"), None).await;
+    let url = url_of(&control);
+    let (proxy, _subscription) = subscribed_proxy(&app, &url, "edge").await;
+    let mut client = client_of(&url).await;
+    assert!(connected(&mut client, 1).await);
+    let routed = PushRequest {
+        route: Some("api".into()),
+        ..push_tagger("late")
+    };
+    let version = push(&mut client, routed).await.unwrap().version;
+    let acks = wait_for_acks(&mut client, version, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(acks[0].rejected_version, version);
+
+    // The file gains a route named api.
+    let file = test_config(
+        &simple_config("\"{app}\"", "", "        name: api"),
+        &[&app],
+    );
+    proxy.proxy.applier().apply(file).await.unwrap();
+    assert_eq!(
+        get(proxy.addr, "/").await.header("x-wasm-tag"),
+        Some("late")
+    );
+    let applied = eventually(Duration::from_secs(10), async || {
+        let status = sluice::control::status(&mut client).await.unwrap();
+        status.proxies[0].applied_version == version
+    })
+    .await;
+    assert!(
+        applied,
+        "the proxy told the control service it applied version {version}"
     );
 }
 
@@ -359,36 +405,15 @@ async fn a_guarded_service_refuses_calls_without_its_token() {
 async fn the_cli_pushes_to_a_proxy_and_shows_its_status() {
     let app = TestUpstream::start("app").await;
     let folder = temp_folder("control-cli");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut control = sluice()
-        .args([
-            "control",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(folder.join("data"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let control = SpawnedControl::start(&folder.join("data"));
+    let url = control.url.clone();
     let config = write_config(
         "control-cli-proxy",
         &simple_config(&format!("\"{}\"", app.addr), "", ""),
     );
     let proxy = SpawnedProxy::start_with(&config, &["--control", &url, "--id", "edge-1"]);
 
-    let mut client = loop {
-        if let Ok(client) = sluice_control::connect(&url, None).await {
-            break client;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut client = client_of(&url).await;
     assert!(connected(&mut client, 1).await, "{}", proxy.log());
 
     let push = tokio::task::block_in_place(|| {
@@ -449,8 +474,7 @@ async fn the_cli_pushes_to_a_proxy_and_shows_its_status() {
         String::from_utf8_lossy(&unreachable.stderr)
             .contains("cannot reach the control service at http://127.0.0.1:1"),
     );
-    let _ = control.kill();
-    let _ = control.wait();
+    drop(control);
 }
 
 /// Two real proxy processes under a steady load while a filter is pushed 50 times: no

@@ -110,6 +110,41 @@ impl Drop for SpawnedProxy {
     }
 }
 
+/// `sluice control` on a free loopback port; killed when dropped.
+pub struct SpawnedControl {
+    child: Child,
+    pub url: String,
+}
+
+impl SpawnedControl {
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = sluice()
+            .args(["control", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .strip_prefix("control service listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from sluice control: {line:?}"))
+            .trim()
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for SpawnedControl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
     line.split(marker)
         .nth(1)?
