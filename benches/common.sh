@@ -228,10 +228,10 @@ EOF
 
 # One Sluice wasm filter as a YAML flow mapping: $1 name (the plugin_name), $2 module; optional
 # $3 plugin config string (omitted when empty), $4 fail_open (true|false, omitted when empty).
-# The strings go into double-quoted scalars unescaped: callers keep them plain.
+# The config goes into a double-quoted scalar with its double quotes escaped (JSON is fine).
 sluice_wasm_filter() {
   local out="{ name: $1, module: \"$2\""
-  [[ -z ${3:-} ]] || out+=", config: \"$3\""
+  [[ -z ${3:-} ]] || out+=", config: \"${3//\"/\\\"}\""
   [[ -z ${4:-} ]] || out+=", fail_open: $4"
   printf '%s }\n' "$out"
 }
@@ -255,7 +255,7 @@ EOF
   [[ -z ${4:-} ]] || cat <<EOF
                         configuration:
                           "@type": type.googleapis.com/google.protobuf.StringValue
-                          value: "$4"
+                          value: "${4//\"/\\\"}"
 EOF
   case ${5:-} in
     "") ;;

@@ -43,6 +43,8 @@ readonly ALL_RUNS=(
   "hostile-memory      hostile -     closed"
   "pauser              pauser  -     closed"
   "bench               bench   -     closed"
+  "ratelimit           filter:ratelimit {\"key\":\"header:x-user\",\"rate\":2,\"per\":\"1m\"} closed"
+  "metrics             filter:metrics   -     closed"
 )
 
 # Cases that must differ, and why. A case listed here that comes out the same fails the run too,
@@ -140,6 +142,23 @@ cases_bench() {
   req get GET /bench
 }
 
+# The standard ratelimit filter (filters/ratelimit), 2 a minute per x-user: the third request
+# of one user gets 429 with Retry-After: 30; another user and a request without the header
+# pass.
+cases_ratelimit() {
+  req ann-1 GET / -H 'x-user: ann'
+  req ann-2 GET / -H 'x-user: ann'
+  req ann-3 GET / -H 'x-user: ann'
+  req bob GET / -H 'x-user: bob'
+  req no-key GET /
+}
+
+# The standard metrics filter (filters/metrics) counts and passes everything through as it is.
+cases_metrics() {
+  req ok GET /ok
+  req not-found GET /missing -H 'x-echo-status: 404'
+}
+
 # === requests ===
 
 # The echo upstream's request count, asked directly.
@@ -193,11 +212,34 @@ start_echo() {
   wait_port "$ECHO_PORT" "$LAST_PID" "$WORK/echo.log"
 }
 
+# The module of a run's fixture: `filter:<name>` is a standard filter (filters/<name>), built
+# for wasm32-wasip1 where its tests build it; anything else is a fixture of the e2e tests.
+module_path() {
+  case $1 in
+    filter:*) printf '%s\n' "$(cargo_target_dir)/wasm-filters/wasm32-wasip1/release/${1#filter:}.wasm" ;;
+    *) wasm_fixture_path "$1" ;;
+  esac
+}
+
+# Builds the standard filters if a selected run needs one that is missing.
+ensure_standard_filters() {
+  local fixture missing=0
+  for fixture; do
+    [[ $fixture != filter:* || -f $(module_path "$fixture") ]] || missing=1
+  done
+  ((missing)) || return 0
+  log "building the standard filters (filters/, wasm32-wasip1)"
+  (cd "$ROOT" && cargo build --release --locked -q --target wasm32-wasip1 \
+    -p sluice-filter-ratelimit -p sluice-filter-metrics --target-dir "$(cargo_target_dir)/wasm-filters") ||
+    die "building the standard filters failed"
+}
+
 # Starts proxy $1 (envoy|sluice) for a run: $2 run name, $3 fixture, $4 config (- none),
 # $5 fail policy (see ALL_RUNS). Leaves its pid in LAST_PID.
 start_proxy() {
   local proxy=$1 run=$2 fixture=$3 config=$4 policy=$5 module conf log
-  module=$(wasm_fixture_path "$fixture")
+  module=$(module_path "$fixture")
+  fixture=${fixture#filter:}
   [[ $config != - ]] || config=""
   conf="$WORK/$proxy-$run.yaml"
   log="$WORK/$proxy-$run.log"
@@ -355,7 +397,12 @@ main() {
     read -r _ fixture _ <<<"$(run_spec "$run")"
     fixtures+=("$fixture")
   done
-  ensure_wasm_fixtures "${fixtures[@]}"
+  local plain=() fixture_name
+  for fixture_name in "${fixtures[@]}"; do
+    [[ $fixture_name == filter:* ]] || plain+=("$fixture_name")
+  done
+  ((${#plain[@]} == 0)) || ensure_wasm_fixtures "${plain[@]}"
+  ensure_standard_filters "${fixtures[@]}"
   versions
 
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-envoy-diff.XXXXXX")

@@ -1,12 +1,15 @@
-//! `sluice demo`: a small mesh on loopback with nothing to install. For now: two instances
-//! of a demo app behind a gateway listener with round-robin balancing and health checks.
+//! `sluice demo`: a small mesh on loopback with nothing to install: two instances of a demo
+//! app behind a gateway (round robin, health checks), the standard `metrics` and `ratelimit`
+//! filters on it, and a control service the gateway subscribes to, so a `sluice push`
+//! hot-swaps a filter while curl runs.
 //!
 //! The demo app answers every request with who it is and what it received, which makes the
 //! proxy's work (balancing, `x-forwarded-for`, `x-request-id`) visible with plain curl.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,9 +21,13 @@ use tokio::net::TcpListener;
 
 use crate::config::{LoadedConfig, load_str};
 
-/// Where the demo's gateway and admin endpoint listen.
+/// Where the demo's gateway, admin endpoint and control service listen.
 pub const GATEWAY_ADDRESS: &str = "127.0.0.1:10000";
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+pub const CONTROL_ADDRESS: &str = "127.0.0.1:9990";
+
+/// The standard filters the demo runs.
+const FILTER_PACKAGES: &[&str] = &["sluice-filter-metrics", "sluice-filter-ratelimit"];
 
 /// Starts one demo app on an ephemeral loopback port; it serves until the runtime stops.
 pub async fn start_demo_app(name: &'static str) -> std::io::Result<SocketAddr> {
@@ -63,17 +70,68 @@ fn answer(name: &str, address: SocketAddr, request: &Request<Incoming>) -> Respo
     Response::new(Full::new(Bytes::from(body)))
 }
 
-/// The demo's proxy config: a gateway in front of the given app instances.
-pub fn demo_config(apps: &[SocketAddr]) -> Result<LoadedConfig, crate::config::ConfigError> {
+/// Builds the standard filters from this source tree for `wasm32-wasip1` (adding the target
+/// with rustup when it is missing) and returns the folder of their `.wasm` files. The demo
+/// runs from `cargo run`, so cargo and the sources are at hand.
+pub fn build_standard_filters() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = root.join("Cargo.toml");
+    if !manifest.exists() {
+        return Err(format!(
+            "the demo builds the standard filters from the source tree at {}, which is not there; run it with `cargo run --release -p sluice -- demo` from a checkout",
+            root.display()
+        ));
+    }
+    let has_target = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(&root)
+        .output()
+        .is_ok_and(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l == "wasm32-wasip1")
+        });
+    if !has_target {
+        // No rustup (a distribution's Rust) leaves it to the build to say what is missing.
+        let _ = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip1"])
+            .current_dir(&root)
+            .status();
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    crate::wasm::build_wasm_packages(&manifest, FILTER_PACKAGES, &target.join("wasm-filters"))
+}
+
+/// The demo's proxy config: a gateway in front of the given app instances, with the metrics
+/// filter on every request and a tight rate limit on `/limited`. `listen` is the gateway's
+/// and the admin endpoint's address ([`GATEWAY_ADDRESS`], [`ADMIN_ADDRESS`]).
+pub fn demo_config(
+    apps: &[SocketAddr],
+    filters: &Path,
+    listen: (&str, &str),
+) -> Result<LoadedConfig, crate::config::ConfigError> {
+    let (gateway, admin) = listen;
     let endpoints: Vec<String> = apps.iter().map(|a| format!("\"{a}\"")).collect();
+    let metrics = filters.join("metrics.wasm");
+    let ratelimit = filters.join("ratelimit.wasm");
     let yaml = format!(
         r#"
-admin: {{ address: "{ADMIN_ADDRESS}" }}
+admin: {{ address: "{admin}" }}
 workers: 2
 listeners:
   - name: gateway
-    address: "{GATEWAY_ADDRESS}"
+    address: "{gateway}"
+    filters:
+      - {{ name: metrics, module: "{metrics}" }}
     routes:
+      - name: limited
+        match: {{ prefix: /limited }}
+        cluster: hello
+        filters:
+          - name: ratelimit
+            module: "{ratelimit}"
+            config: {{ key: source, rate: 3, per: 10s }}
       - name: hello
         match: {{ prefix: / }}
         cluster: hello
@@ -84,7 +142,9 @@ clusters:
     lb_policy: round_robin
     health_check: {{ path: /healthz, interval: 2s }}
 "#,
-        endpoints.join(", ")
+        endpoints.join(", "),
+        metrics = metrics.display(),
+        ratelimit = ratelimit.display(),
     );
     load_str(&yaml, Path::new("<sluice demo>"))
 }

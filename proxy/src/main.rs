@@ -473,6 +473,13 @@ async fn wait_for_shutdown_signal() -> std::io::Result<()> {
 }
 
 async fn demo() -> Result<(), Failure> {
+    println!(
+        "Building the standard filters (metrics, ratelimit) for wasm32-wasip1; the first time takes a minute..."
+    );
+    let filters = tokio::task::spawn_blocking(sluice::demo::build_standard_filters)
+        .await
+        .map_err(Failure::runtime)?
+        .map_err(Failure::runtime)?;
     let mut apps = Vec::new();
     for name in ["hello-1", "hello-2"] {
         apps.push(
@@ -481,24 +488,62 @@ async fn demo() -> Result<(), Failure> {
                 .map_err(Failure::runtime)?,
         );
     }
-    let loaded = sluice::demo::demo_config(&apps).map_err(Failure::runtime)?;
+    let control_dir =
+        std::env::temp_dir().join(format!("sluice-demo-control-{}", std::process::id()));
+    let control_address = sluice::demo::CONTROL_ADDRESS;
+    let control = RunningControl::start(
+        ControlSettings {
+            listen: control_address.parse().map_err(Failure::runtime)?,
+            data_dir: control_dir.clone(),
+            token: None,
+            max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+        },
+        ProxyValidator::new(),
+    )
+    .await
+    .map_err(Failure::runtime)?;
+    let listen = (sluice::demo::GATEWAY_ADDRESS, sluice::demo::ADMIN_ADDRESS);
+    let loaded = sluice::demo::demo_config(&apps, &filters, listen).map_err(Failure::runtime)?;
     let proxy = RunningProxy::start(&loaded)
         .await
         .map_err(Failure::runtime)?;
+    let subscription = ControlSubscription::start(
+        SubscriberSettings {
+            url: format!("http://{control_address}"),
+            token: None,
+            proxy_id: "gateway".to_owned(),
+        },
+        proxy.applier(),
+    );
     let gateway = sluice::demo::GATEWAY_ADDRESS;
     let admin = sluice::demo::ADMIN_ADDRESS;
+    let ratelimit = filters.join("ratelimit.wasm");
     println!(
-        "\nSluice demo is running: a gateway on {gateway} in front of two app instances ({} and {}).\n\n\
+        "\nSluice demo is running on loopback:\n  \
+         gateway  http://{gateway}  (filters: metrics on every request, ratelimit on /limited)\n  \
+         apps     hello-1 at {}, hello-2 at {} (round robin, health-checked)\n  \
+         admin    http://{admin}\n  \
+         control  http://{control_address}  (the gateway subscribes to it)\n\n\
          Try:\n  \
-         curl -s http://{gateway}/hello            # round-robin: run it twice and see both instances\n  \
-         curl -s --http2-prior-knowledge http://{gateway}/h2   # HTTP/2 (h2c) downstream\n  \
-         curl -s http://{admin}/metrics | grep sluice_http_requests_total\n  \
-         curl -s http://{admin}/config\n  \
-         curl -s http://{admin}/ready\n\n\
+         curl -s http://{gateway}/hello          # run it twice: both instances answer\n  \
+         curl -s --http2-prior-knowledge http://{gateway}/h2\n  \
+         for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' http://{gateway}/limited; done; echo\n                                          \
+         # 3 requests per 10s, then 429 with retry-after\n  \
+         curl -s http://{admin}/metrics | grep sluice_wasm_counter   # what the filters count\n  \
+         curl -s http://{admin}/config\n\n\
+         Change a filter while it serves (no restart, no failed request):\n  \
+         cargo run --release -p sluice -- push {} --name ratelimit --route limited --config '{{\"rate\": 100, \"per\": \"10s\"}}' --wait\n  \
+         cargo run --release -p sluice -- status\n  \
+         cargo run --release -p sluice -- rollback 0     # back to the file's 3 per 10s\n\n\
          Ctrl-C stops everything.",
-        apps[0], apps[1]
+        apps[0],
+        apps[1],
+        ratelimit.display(),
     );
     wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
+    drop(subscription);
     proxy.shutdown().await;
+    control.shutdown().await;
+    let _ = std::fs::remove_dir_all(&control_dir);
     Ok(())
 }

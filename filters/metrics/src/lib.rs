@@ -142,9 +142,11 @@ impl HttpContext for MetricsFilter {
 }
 
 impl MetricsFilter {
-    /// A string property, or `none` when the request had no route (or no upstream).
+    /// `xds.<name>` (Envoy 1.40 has only this one), else `<name>` (older hosts); `none` when
+    /// the request had no route (or no upstream).
     fn string_property(&self, name: &str) -> String {
-        self.get_property(vec![name])
+        self.get_property(vec!["xds", name])
+            .or_else(|| self.get_property(vec![name]))
             .filter(|bytes| !bytes.is_empty())
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_else(|| "none".to_owned())

@@ -8,6 +8,7 @@ mod admin;
 mod balancing;
 mod binary;
 mod control;
+mod demo;
 mod failures;
 mod file_mode;
 mod forwarding;

@@ -1,0 +1,41 @@
+//! What `sluice demo` starts, on free ports: the apps, the standard filters built from this
+//! tree, and the gateway config.
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_gateway_balances_counts_and_rate_limits() {
+    let filters = tokio::task::spawn_blocking(sluice::demo::build_standard_filters)
+        .await
+        .unwrap()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let apps = vec![
+        sluice::demo::start_demo_app("hello-1").await.unwrap(),
+        sluice::demo::start_demo_app("hello-2").await.unwrap(),
+    ];
+    let loaded =
+        sluice::demo::demo_config(&apps, &filters, ("127.0.0.1:0", "127.0.0.1:0")).unwrap();
+    let proxy = sluice::RunningProxy::start(&loaded).await.unwrap();
+    let gateway = proxy.listener_address("gateway").unwrap();
+    let admin = proxy.admin_address().unwrap();
+
+    let first = get(gateway, "/hello").await.body;
+    let second = get(gateway, "/hello").await.body;
+    assert!(first.starts_with("hello from hello-"), "{first}");
+    assert_ne!(first.lines().next(), second.lines().next(), "round robin");
+
+    let statuses: Vec<u16> = {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(get(gateway, "/limited").await.status.as_u16());
+        }
+        statuses
+    };
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+
+    let metrics = get(admin, "/metrics").await.body;
+    assert!(
+        metrics.contains(r#"name="requests_total;route=limited;cluster=hello;status_class=4xx",plugin="metrics"} 2"#),
+        "{metrics}"
+    );
+}
