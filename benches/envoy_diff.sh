@@ -45,6 +45,7 @@ readonly ALL_RUNS=(
   "bench               bench   -     closed"
   "ratelimit           filter:ratelimit {\"key\":\"header:x-user\",\"rate\":2,\"per\":\"1m\"} closed"
   "metrics             filter:metrics   -     closed"
+  "authz               filter:authz     @authz_diff/config.json closed"
 )
 
 # Cases that must differ, and why. A case listed here that comes out the same fails the run too,
@@ -153,6 +154,31 @@ cases_ratelimit() {
   req no-key GET /
 }
 
+# The standard authz filter (filters/authz) with benches/authz_diff/config.json: a deny rule,
+# an open path, an admin path that needs a JWT with role=admin, and an API path that takes a
+# JWT or an API key. Tokens from benches/authz_diff/tokens.txt.
+cases_authz() {
+  local rs_good es_good rs_expired tampered
+  rs_good=$(authz_token RS_GOOD)
+  es_good=$(authz_token ES_GOOD)
+  rs_expired=$(authz_token RS_EXPIRED)
+  tampered=$(authz_token TAMPERED)
+  req health GET /health
+  req deny-rule GET /admin/internal -H "authorization: Bearer $rs_good"
+  req admin-rs256 GET /admin/users -H "authorization: Bearer $rs_good"
+  req admin-not-admin GET /admin/users -H "authorization: Bearer $es_good"
+  req admin-no-token GET /admin/users
+  req admin-expired GET /admin/users -H "authorization: Bearer $rs_expired"
+  req admin-tampered GET /admin/users -H "authorization: Bearer $tampered"
+  req api-key GET /api/x -H 'x-api-key: k-123'
+  req api-es256 GET /api/x -H "authorization: Bearer $es_good"
+  req api-nothing GET /api/x
+  req no-rule GET /elsewhere
+  req spoofed-principal GET /health -H 'x-authz-principal: root'
+}
+
+authz_token() { awk -v name="$1" '$1 == name { print $2 }' "$BENCHES/authz_diff/tokens.txt"; }
+
 # The standard metrics filter (filters/metrics) counts and passes everything through as it is.
 cases_metrics() {
   req ok GET /ok
@@ -230,7 +256,7 @@ ensure_standard_filters() {
   ((missing)) || return 0
   log "building the standard filters (filters/, wasm32-wasip1)"
   (cd "$ROOT" && cargo build --release --locked -q --target wasm32-wasip1 \
-    -p sluice-filter-ratelimit -p sluice-filter-metrics --target-dir "$(cargo_target_dir)/wasm-filters") ||
+    -p sluice-filter-ratelimit -p sluice-filter-metrics -p sluice-filter-authz --target-dir "$(cargo_target_dir)/wasm-filters") ||
     die "building the standard filters failed"
 }
 
@@ -241,6 +267,8 @@ start_proxy() {
   module=$(module_path "$fixture")
   fixture=${fixture#filter:}
   [[ $config != - ]] || config=""
+  # @file: the config is that file's text (under benches/).
+  [[ $config != @* ]] || config=$(<"$BENCHES/${config#@}")
   conf="$WORK/$proxy-$run.yaml"
   log="$WORK/$proxy-$run.log"
   case $proxy in

@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Every standard filter package.
-const PACKAGES: &[&str] = &["sluice-filter-metrics", "sluice-filter-ratelimit"];
+const PACKAGES: &[&str] = &[
+    "sluice-filter-authz",
+    "sluice-filter-metrics",
+    "sluice-filter-ratelimit",
+];
 
-/// The `.wasm` of standard filter `name` (`metrics`, `ratelimit`), built on first use.
+/// The `.wasm` of standard filter `name` (`authz`, `metrics`, `ratelimit`), built on first use.
 pub fn module(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let folder = BUILT
@@ -25,4 +29,17 @@ pub fn module(name: &str) -> PathBuf {
         .as_ref()
         .unwrap_or_else(|error| panic!("{error}"));
     folder.join(format!("{name}.wasm"))
+}
+
+/// Starts a proxy with filter `name` configured with `config`, which must refuse it; returns
+/// why the proxy did not start.
+pub async fn refusal(name: &str, config: &str) -> String {
+    match sluice_sdk::harness::Harness::builder()
+        .filter(name, &module(name), config)
+        .start()
+        .await
+    {
+        Ok(_) => panic!("{name} accepted {config}"),
+        Err(error) => error,
+    }
 }

@@ -63,12 +63,7 @@ async fn the_default_key_is_the_client_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_configuration_is_refused_before_it_serves() {
-    let error = Harness::builder()
-        .filter("ratelimit", &module("ratelimit"), r#"{"rate": 0}"#)
-        .start()
-        .await
-        .err()
-        .unwrap();
+    let error = sluice_filter_tests::refusal("ratelimit", r#"{"rate": 0}"#).await;
     assert!(
         error.contains("proxy_on_configure returned false"),
         "{error}"
