@@ -242,22 +242,18 @@ start_echo() {
 # for wasm32-wasip1 where its tests build it; anything else is a fixture of the e2e tests.
 module_path() {
   case $1 in
-    filter:*) printf '%s\n' "$(cargo_target_dir)/wasm-filters/wasm32-wasip1/release/${1#filter:}.wasm" ;;
+    filter:*) standard_filter_path "${1#filter:}" ;;
     *) wasm_fixture_path "$1" ;;
   esac
 }
 
 # Builds the standard filters if a selected run needs one that is missing.
-ensure_standard_filters() {
+ensure_standard_filters_for() {
   local fixture missing=0
   for fixture; do
     [[ $fixture != filter:* || -f $(module_path "$fixture") ]] || missing=1
   done
-  ((missing)) || return 0
-  log "building the standard filters (filters/, wasm32-wasip1)"
-  (cd "$ROOT" && cargo build --release --locked -q --target wasm32-wasip1 \
-    -p sluice-filter-ratelimit -p sluice-filter-metrics -p sluice-filter-authz --target-dir "$(cargo_target_dir)/wasm-filters") ||
-    die "building the standard filters failed"
+  ((missing == 0)) || ensure_standard_filters
 }
 
 # Starts proxy $1 (envoy|sluice) for a run: $2 run name, $3 fixture, $4 config (- none),
@@ -430,7 +426,7 @@ main() {
     [[ $fixture_name == filter:* ]] || plain+=("$fixture_name")
   done
   ((${#plain[@]} == 0)) || ensure_wasm_fixtures "${plain[@]}"
-  ensure_standard_filters "${fixtures[@]}"
+  ensure_standard_filters_for "${fixtures[@]}"
   versions
 
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-envoy-diff.XXXXXX")

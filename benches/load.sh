@@ -12,7 +12,7 @@ DURATION=${DURATION:-10s}           # measured wrk run per row
 WARMUP=${WARMUP:-2s}                # unmeasured wrk run before each measured one; 0 skips it
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-1}
-ROWS=${ROWS:-direct sluice sluice-wasm envoy envoy-wasm}
+ROWS=${ROWS:-direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std}
 # SKIP_INSTALL, SLUICE_BIN (set: use this binary instead of `cargo build`), ENVOY_BIN, PYTHON:
 # see common.sh, which also holds the helpers this script shares with envoy_diff.sh.
 # shellcheck source=benches/common.sh
@@ -21,7 +21,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 readonly NGINX_PORT=18080
 readonly SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
 readonly ENVOY_PORT=10001 ENVOY_ADMIN_PORT=19902
-readonly ALL_ROWS="direct sluice sluice-wasm envoy envoy-wasm"
+readonly ALL_ROWS="direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std"
+# The -std rows chain the three standard filters, configured so every request passes: metrics,
+# ratelimit (far above the load), authz (one rule that allows every request).
+readonly STD_FILTERS="metrics ratelimit authz"
+declare -A STD_CONFIG=(
+  [metrics]=""
+  [ratelimit]='{"key":"source","rate":100000000,"per":"1s"}'
+  [authz]='{"rules":[{"action":"allow","paths":["/*"]}]}'
+)
 # The wasm rows' filter: proxy/tests/fixtures/bench, built as the e2e tests build the fixtures.
 readonly WASM_FILTER=bench          # filter name in Sluice, plugin and vm_id in Envoy
 readonly WASM_HEADER=x-bench-headers # response header the filter adds (number of request headers)
@@ -174,8 +182,17 @@ start_nginx() {
 # The fixed config contract (shared/design/config-contract.md); unknown fields are errors there.
 # $1, if set, is a wasm module to put on the listener as its only filter (the wasm row).
 sluice_conf() {
-  local filters=""
-  [[ -z ${1:-} ]] || filters="[$(sluice_wasm_filter "$WASM_FILTER" "$1")]"
+  local filters="" name entries=()
+  case ${1:-} in
+    "") ;;
+    std)
+      for name in $STD_FILTERS; do
+        entries+=("$(sluice_wasm_filter "$name" "$(standard_filter_path "$name")" "${STD_CONFIG[$name]}")")
+      done
+      filters="[$(IFS=,; echo "${entries[*]}")]"
+      ;;
+    *) filters="[$(sluice_wasm_filter "$WASM_FILTER" "$1")]" ;;
+  esac
   sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$NGINX_PORT" "$filters"
 }
 
@@ -192,8 +209,17 @@ start_sluice() {
 # Envoy with the bench filter (vm_id bench, no plugin config, fail closed) before the router when
 # $1, a wasm module, is set (the wasm row); see envoy_config for how it matches the Sluice config.
 envoy_conf() {
-  local filters=""
-  [[ -z ${1:-} ]] || filters=$(envoy_wasm_filter "$WASM_FILTER" "$1" "$WASM_FILTER")
+  local filters="" name
+  case ${1:-} in
+    "") ;;
+    std)
+      for name in $STD_FILTERS; do
+        filters+="$(envoy_wasm_filter "$name" "$(standard_filter_path "$name")" "" "${STD_CONFIG[$name]}")"$'\n'
+      done
+      filters=${filters%$'\n'}
+      ;;
+    *) filters=$(envoy_wasm_filter "$WASM_FILTER" "$1" "$WASM_FILTER") ;;
+  esac
   envoy_config "$ENVOY_ADMIN_PORT" "$ENVOY_PORT" "$NGINX_PORT" "$filters"
 }
 
@@ -284,8 +310,10 @@ run_row() {
     direct) port=$NGINX_PORT ;;
     sluice) start_sluice "$row"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-wasm) start_sluice "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$SLUICE_PORT ;;
+    sluice-std) start_sluice "$row" std; pid=$LAST_PID; port=$SLUICE_PORT ;;
     envoy) start_envoy "$row"; pid=$LAST_PID; port=$ENVOY_PORT ;;
     envoy-wasm) start_envoy "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$ENVOY_PORT ;;
+    envoy-std) start_envoy "$row" std; pid=$LAST_PID; port=$ENVOY_PORT ;;
   esac
   # Start-up cost (a wasm VM compiles the module before the proxy is ready); logged, not measured.
   [[ -z $pid ]] || log "$row: ready after $(elapsed_since "$t0") s"
@@ -358,12 +386,15 @@ ratio() {
     if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
 }
 
-# What the filter costs proxy $1: req/s lost from row $1 to row $1-wasm as a %, the time per
-# request it adds (1e6/rps, since the proxy saturates its one core), and the RSS it adds.
+# What the filters of row $1-$2 (wasm: the bench filter; std: the three standard filters) cost
+# proxy $1: req/s lost from row $1 as a %, the time per request they add (1e6/rps, since the
+# proxy saturates its one core), and the RSS they add.
 wasm_cost() {
-  local plain=$1 wasm=$1-wasm
+  local plain=$1 wasm=$1-${2:-wasm}
   [[ -n ${RPS[$plain]:-} && -n ${RPS[$wasm]:-} ]] || return 0
-  awk -v name="$plain" -v p="${RPS[$plain]}" -v w="${RPS[$wasm]}" \
+  local what="wasm filter"
+  [[ ${2:-wasm} != std ]] || what="standard filters (metrics, ratelimit, authz)"
+  awk -v name="$plain" -v what="$what" -v p="${RPS[$plain]}" -v w="${RPS[$wasm]}" \
       -v rp="${RSS[$plain]}" -v rw="${RSS[$wasm]}" 'BEGIN {
     num = "^[0-9]+([.][0-9]+)?$"
     if (p ~ num && w ~ num && p > 0 && w > 0)
@@ -371,7 +402,7 @@ wasm_cost() {
     else
       cost = "n/a"
     rss = (rp ~ num && rw ~ num) ? sprintf("%+.1f MB (%s -> %s MB)", rw - rp, rp, rw) : "n/a"
-    printf "- %s wasm filter cost: %s; RSS %s\n", name, cost, rss
+    printf "- %s %s cost: %s; RSS %s\n", name, what, cost, rss
   }'
 }
 
@@ -385,12 +416,15 @@ proxy_comparison() {
   if [[ -n ${RPS[sluice-wasm]:-} && -n ${RPS[envoy-wasm]:-} ]]; then
     echo "- sluice-wasm/envoy-wasm req/s: $(ratio "${RPS[sluice-wasm]}" "${RPS[envoy-wasm]}") (higher is better)"
   fi
+  if [[ -n ${RPS[sluice-std]:-} && -n ${RPS[envoy-std]:-} ]]; then
+    echo "- sluice-std/envoy-std req/s: $(ratio "${RPS[sluice-std]}" "${RPS[envoy-std]}") (higher is better)"
+  fi
 }
 
 # The lines under the table, if any pair of rows they compare ran.
 ratios() {
   local lines
-  lines=$(proxy_comparison; wasm_cost sluice; wasm_cost envoy)
+  lines=$(proxy_comparison; wasm_cost sluice; wasm_cost envoy; wasm_cost sluice std; wasm_cost envoy std)
   [[ -z $lines ]] || printf '\n%s\n' "$lines"
 }
 
@@ -442,13 +476,14 @@ main() {
   LOADAVG_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
   if [[ $SKIP_INSTALL != 1 ]]; then
     install_debian_tools
-    if wants_any envoy envoy-wasm && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
+    if wants_any envoy envoy-wasm envoy-std && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
   fi
   local tool
   for tool in wrk nginx curl timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
-  if wants_any envoy envoy-wasm; then resolve_envoy; fi
-  if wants_any sluice sluice-wasm; then resolve_sluice; fi
+  if wants_any envoy envoy-wasm envoy-std; then resolve_envoy; fi
+  if wants_any sluice sluice-wasm sluice-std; then resolve_sluice; fi
   if wants_any sluice-wasm envoy-wasm; then resolve_wasm_module; fi
+  if wants_any sluice-std envoy-std; then ensure_standard_filters; fi
 
   # wrk and the proxies hold one fd per connection; the default soft limit can be 1024.
   ulimit -n 65536 2>/dev/null || true
