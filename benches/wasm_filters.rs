@@ -65,6 +65,8 @@ fn per_request(c: &mut Criterion) {
         protocol: "HTTP/1.1",
         start: std::time::SystemTime::now(),
         routed: std::cell::OnceCell::new(),
+        upstream: std::cell::OnceCell::new(),
+        upstream_failure: std::cell::OnceCell::new(),
     });
 
     let mut group = c.benchmark_group("filters_per_request");

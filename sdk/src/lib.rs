@@ -3,6 +3,8 @@
 //! - [`proxy_wasm`]: the official Rust SDK, re-exported, so a filter written with it runs
 //!   unchanged in Sluice and in Envoy.
 //! - [`config`]: parsing a filter's JSON configuration with errors that name the field.
+//! - [`ext`]: typed access to Sluice's host extensions (endpoint ejection, the upstream's
+//!   address and failure reason), which say so when the host lacks them.
 //! - `harness` (feature `harness`, native only): runs a compiled `.wasm` on the real Sluice
 //!   host in-process, in front of a scripted upstream, for `cargo test`.
 
@@ -10,6 +12,7 @@ pub use proxy_wasm;
 
 pub mod config;
 pub mod duration;
+pub mod ext;
 
 #[cfg(feature = "harness")]
 pub mod harness;

@@ -122,6 +122,8 @@ impl Exchange<'_> {
                 protocol: protocol_name(parts.version),
                 start: std::time::SystemTime::now(),
                 routed: std::cell::OnceCell::new(),
+                upstream: std::cell::OnceCell::new(),
+                upstream_failure: std::cell::OnceCell::new(),
             });
             self.chain = Some(Rc::new(RefCell::new(FilterChain::new(
                 info,
@@ -168,6 +170,9 @@ impl Exchange<'_> {
                 .await;
         };
         let active = endpoint.begin_request();
+        if let Some(chain) = &self.chain {
+            let _ = chain.borrow().info().upstream.set(endpoint.addr);
+        }
 
         append_forwarded_for(&mut parts.headers, self.conn.peer);
         let cluster = &target.cluster;
@@ -311,6 +316,15 @@ impl Exchange<'_> {
         reply: LocalReply,
     ) -> Result<Response<ProxyBody>, BoxError> {
         self.count_local(stats, reply.status, reply.reason);
+        if let Some(chain) = &self.chain
+            && reply.reason.is_upstream_failure()
+        {
+            let _ = chain
+                .borrow()
+                .info()
+                .upstream_failure
+                .set(reply.reason.as_str());
+        }
         let response = reply.into_response();
         match &self.chain {
             Some(chain) => {

@@ -92,6 +92,8 @@ pub async fn accept_loop(
                     protocol: "",
                     start: std::time::SystemTime::now(),
                     routed: std::cell::OnceCell::new(),
+                    upstream: std::cell::OnceCell::new(),
+                    upstream_failure: std::cell::OnceCell::new(),
                 });
                 info.set_routed("", &cluster.name);
                 tokio::task::spawn_local(async move {

@@ -113,6 +113,16 @@ impl Endpoint {
         true
     }
 
+    /// Takes the endpoint out of load balancing until `until_ms` (a filter's decision, through
+    /// the `sluice_eject_endpoint` host extension). An ejection that lasts longer stands.
+    pub fn eject_until(&self, until_ms: u64) {
+        let previous = self.ejected_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+        if previous < until_ms {
+            self.stats.ejections.inc();
+            self.stats.healthy.set(0);
+        }
+    }
+
     /// Brings the health gauge in line with the state at `now_ms` (ejections end by time alone).
     pub fn refresh_gauge(&self, now_ms: u64) {
         let ejected = self.ejected_until_ms.load(Ordering::Relaxed) > now_ms;

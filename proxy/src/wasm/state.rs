@@ -54,6 +54,11 @@ pub struct StreamInfo {
     pub start: SystemTime,
     /// Known once the stream is routed (for TCP, from the start).
     pub routed: std::cell::OnceCell<Routed>,
+    /// The endpoint the request went to (`upstream.address`), once one was picked.
+    pub upstream: std::cell::OnceCell<SocketAddr>,
+    /// Why the upstream gave no response (`sluice.upstream_failure`): a local reply reason
+    /// such as `upstream_connect_failure`, `upstream_reset` or `upstream_timeout`.
+    pub upstream_failure: std::cell::OnceCell<&'static str>,
 }
 
 /// Where a stream was routed: the `route_name` and `cluster_name` properties.

@@ -9,6 +9,7 @@ mod balancing;
 mod binary;
 mod control;
 mod demo;
+mod extensions;
 mod failures;
 mod file_mode;
 mod forwarding;

@@ -734,6 +734,8 @@ fn body_chunks_after_the_stream_ended_pass_through_without_failing_the_vm() {
             protocol: "HTTP/1.1",
             start: std::time::SystemTime::now(),
             routed: std::cell::OnceCell::new(),
+            upstream: std::cell::OnceCell::new(),
+            upstream_failure: std::cell::OnceCell::new(),
         });
         let chain = Rc::new(RefCell::new(FilterChain::new(info, 1 << 20)));
         chain.borrow_mut().extend(&plugins, &[Arc::clone(&spec)]);

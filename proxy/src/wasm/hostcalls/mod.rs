@@ -5,6 +5,7 @@
 mod buffers;
 mod callouts;
 mod context;
+mod extensions;
 mod headers;
 mod metrics;
 mod properties;

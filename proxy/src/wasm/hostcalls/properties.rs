@@ -56,12 +56,20 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |caller: Caller<'_, HostState>, name_ptr: i32, name_len: i32, _args_ptr: i32, _args_len: i32, _ptr_out: i32, _size_out: i32| {
+        |caller: Caller<'_, HostState>, name_ptr: i32, name_len: i32, args_ptr: i32, args_len: i32, _ptr_out: i32, _size_out: i32| {
             let result: CallResult = (|| {
                 let name = String::from_utf8_lossy(&read(&caller, name_ptr, name_len)?).into_owned();
-                tracing::debug!(plugin = %caller.data().plugin.name, function = %name, "unknown foreign function");
-                // No host extension is registered yet: every name is unknown, as in Envoy.
-                Err(Status::NotFound.into())
+                let args = read(&caller, args_ptr, args_len)?;
+                match name.as_str() {
+                    super::extensions::EJECT_ENDPOINT => {
+                        super::extensions::eject_endpoint(caller.data(), &args)
+                    }
+                    _ => {
+                        tracing::debug!(plugin = %caller.data().plugin.name, function = %name, "unknown foreign function");
+                        // An unknown name is NOT_FOUND, as in Envoy.
+                        Err(Status::NotFound.into())
+                    }
+                }
             })();
             finish(result)
         },
@@ -171,6 +179,10 @@ fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
         (b"xds", Some(b"cluster_name")) | (b"cluster_name", None) => {
             text(info.routed.get()?.cluster_name.clone())
         }
+        (b"upstream", Some(b"address")) => text(info.upstream.get()?.to_string()),
+        (b"upstream", Some(b"port")) => Value::Int(i64::from(info.upstream.get()?.port())),
+        // Sluice's extension: why there is no upstream response.
+        (b"sluice", Some(b"upstream_failure")) => text(*info.upstream_failure.get()?),
         // Anything else: what `proxy_set_property` stored under that path.
         _ => {
             let joined = segments.join(&0u8);
