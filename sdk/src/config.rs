@@ -48,6 +48,18 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     })
 }
 
+/// A key prefix for a filter's shared data: `<kind>/<plugin name>/`. Shared data is
+/// process-wide per `vm_id`, so two instances of one filter (two rate limits on a chain) keep
+/// their state apart by their names. Call from `on_configure`.
+pub fn shared_data_prefix(kind: &str) -> String {
+    let plugin = proxy_wasm::hostcalls::get_property(vec!["plugin_name"])
+        .ok()
+        .flatten()
+        .map(|name| String::from_utf8_lossy(&name).into_owned())
+        .unwrap_or_default();
+    format!("{kind}/{plugin}/")
+}
+
 /// A configuration rule that does not hold, found after parsing.
 pub fn invalid(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {

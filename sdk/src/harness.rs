@@ -17,7 +17,9 @@
 //! ```
 //!
 //! The proxy is the one `sluice proxy` runs: one listener on 127.0.0.1, the filters in the
-//! order given, every request routed to one cluster whose endpoint is a [`ScriptedUpstream`].
+//! order given, every request routed to one cluster (`upstream`) whose endpoint is a
+//! [`ScriptedUpstream`]. Each harness gives its filters a `vm_id` of its own, so tests that
+//! run in parallel in one process do not share shared data or queues.
 //! Build the `.wasm` with [`build_filters`] so the test runs the module you will ship.
 
 use std::collections::VecDeque;
@@ -95,7 +97,17 @@ impl HarnessBuilder {
 
     /// Starts the upstream and the proxy. Call inside a multi-threaded tokio runtime
     /// (`#[tokio::test(flavor = "multi_thread")]`).
-    pub async fn start(self) -> Result<Harness, String> {
+    pub async fn start(mut self) -> Result<Harness, String> {
+        // Shared data and queues are process-wide per `vm_id`: a `vm_id` of its own keeps
+        // this proxy's state apart from other harnesses' in the same test binary.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let vm_id = format!(
+            "harness-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        for filter in &mut self.filters {
+            filter["vm_id"] = serde_json::Value::String(vm_id.clone());
+        }
         let upstream = ScriptedUpstream::start().await?;
         // JSON is YAML, so the proxy reads this as it reads any config file.
         let config = serde_json::json!({

@@ -43,11 +43,7 @@ impl RootContext for RateLimitRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes) {
             Ok(config) => {
-                let plugin = self
-                    .get_property(vec!["plugin_name"])
-                    .map(|name| String::from_utf8_lossy(&name).into_owned())
-                    .unwrap_or_default();
-                self.prefix = format!("sluice.ratelimit/{plugin}/");
+                self.prefix = sluice_sdk::config::shared_data_prefix("sluice.ratelimit");
                 self.allowed = define_counter("ratelimit_allowed");
                 self.limited = define_counter("ratelimit_limited");
                 self.config = Some(std::rc::Rc::new(config));

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 /// Every standard filter package.
 const PACKAGES: &[&str] = &[
     "sluice-filter-authz",
+    "sluice-filter-circuit-breaker",
     "sluice-filter-metrics",
     "sluice-filter-ratelimit",
 ];
@@ -29,6 +30,23 @@ pub fn module(name: &str) -> PathBuf {
         .as_ref()
         .unwrap_or_else(|error| panic!("{error}"));
     folder.join(format!("{name}.wasm"))
+}
+
+/// Sends `GET path` on its own connection and returns the raw response once the proxy closes
+/// it: for a request kept in flight (by a slow scripted answer) while others run.
+pub async fn raw_get(address: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply).await;
+    reply
 }
 
 /// Starts a proxy with filter `name` configured with `config`, which must refuse it; returns

@@ -42,18 +42,7 @@ async fn requests_in_flight_are_counted_while_they_run() {
         .upstream()
         .script([Scripted::status(200).delay(std::time::Duration::from_millis(500))]);
     let address = harness.address();
-    let slow = tokio::spawn(async move {
-        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = stream;
-        stream
-            .write_all(b"GET /slow HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut reply = String::new();
-        stream.read_to_string(&mut reply).await.unwrap();
-        reply
-    });
+    let slow = tokio::spawn(async move { sluice_filter_tests::raw_get(address, "/slow").await });
     let mut seen_in_flight = false;
     for _ in 0..40 {
         if harness.filter_metric("requests_active").await == Some(1.0) {
