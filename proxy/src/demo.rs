@@ -1,6 +1,7 @@
 //! `sluice demo`: a small mesh on loopback with nothing to install: two instances of a demo
-//! app behind a gateway (round robin, health checks), the standard `metrics` and `ratelimit`
-//! filters on it, and a control service the gateway subscribes to, so a `sluice push`
+//! app behind a gateway (round robin, health checks), the standard filters on it (`metrics`
+//! everywhere, `authz` on `/admin`, `ratelimit` on `/limited`, `circuit-breaker` on `/flaky`,
+//! where the app fails), and a control service the gateway subscribes to, so a `sluice push`
 //! hot-swaps a filter while curl runs.
 //!
 //! The demo app answers every request with who it is and what it received, which makes the
@@ -27,7 +28,15 @@ pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 pub const CONTROL_ADDRESS: &str = "127.0.0.1:9990";
 
 /// The standard filters the demo runs.
-const FILTER_PACKAGES: &[&str] = &["sluice-filter-metrics", "sluice-filter-ratelimit"];
+const FILTER_PACKAGES: &[&str] = &[
+    "sluice-filter-authz",
+    "sluice-filter-circuit-breaker",
+    "sluice-filter-metrics",
+    "sluice-filter-ratelimit",
+];
+
+/// The API key the demo's `/admin` accepts.
+pub const DEMO_API_KEY: &str = "demo-key";
 
 /// Starts one demo app on an ephemeral loopback port; it serves until the runtime stops.
 pub async fn start_demo_app(name: &'static str) -> std::io::Result<SocketAddr> {
@@ -67,7 +76,12 @@ fn answer(name: &str, address: SocketAddr, request: &Request<Incoming>) -> Respo
         header("x-forwarded-for"),
         header("x-request-id"),
     );
-    Response::new(Full::new(Bytes::from(body)))
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    // `/flaky/...` fails, so the circuit breaker has something to do.
+    if request.uri().path().starts_with("/flaky") {
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
 }
 
 /// Builds the standard filters from this source tree for `wasm32-wasip1` (adding the target
@@ -104,7 +118,8 @@ pub fn build_standard_filters() -> Result<PathBuf, String> {
 }
 
 /// The demo's proxy config: a gateway in front of the given app instances, with the metrics
-/// filter on every request and a tight rate limit on `/limited`. `listen` is the gateway's
+/// filter on every request, an API key on `/admin`, a tight rate limit on `/limited`, and a
+/// circuit breaker on `/flaky`. `listen` is the gateway's
 /// and the admin endpoint's address ([`GATEWAY_ADDRESS`], [`ADMIN_ADDRESS`]).
 pub fn demo_config(
     apps: &[SocketAddr],
@@ -115,6 +130,8 @@ pub fn demo_config(
     let endpoints: Vec<String> = apps.iter().map(|a| format!("\"{a}\"")).collect();
     let metrics = filters.join("metrics.wasm");
     let ratelimit = filters.join("ratelimit.wasm");
+    let authz = filters.join("authz.wasm");
+    let breaker = filters.join("circuit_breaker.wasm");
     let yaml = format!(
         r#"
 admin: {{ address: "{admin}" }}
@@ -124,6 +141,12 @@ listeners:
     address: "{gateway}"
     filters:
       - {{ name: metrics, module: "{metrics}" }}
+      - name: authz
+        module: "{authz}"
+        config:
+          default: allow
+          api_keys: {{ keys: {{ {DEMO_API_KEY}: demo-operator }} }}
+          rules: [{{ action: allow, paths: ["/admin/*"], require: api_key }}]
     routes:
       - name: limited
         match: {{ prefix: /limited }}
@@ -132,6 +155,13 @@ listeners:
           - name: ratelimit
             module: "{ratelimit}"
             config: {{ key: source, rate: 3, per: 10s }}
+      - name: flaky
+        match: {{ prefix: /flaky }}
+        cluster: hello
+        filters:
+          - name: breaker
+            module: "{breaker}"
+            config: {{ consecutive_failures: 3, open_for: 10s }}
       - name: hello
         match: {{ prefix: / }}
         cluster: hello
@@ -145,6 +175,8 @@ clusters:
         endpoints.join(", "),
         metrics = metrics.display(),
         ratelimit = ratelimit.display(),
+        authz = authz.display(),
+        breaker = breaker.display(),
     );
     load_str(&yaml, Path::new("<sluice demo>"))
 }

@@ -474,7 +474,7 @@ async fn wait_for_shutdown_signal() -> std::io::Result<()> {
 
 async fn demo() -> Result<(), Failure> {
     println!(
-        "Building the standard filters (metrics, ratelimit) for wasm32-wasip1; the first time takes a minute..."
+        "Building the standard filters (authz, circuit-breaker, metrics, ratelimit) for wasm32-wasip1; the first time takes a minute or two..."
     );
     let filters = tokio::task::spawn_blocking(sluice::demo::build_standard_filters)
         .await
@@ -518,9 +518,10 @@ async fn demo() -> Result<(), Failure> {
     let gateway = sluice::demo::GATEWAY_ADDRESS;
     let admin = sluice::demo::ADMIN_ADDRESS;
     let ratelimit = filters.join("ratelimit.wasm");
+    let api_key = sluice::demo::DEMO_API_KEY;
     println!(
         "\nSluice demo is running on loopback:\n  \
-         gateway  http://{gateway}  (filters: metrics on every request, ratelimit on /limited)\n  \
+         gateway  http://{gateway}  (filters: metrics and authz everywhere, ratelimit on /limited, circuit-breaker on /flaky)\n  \
          apps     hello-1 at {}, hello-2 at {} (round robin, health-checked)\n  \
          admin    http://{admin}\n  \
          control  http://{control_address}  (the gateway subscribes to it)\n\n\
@@ -529,6 +530,10 @@ async fn demo() -> Result<(), Failure> {
          curl -s --http2-prior-knowledge http://{gateway}/h2\n  \
          for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' http://{gateway}/limited; done; echo\n                                          \
          # 3 requests per 10s, then 429 with retry-after\n  \
+         curl -s -i http://{gateway}/admin/stats      # 401: needs an API key\n  \
+         curl -s -H 'x-api-key: {api_key}' http://{gateway}/admin/stats\n  \
+         for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' http://{gateway}/flaky; done; echo\n                                          \
+         # the app fails 3 times, then the breaker answers for 10s\n  \
          curl -s http://{admin}/metrics | grep sluice_wasm_counter   # what the filters count\n  \
          curl -s http://{admin}/config\n\n\
          Change a filter while it serves (no restart, no failed request):\n  \

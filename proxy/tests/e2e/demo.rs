@@ -33,6 +33,36 @@ async fn the_demo_gateway_balances_counts_and_rate_limits() {
     };
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
 
+    assert_eq!(get(gateway, "/admin/stats").await.status, 401);
+    let key = sluice::demo::DEMO_API_KEY;
+    let operator = get_with(gateway, "/admin/stats", &[("x-api-key", key)]).await;
+    assert_eq!(operator.status, 200);
+    assert_eq!(
+        operator.echoed("x-authz-principal"),
+        None,
+        "the demo app does not echo it"
+    );
+
+    let mut flaky = Vec::new();
+    for _ in 0..5 {
+        let reply = get(gateway, "/flaky").await;
+        flaky.push((
+            reply.status.as_u16(),
+            reply.header("x-sluice-circuit-breaker").is_some(),
+        ));
+    }
+    assert_eq!(
+        flaky,
+        [
+            (503, false),
+            (503, false),
+            (503, false),
+            (503, true),
+            (503, true)
+        ],
+        "the app fails three times, then the breaker answers"
+    );
+
     let metrics = get(admin, "/metrics").await.body;
     assert!(
         metrics.contains(r#"name="requests_total;route=limited;cluster=hello;status_class=4xx",plugin="metrics"} 2"#),
