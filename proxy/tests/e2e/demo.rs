@@ -4,7 +4,7 @@
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_gateway_balances_counts_and_rate_limits() {
+async fn the_demo_gateway_balances_and_runs_every_standard_filter() {
     let filters = tokio::task::spawn_blocking(sluice::demo::build_standard_filters)
         .await
         .unwrap()
@@ -37,11 +37,6 @@ async fn the_demo_gateway_balances_counts_and_rate_limits() {
     let key = sluice::demo::DEMO_API_KEY;
     let operator = get_with(gateway, "/admin/stats", &[("x-api-key", key)]).await;
     assert_eq!(operator.status, 200);
-    assert_eq!(
-        operator.echoed("x-authz-principal"),
-        None,
-        "the demo app does not echo it"
-    );
 
     let mut flaky = Vec::new();
     for _ in 0..5 {
