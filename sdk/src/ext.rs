@@ -56,8 +56,9 @@ pub fn upstream_failure() -> Option<UpstreamFailure> {
 }
 
 /// Takes `endpoint` (`ip:port`) of `cluster` out of load balancing on every worker for
-/// `duration` (at most an hour), while another endpoint is available.
-pub fn eject_endpoint(cluster: &str, endpoint: &str, duration: Duration) -> Result<(), ExtError> {
+/// `duration` (at most an hour). `Ok(false)`: the host kept it, as the cluster's last
+/// available endpoint.
+pub fn eject_endpoint(cluster: &str, endpoint: &str, duration: Duration) -> Result<bool, ExtError> {
     let args = serde_json::json!({
         "cluster": cluster,
         "endpoint": endpoint,
@@ -65,7 +66,7 @@ pub fn eject_endpoint(cluster: &str, endpoint: &str, duration: Duration) -> Resu
     });
     let args = args.to_string();
     match hostcalls::call_foreign_function("sluice_eject_endpoint", Some(args.as_bytes())) {
-        Ok(_) => Ok(()),
+        Ok(outcome) => Ok(outcome.is_none_or(|text| text.as_slice() == b"ejected")),
         // Envoy answers NOT_FOUND for a function it does not have, as Sluice does for an
         // unknown cluster: only a host that has the function can tell them apart, and both
         // mean nothing was ejected.

@@ -302,7 +302,11 @@ impl PathMatch {
     pub fn matches(&self, path: &str) -> bool {
         match self {
             Self::Any => true,
-            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            // `/admin/*` covers `/admin` itself too.
+            Self::Prefix(prefix) => {
+                path.starts_with(prefix.as_str())
+                    || prefix.strip_suffix('/').is_some_and(|bare| path == bare)
+            }
             Self::Exact(exact) => path == exact,
         }
     }
@@ -331,7 +335,7 @@ impl Cidr {
     }
 
     pub fn contains(&self, address: IpAddr) -> bool {
-        match (self.network, address) {
+        match (self.network.to_canonical(), address.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
@@ -372,12 +376,14 @@ mod tests {
         assert!(block.contains("10.1.200.3".parse().unwrap()));
         assert!(!block.contains("10.2.0.1".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(block.contains("::ffff:10.1.0.9".parse().unwrap()));
         assert!(
             Cidr::parse("0.0.0.0/0")
                 .unwrap()
                 .contains("8.8.8.8".parse().unwrap())
         );
         assert!(PathMatch::parse("/api/*").matches("/api/users"));
+        assert!(PathMatch::parse("/api/*").matches("/api"));
         assert!(!PathMatch::parse("/api/*").matches("/apix"));
         assert!(PathMatch::parse("*").matches("/anything"));
         assert!(PathMatch::parse("/exact").matches("/exact"));

@@ -181,14 +181,24 @@ pub fn verify(
 }
 
 fn check_claims(claims: &Map<String, Value>, checks: &Checks, now: u64) -> Result<(), Refusal> {
-    let time = |name: &str| claims.get(name).and_then(Value::as_u64);
-    if let Some(exp) = time("exp")
-        && now > exp.saturating_add(checks.leeway_seconds)
+    // NumericDate may have a fraction; a time that is there but not a number is refused.
+    let time = |name: &str| -> Result<Option<f64>, Refusal> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(value) => value
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| format!("the token's {name} is not a number")),
+        }
+    };
+    let (now, leeway) = (now as f64, checks.leeway_seconds as f64);
+    if let Some(exp) = time("exp")?
+        && now > exp + leeway
     {
         return Err("the token has expired".into());
     }
-    if let Some(nbf) = time("nbf")
-        && now.saturating_add(checks.leeway_seconds) < nbf
+    if let Some(nbf) = time("nbf")?
+        && now + leeway < nbf
     {
         return Err("the token is not valid yet".into());
     }
@@ -281,6 +291,24 @@ mod tests {
             let error = verify(&token, &keys(), &checks(), 1000).unwrap_err();
             assert!(error.contains(reason), "{error} / {reason}");
         }
+        let fraction = hs256(
+            b"s3cret",
+            r#"{"iss":"https://issuer","aud":"api","exp":900.5}"#,
+        );
+        assert!(
+            verify(&fraction, &keys(), &checks(), 1000)
+                .unwrap_err()
+                .contains("expired")
+        );
+        let text = hs256(
+            b"s3cret",
+            r#"{"iss":"https://issuer","aud":"api","exp":"never"}"#,
+        );
+        assert!(
+            verify(&text, &keys(), &checks(), 1000)
+                .unwrap_err()
+                .contains("not a number")
+        );
         // Within the leeway, an expired token still passes.
         let late = hs256(
             b"s3cret",

@@ -10,6 +10,7 @@
 
 mod config;
 mod jwt;
+mod path;
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -203,8 +204,9 @@ impl AuthzFilter {
 
     fn decide(&self) -> Verdict {
         let method = self.get_http_request_header(":method").unwrap_or_default();
-        let full_path = self.get_http_request_header(":path").unwrap_or_default();
-        let path = full_path.split('?').next().unwrap_or_default();
+        let raw_path = self.get_http_request_header(":path").unwrap_or_default();
+        let normalized = path::normalize(&raw_path);
+        let path = normalized.as_str();
         let source = self.source_ip();
         for (index, rule) in self.config.rules.iter().enumerate() {
             if !self.matches(rule, &method, path, source) {
@@ -228,9 +230,12 @@ impl AuthzFilter {
                 .headers
                 .iter()
                 .all(|(name, value)| self.get_http_request_header(name).as_deref() == Some(value))
-            // Fail closed: a rule about sources never matches a request of unknown source.
+            // Fail closed: with the source unknown, an allow rule about sources does not match
+            // and a deny rule does.
             && (rule.sources.is_empty()
-                || source.is_some_and(|ip| rule.sources.iter().any(|c| c.contains(ip))))
+                || source.map_or(rule.action == Action::Deny, |ip| {
+                    rule.sources.iter().any(|c| c.contains(ip))
+                }))
     }
 
     fn authenticate(&self, rule: &Rule) -> Verdict {
@@ -318,7 +323,8 @@ impl AuthzFilter {
                 _ => address.clone(),
             },
         };
-        host.parse().ok()
+        // An IPv4 client of a dual-stack listener shows as ::ffff:a.b.c.d.
+        host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
     }
 }
 

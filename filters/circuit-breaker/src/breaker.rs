@@ -16,6 +16,10 @@ pub struct Breaker {
     pub seconds: Vec<(u64, u32, u32)>,
     pub in_flight: u32,
     pub probes: u32,
+    /// When the current half-open round began (probes outstanding longer than `open_for` are
+    /// taken as lost: a VM that failed mid-request never reports back).
+    #[serde(default)]
+    pub half_open_since_ms: u64,
     /// How long the breaker stays open this time (doubles after a failed probe).
     pub open_for_ms: u64,
 }
@@ -38,6 +42,15 @@ pub enum Admission {
     Refused(String),
 }
 
+/// How an admitted request ended, as far as the upstream is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// No upstream verdict (the client went away first): it only frees its place.
+    Unknown,
+}
+
 /// A transition worth a log line and a metric.
 #[derive(Debug, PartialEq)]
 pub enum Transition {
@@ -54,8 +67,18 @@ impl Breaker {
             }
             self.state = State::HalfOpen;
             self.probes = 0;
+            self.half_open_since_ms = now_ms;
+            // Whatever was in flight when it opened has had `open_for` to end; a count that
+            // is still up is one no VM will bring down.
+            self.in_flight = 0;
         }
         if self.state == State::HalfOpen {
+            if self.probes >= config.half_open_probes
+                && now_ms.saturating_sub(self.half_open_since_ms) >= ms(config.open_for)
+            {
+                self.probes = 0;
+                self.half_open_since_ms = now_ms;
+            }
             if self.probes >= config.half_open_probes {
                 return Admission::Refused("half-open: a probe is in flight".into());
             }
@@ -75,22 +98,27 @@ impl Breaker {
         &mut self,
         config: &Config,
         probe: bool,
-        failed: bool,
+        outcome: Outcome,
         now_ms: u64,
     ) -> Transition {
         self.in_flight = self.in_flight.saturating_sub(1);
         if probe {
             self.probes = self.probes.saturating_sub(1);
-            if self.state == State::HalfOpen {
-                return if failed {
-                    let open_for = (self.open_for_ms.max(ms(config.open_for)) * 2)
-                        .min(ms(config.max_open_for));
-                    self.open(now_ms, open_for, "the half-open probe failed".into())
-                } else {
-                    self.close(config);
-                    Transition::Closed
-                };
-            }
+        }
+        let failed = match outcome {
+            Outcome::Unknown => return Transition::None,
+            Outcome::Failure => true,
+            Outcome::Success => false,
+        };
+        if probe && self.state == State::HalfOpen {
+            return if failed {
+                let open_for =
+                    (self.open_for_ms.max(ms(config.open_for)) * 2).min(ms(config.max_open_for));
+                self.open(now_ms, open_for, "the half-open probe failed".into())
+            } else {
+                self.close(config);
+                Transition::Closed
+            };
         }
         if self.state != State::Closed {
             return Transition::None;
@@ -164,6 +192,14 @@ fn ms(duration: std::time::Duration) -> u64 {
 mod tests {
     use super::*;
 
+    fn outcome(failed: bool) -> Outcome {
+        if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+
     fn config(json: &str) -> Config {
         Config::parse(json.as_bytes()).unwrap()
     }
@@ -175,9 +211,12 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(breaker.admit(&config, 0), Admission::Go { probe: false });
         }
-        assert_eq!(breaker.finish(&config, false, true, 10), Transition::None);
         assert_eq!(
-            breaker.finish(&config, false, true, 20),
+            breaker.finish(&config, false, Outcome::Failure, 10),
+            Transition::None
+        );
+        assert_eq!(
+            breaker.finish(&config, false, Outcome::Failure, 20),
             Transition::Opened("2 failures in a row".into())
         );
         assert_eq!(
@@ -191,7 +230,7 @@ mod tests {
             Admission::Refused(_)
         ));
         assert_eq!(
-            breaker.finish(&config, true, false, 1030),
+            breaker.finish(&config, true, Outcome::Success, 1030),
             Transition::Closed
         );
         assert_eq!(breaker.admit(&config, 1040), Admission::Go { probe: false });
@@ -204,10 +243,10 @@ mod tests {
             config(r#"{"consecutive_failures": 1, "open_for": "1s", "max_open_for": "3s"}"#);
         let mut breaker = Breaker::default();
         breaker.admit(&config, 0);
-        breaker.finish(&config, false, true, 0);
+        breaker.finish(&config, false, Outcome::Failure, 0);
         breaker.admit(&config, 1000);
         assert!(matches!(
-            breaker.finish(&config, true, true, 1000),
+            breaker.finish(&config, true, Outcome::Failure, 1000),
             Transition::Opened(_)
         ));
         assert!(matches!(
@@ -215,7 +254,7 @@ mod tests {
             Admission::Refused(_)
         ));
         assert_eq!(breaker.admit(&config, 3000), Admission::Go { probe: true });
-        breaker.finish(&config, true, true, 3000);
+        breaker.finish(&config, true, Outcome::Failure, 3000);
         // Doubling stops at max_open_for.
         assert!(matches!(
             breaker.admit(&config, 5999),
@@ -234,7 +273,7 @@ mod tests {
         let mut last = Transition::None;
         for (i, failed) in outcomes.into_iter().enumerate() {
             breaker.admit(&config, i as u64 * 1000);
-            last = breaker.finish(&config, false, failed, i as u64 * 1000);
+            last = breaker.finish(&config, false, outcome(failed), i as u64 * 1000);
         }
         assert_eq!(
             last,
@@ -244,9 +283,31 @@ mod tests {
         let mut breaker = Breaker::default();
         for (i, failed) in [true, true, false, false].into_iter().enumerate() {
             breaker.admit(&config, i as u64 * 6000);
-            last = breaker.finish(&config, false, failed, i as u64 * 6000);
+            last = breaker.finish(&config, false, outcome(failed), i as u64 * 6000);
         }
         assert_eq!(last, Transition::None);
+    }
+
+    #[test]
+    fn lost_probes_and_unknown_outcomes_do_not_wedge_it() {
+        let config = config(r#"{"consecutive_failures": 1, "open_for": "1s"}"#);
+        let mut breaker = Breaker::default();
+        breaker.admit(&config, 0);
+        breaker.finish(&config, false, Outcome::Failure, 0);
+        // A probe whose VM never reports back...
+        assert_eq!(breaker.admit(&config, 1000), Admission::Go { probe: true });
+        assert!(matches!(
+            breaker.admit(&config, 1500),
+            Admission::Refused(_)
+        ));
+        // ...is taken as lost after open_for, and another probe goes.
+        assert_eq!(breaker.admit(&config, 2000), Admission::Go { probe: true });
+        // A client that left is no verdict: the breaker stays half-open.
+        assert_eq!(
+            breaker.finish(&config, true, Outcome::Unknown, 2100),
+            Transition::None
+        );
+        assert_eq!(breaker.state, State::HalfOpen);
     }
 
     #[test]
@@ -259,7 +320,7 @@ mod tests {
             breaker.admit(&config, 0),
             Admission::Refused("max_requests 2 reached".into())
         );
-        breaker.finish(&config, false, false, 0);
+        breaker.finish(&config, false, Outcome::Success, 0);
         assert_eq!(breaker.admit(&config, 0), Admission::Go { probe: false });
     }
 }

@@ -20,7 +20,7 @@ use sluice_sdk::proxy_wasm;
 use sluice_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
 use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
-use breaker::{Admission, Breaker, Transition};
+use breaker::{Admission, Breaker, Outcome, Transition};
 use config::Config;
 
 const CAS_TRIES: usize = 16;
@@ -73,7 +73,6 @@ impl RootContext for BreakerRoot {
             prefix: self.prefix.clone(),
             metrics: self.metrics,
             admitted: None,
-            failed: false,
         }))
     }
 
@@ -88,7 +87,6 @@ struct BreakerFilter {
     metrics: Metrics,
     /// The cluster and whether this request is a half-open probe, once admitted.
     admitted: Option<(String, bool)>,
-    failed: bool,
 }
 
 impl Context for BreakerFilter {}
@@ -122,22 +120,15 @@ impl HttpContext for BreakerFilter {
         }
     }
 
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let status = self.get_http_response_header(":status").unwrap_or_default();
-        self.failed = status.starts_with('5');
-        Action::Continue
-    }
-
     fn on_log(&mut self) {
         let Some((cluster, probe)) = self.admitted.take() else {
             return;
         };
-        // A stream reset before any response is a failure too.
-        let failed = self.failed || self.get_property(vec!["response", "code"]).is_none();
+        let outcome = self.outcome();
         let now = self.now_ms();
         let config = Rc::clone(&self.config);
         let transition = self.update(&cluster, |breaker| {
-            breaker.finish(&config, probe, failed, now)
+            breaker.finish(&config, probe, outcome, now)
         });
         match transition {
             Some(Transition::Opened(why)) => {
@@ -150,11 +141,29 @@ impl HttpContext for BreakerFilter {
             _ => {}
         }
         // The cluster as routed (a listener filter in Sluice counted under "any").
-        self.judge_endpoint(&self.cluster(), failed);
+        if outcome != Outcome::Unknown {
+            self.judge_endpoint(&self.cluster(), outcome == Outcome::Failure);
+        }
     }
 }
 
 impl BreakerFilter {
+    /// The upstream's verdict: a failure when the proxy could not get a response (Sluice says
+    /// why) or the response is a 5xx; nothing when no response was sent (the client left).
+    fn outcome(&self) -> Outcome {
+        if sluice_sdk::ext::upstream_failure().is_some() {
+            return Outcome::Failure;
+        }
+        let code = self
+            .get_property(vec!["response", "code"])
+            .and_then(|bytes| Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)));
+        match code {
+            Some(500..=599) => Outcome::Failure,
+            Some(_) => Outcome::Success,
+            None => Outcome::Unknown,
+        }
+    }
+
     fn cluster(&self) -> String {
         // Envoy 1.40 has only xds.cluster_name; in Sluice a listener filter runs before
         // routing, so it counts under "any" (put the filter on routes for per-cluster state).
@@ -176,7 +185,7 @@ impl BreakerFilter {
     /// Applies `change` to the cluster's breaker, atomically across workers. `None` if the
     /// shared data could not be used.
     fn update<T>(&self, cluster: &str, mut change: impl FnMut(&mut Breaker) -> T) -> Option<T> {
-        let key = format!("{}{cluster}", self.prefix);
+        let key = format!("{}cluster/{cluster}", self.prefix);
         for _ in 0..CAS_TRIES {
             let (stored, cas) = self.get_shared_data(&key);
             let mut breaker: Breaker = stored
@@ -206,41 +215,46 @@ impl BreakerFilter {
         let Some(endpoint) = sluice_sdk::ext::upstream_address() else {
             return;
         };
-        let key = format!("{}{cluster}/{endpoint}", self.prefix);
+        let Some(failures) = self.count_endpoint_failure(cluster, &endpoint, failed) else {
+            return;
+        };
+        if failures < policy.consecutive_failures {
+            return;
+        }
+        match sluice_sdk::ext::eject_endpoint(cluster, &endpoint, policy.eject_for) {
+            Ok(true) => {
+                let _ = proxy_wasm::hostcalls::increment_metric(self.metrics.ejections, 1);
+                log::warn!(
+                    "circuit-breaker: ejected {endpoint} of {cluster} after {failures} failures in a row"
+                );
+            }
+            Ok(false) => log::info!(
+                "circuit-breaker: {endpoint} of {cluster} failed {failures} times in a row, but it is the cluster's last available endpoint"
+            ),
+            Err(error) => log::debug!("circuit-breaker: cannot eject {endpoint}: {error:?}"),
+        }
+    }
+
+    /// The endpoint's failures in a row after this request (the count restarts once it
+    /// reaches the limit); `None` if the shared data could not be used.
+    fn count_endpoint_failure(&self, cluster: &str, endpoint: &str, failed: bool) -> Option<u32> {
+        let limit = self.config.endpoint.as_ref()?.consecutive_failures;
+        let key = format!("{}endpoint/{cluster}|{endpoint}", self.prefix);
         for _ in 0..CAS_TRIES {
             let (stored, cas) = self.get_shared_data(&key);
             let streak = stored
                 .as_deref()
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u32::from_le_bytes);
-            let next = if failed { streak + 1 } else { 0 };
-            let eject = next >= policy.consecutive_failures;
-            let stored_next = if eject { 0 } else { next };
+            let failures = if failed { streak + 1 } else { 0 };
+            let stored_next = if failures >= limit { 0 } else { failures };
             match self.set_shared_data(&key, Some(&stored_next.to_le_bytes()), cas) {
-                Ok(()) => {
-                    if eject {
-                        match sluice_sdk::ext::eject_endpoint(cluster, &endpoint, policy.eject_for)
-                        {
-                            Ok(()) => {
-                                let _ = proxy_wasm::hostcalls::increment_metric(
-                                    self.metrics.ejections,
-                                    1,
-                                );
-                                log::warn!(
-                                    "circuit-breaker: ejected {endpoint} of {cluster} after {next} failures in a row"
-                                );
-                            }
-                            Err(error) => {
-                                log::debug!("circuit-breaker: cannot eject {endpoint}: {error:?}")
-                            }
-                        }
-                    }
-                    return;
-                }
+                Ok(()) => return Some(failures),
                 Err(Status::CasMismatch) => continue,
-                Err(_) => return,
+                Err(_) => return None,
             }
         }
+        None
     }
 }
 

@@ -91,6 +91,16 @@ async fn tokens_are_checked_and_their_claims_used_in_rules() {
         2,
         "refused requests never reach the upstream"
     );
+
+    // The path is matched as the upstream would read it.
+    for tricky in [
+        "//admin/users",
+        "/%61dmin/users",
+        "/health/../admin/users",
+        "/admin",
+    ] {
+        assert_eq!(get(&harness, tricky, None).await.status, 401, "{tricky}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,7 +101,8 @@ impl Endpoint {
         self.consecutive_connect_failures
             .store(0, Ordering::Relaxed);
         let until = now_ms.saturating_add(policy.ejection_time.as_millis() as u64);
-        self.ejected_until_ms.store(until, Ordering::Relaxed);
+        // A longer ejection (a filter's) stands.
+        self.ejected_until_ms.fetch_max(until, Ordering::Relaxed);
         self.stats.ejections.inc();
         self.stats.healthy.set(0);
         tracing::warn!(

@@ -32,9 +32,10 @@ const MAX_EJECTION_MS: u64 = 3_600_000;
 
 /// `sluice_eject_endpoint({"cluster": "...", "endpoint": "ip:port", "duration_ms": n})`:
 /// BAD_ARGUMENT for arguments that do not parse, NOT_FOUND for an unknown cluster or an
-/// endpoint it does not have. Every worker stops picking the endpoint until the time is up
-/// (while another endpoint is available, as with passive ejection).
-pub fn eject_endpoint(state: &HostState, args: &[u8]) -> CallResult {
+/// endpoint it does not have. Every worker stops picking the endpoint until the time is up.
+/// The cluster's last available endpoint is not ejected: the result says `kept: …` then.
+/// Returns what happened, for the caller: `ejected`, or `kept: …` with why not.
+pub fn eject_endpoint(state: &HostState, args: &[u8]) -> CallResult<&'static str> {
     let ejection: Ejection = serde_json::from_slice(args).map_err(|error| {
         tracing::debug!(plugin = %state.plugin.name, %error, "sluice_eject_endpoint: bad arguments");
         Status::BadArgument
@@ -50,7 +51,17 @@ pub fn eject_endpoint(state: &HostState, args: &[u8]) -> CallResult {
         .find(|endpoint| endpoint.addr == ejection.endpoint)
         .ok_or(Status::NotFound)?;
     let duration = ejection.duration_ms.min(MAX_EJECTION_MS);
-    endpoint.eject_until(cluster.now_ms().saturating_add(duration));
+    let now = cluster.now_ms();
+    // Never the last endpoint standing: a cluster with none left would refuse every request
+    // of every route, a worse outage than the one endpoint's failures.
+    let others_available = endpoints
+        .iter()
+        .any(|other| other.addr != endpoint.addr && other.is_available(now));
+    if !others_available {
+        tracing::info!(plugin = %state.plugin.name, cluster = %ejection.cluster, endpoint = %ejection.endpoint, "not ejecting the cluster's last available endpoint");
+        return Ok("kept: the cluster's last available endpoint");
+    }
+    endpoint.eject_until(now.saturating_add(duration));
     tracing::info!(plugin = %state.plugin.name, cluster = %ejection.cluster, endpoint = %ejection.endpoint, duration_ms = duration, "a filter ejected the endpoint");
-    Ok(())
+    Ok("ejected")
 }

@@ -56,13 +56,14 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |caller: Caller<'_, HostState>, name_ptr: i32, name_len: i32, args_ptr: i32, args_len: i32, _ptr_out: i32, _size_out: i32| {
+        |mut caller: Caller<'_, HostState>, name_ptr: i32, name_len: i32, args_ptr: i32, args_len: i32, ptr_out: i32, size_out: i32| {
             let result: CallResult = (|| {
                 let name = String::from_utf8_lossy(&read(&caller, name_ptr, name_len)?).into_owned();
                 let args = read(&caller, args_ptr, args_len)?;
                 match name.as_str() {
                     super::extensions::EJECT_ENDPOINT => {
-                        super::extensions::eject_endpoint(caller.data(), &args)
+                        let outcome = super::extensions::eject_endpoint(caller.data(), &args)?;
+                        return_bytes(&mut caller, outcome.as_bytes(), ptr_out, size_out)
                     }
                     _ => {
                         tracing::debug!(plugin = %caller.data().plugin.name, function = %name, "unknown foreign function");
