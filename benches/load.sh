@@ -21,14 +21,16 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 readonly NGINX_PORT=18080
 readonly SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
 readonly ENVOY_PORT=10001 ENVOY_ADMIN_PORT=19902
-readonly ALL_ROWS="direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std"
-# The -std rows chain the three standard filters, configured so every request passes: metrics,
-# ratelimit (far above the load), authz (one rule that allows every request).
+readonly ALL_ROWS="direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std sluice-metrics sluice-ratelimit sluice-authz sluice-circuit_breaker envoy-metrics envoy-ratelimit envoy-authz envoy-circuit_breaker"
+# The -std rows chain the three standard-ABI filters, configured so every request passes:
+# metrics, ratelimit (far above the load), authz (one rule that allows every request). A
+# `<proxy>-<filter>` row runs one standard filter alone (not in the default ROWS).
 readonly STD_FILTERS="metrics ratelimit authz"
 declare -A STD_CONFIG=(
   [metrics]=""
   [ratelimit]='{"key":"source","rate":100000000,"per":"1s"}'
   [authz]='{"rules":[{"action":"allow","paths":["/*"]}]}'
+  [circuit_breaker]='{"consecutive_failures":5}'
 )
 # The wasm rows' filter: proxy/tests/fixtures/bench, built as the e2e tests build the fixtures.
 readonly WASM_FILTER=bench          # filter name in Sluice, plugin and vm_id in Envoy
@@ -185,8 +187,10 @@ sluice_conf() {
   local filters="" name entries=()
   case ${1:-} in
     "") ;;
-    std)
-      for name in $STD_FILTERS; do
+    std | filter:*)
+      local names=$STD_FILTERS
+      [[ $1 == std ]] || names=${1#filter:}
+      for name in $names; do
         entries+=("$(sluice_wasm_filter "$name" "$(standard_filter_path "$name")" "${STD_CONFIG[$name]}")")
       done
       filters="[$(IFS=,; echo "${entries[*]}")]"
@@ -212,8 +216,10 @@ envoy_conf() {
   local filters="" name
   case ${1:-} in
     "") ;;
-    std)
-      for name in $STD_FILTERS; do
+    std | filter:*)
+      local names=$STD_FILTERS
+      [[ $1 == std ]] || names=${1#filter:}
+      for name in $names; do
         filters+="$(envoy_wasm_filter "$name" "$(standard_filter_path "$name")" "" "${STD_CONFIG[$name]}")"$'\n'
       done
       filters=${filters%$'\n'}
@@ -311,9 +317,11 @@ run_row() {
     sluice) start_sluice "$row"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-wasm) start_sluice "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-std) start_sluice "$row" std; pid=$LAST_PID; port=$SLUICE_PORT ;;
+    sluice-*) start_sluice "$row" "filter:${row#sluice-}"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     envoy) start_envoy "$row"; pid=$LAST_PID; port=$ENVOY_PORT ;;
     envoy-wasm) start_envoy "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$ENVOY_PORT ;;
     envoy-std) start_envoy "$row" std; pid=$LAST_PID; port=$ENVOY_PORT ;;
+    envoy-*) start_envoy "$row" "filter:${row#envoy-}"; pid=$LAST_PID; port=$ENVOY_PORT ;;
   esac
   # Start-up cost (a wasm VM compiles the module before the proxy is ready); logged, not measured.
   [[ -z $pid ]] || log "$row: ready after $(elapsed_since "$t0") s"
@@ -393,7 +401,11 @@ wasm_cost() {
   local plain=$1 wasm=$1-${2:-wasm}
   [[ -n ${RPS[$plain]:-} && -n ${RPS[$wasm]:-} ]] || return 0
   local what="wasm filter"
-  [[ ${2:-wasm} != std ]] || what="standard filters (metrics, ratelimit, authz)"
+  case ${2:-wasm} in
+    wasm) ;;
+    std) what="standard filters (metrics, ratelimit, authz)" ;;
+    *) what="standard filter $2" ;;
+  esac
   awk -v name="$plain" -v what="$what" -v p="${RPS[$plain]}" -v w="${RPS[$wasm]}" \
       -v rp="${RSS[$plain]}" -v rw="${RSS[$wasm]}" 'BEGIN {
     num = "^[0-9]+([.][0-9]+)?$"
@@ -424,7 +436,14 @@ proxy_comparison() {
 # The lines under the table, if any pair of rows they compare ran.
 ratios() {
   local lines
-  lines=$(proxy_comparison; wasm_cost sluice; wasm_cost envoy; wasm_cost sluice std; wasm_cost envoy std)
+  lines=$(
+    proxy_comparison
+    local filter
+    for filter in wasm std metrics ratelimit authz circuit_breaker; do
+      wasm_cost sluice "$filter"
+      wasm_cost envoy "$filter"
+    done
+  )
   [[ -z $lines ]] || printf '\n%s\n' "$lines"
 }
 
@@ -476,14 +495,14 @@ main() {
   LOADAVG_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
   if [[ $SKIP_INSTALL != 1 ]]; then
     install_debian_tools
-    if wants_any envoy envoy-wasm envoy-std && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
+    if [[ " $ROWS " == *" envoy"* ]] && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
   fi
   local tool
   for tool in wrk nginx curl timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
-  if wants_any envoy envoy-wasm envoy-std; then resolve_envoy; fi
-  if wants_any sluice sluice-wasm sluice-std; then resolve_sluice; fi
+  if [[ " $ROWS " == *" envoy"* ]]; then resolve_envoy; fi
+  if [[ " $ROWS " == *" sluice"* ]]; then resolve_sluice; fi
   if wants_any sluice-wasm envoy-wasm; then resolve_wasm_module; fi
-  if wants_any sluice-std envoy-std; then ensure_standard_filters; fi
+  if [[ $ROWS =~ (sluice|envoy)-(std|metrics|ratelimit|authz|circuit_breaker) ]]; then ensure_standard_filters; fi
 
   # wrk and the proxies hold one fd per connection; the default soft limit can be 1024.
   ulimit -n 65536 2>/dev/null || true
