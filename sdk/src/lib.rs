@@ -3,6 +3,7 @@
 //! - [`proxy_wasm`]: the official Rust SDK, re-exported, so a filter written with it runs
 //!   unchanged in Sluice and in Envoy.
 //! - [`config`]: parsing a filter's JSON configuration with errors that name the field.
+//! - [`shared::update`]: read-modify-write of shared data across workers (compare-and-swap).
 //! - [`ext`]: typed access to Sluice's host extensions (endpoint ejection, the upstream's
 //!   address and failure reason), which say so when the host lacks them.
 //! - `harness` (feature `harness`, native only): runs a compiled `.wasm` on the real Sluice
@@ -13,6 +14,7 @@ pub use proxy_wasm;
 pub mod config;
 pub mod duration;
 pub mod ext;
+pub mod shared;
 
 #[cfg(feature = "harness")]
 pub mod harness;

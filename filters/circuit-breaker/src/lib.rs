@@ -18,7 +18,7 @@ use std::time::UNIX_EPOCH;
 
 use sluice_sdk::proxy_wasm;
 use sluice_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use breaker::{Admission, Breaker, Outcome, Transition};
 use config::Config;
@@ -186,25 +186,16 @@ impl BreakerFilter {
     /// shared data could not be used.
     fn update<T>(&self, cluster: &str, mut change: impl FnMut(&mut Breaker) -> T) -> Option<T> {
         let key = format!("{}cluster/{cluster}", self.prefix);
-        for _ in 0..CAS_TRIES {
-            let (stored, cas) = self.get_shared_data(&key);
+        let updated = sluice_sdk::shared::update(&key, CAS_TRIES, |stored| {
             let mut breaker: Breaker = stored
-                .as_deref()
                 .and_then(|bytes| serde_json::from_slice(bytes).ok())
                 .unwrap_or_default();
             let outcome = change(&mut breaker);
-            let bytes = serde_json::to_vec(&breaker).ok()?;
-            match self.set_shared_data(&key, Some(&bytes), cas) {
-                Ok(()) => return Some(outcome),
-                Err(Status::CasMismatch) => continue,
-                Err(status) => {
-                    log::warn!("circuit-breaker: cannot store the state of {cluster}: {status:?}");
-                    return None;
-                }
-            }
-        }
-        log::warn!("circuit-breaker: the state of {cluster} kept changing under us");
-        None
+            (serde_json::to_vec(&breaker).unwrap_or_default(), outcome)
+        });
+        updated
+            .map_err(|error| log::warn!("circuit-breaker: the state of {cluster}: {error}"))
+            .ok()
     }
 
     /// Counts the endpoint's failures in a row and ejects it past the limit.
@@ -240,21 +231,15 @@ impl BreakerFilter {
     fn count_endpoint_failure(&self, cluster: &str, endpoint: &str, failed: bool) -> Option<u32> {
         let limit = self.config.endpoint.as_ref()?.consecutive_failures;
         let key = format!("{}endpoint/{cluster}|{endpoint}", self.prefix);
-        for _ in 0..CAS_TRIES {
-            let (stored, cas) = self.get_shared_data(&key);
+        let counted = sluice_sdk::shared::update(&key, CAS_TRIES, |stored| {
             let streak = stored
-                .as_deref()
                 .and_then(|b| b.try_into().ok())
                 .map_or(0, u32::from_le_bytes);
             let failures = if failed { streak + 1 } else { 0 };
             let stored_next = if failures >= limit { 0 } else { failures };
-            match self.set_shared_data(&key, Some(&stored_next.to_le_bytes()), cas) {
-                Ok(()) => return Some(failures),
-                Err(Status::CasMismatch) => continue,
-                Err(_) => return None,
-            }
-        }
-        None
+            (stored_next.to_le_bytes().to_vec(), failures)
+        });
+        counted.ok()
     }
 }
 

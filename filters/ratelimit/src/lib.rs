@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use sluice_sdk::proxy_wasm;
 use sluice_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 
 use bucket::{Bucket, Decision};
 use config::{Config, Key};
@@ -128,26 +128,18 @@ impl RateLimitFilter {
             .get_current_time()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        for _ in 0..CAS_TRIES {
-            let (stored, cas) = self.get_shared_data(&key);
+        let config = &self.config;
+        let taken = sluice_sdk::shared::update(&key, CAS_TRIES, |stored| {
             let bucket = stored
-                .as_deref()
                 .and_then(Bucket::decode)
-                .unwrap_or_else(|| Bucket::full(&self.config, now));
-            let (next, decision) = bucket.take(&self.config, now);
-            match self.set_shared_data(&key, Some(&next.encode()), cas) {
-                Ok(()) => return decision,
-                Err(Status::CasMismatch) => continue,
-                Err(status) => {
-                    log::warn!(
-                        "ratelimit: cannot store bucket {key}: {status:?}; letting the request through"
-                    );
-                    return Decision::Allowed;
-                }
-            }
-        }
-        log::warn!("ratelimit: bucket {key} kept changing under us; letting the request through");
-        Decision::Allowed
+                .unwrap_or_else(|| Bucket::full(config, now));
+            let (next, decision) = bucket.take(config, now);
+            (next.encode().to_vec(), decision)
+        });
+        taken.unwrap_or_else(|error| {
+            log::warn!("ratelimit: bucket {key}: {error}; letting the request through");
+            Decision::Allowed
+        })
     }
 }
 
