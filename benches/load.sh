@@ -181,6 +181,11 @@ start_nginx() {
   check_route nginx "$NGINX_PORT"
 }
 
+# The standard filters a row runs: `std` the three chained, `filter:<name>` one alone.
+std_names() {
+  if [[ $1 == std ]]; then echo "$STD_FILTERS"; else echo "${1#filter:}"; fi
+}
+
 # The fixed config contract (shared/design/config-contract.md); unknown fields are errors there.
 # $1, if set, is a wasm module to put on the listener as its only filter (the wasm row).
 sluice_conf() {
@@ -188,9 +193,7 @@ sluice_conf() {
   case ${1:-} in
     "") ;;
     std | filter:*)
-      local names=$STD_FILTERS
-      [[ $1 == std ]] || names=${1#filter:}
-      for name in $names; do
+      for name in $(std_names "$1"); do
         entries+=("$(sluice_wasm_filter "$name" "$(standard_filter_path "$name")" "${STD_CONFIG[$name]}")")
       done
       filters="[$(IFS=,; echo "${entries[*]}")]"
@@ -217,9 +220,7 @@ envoy_conf() {
   case ${1:-} in
     "") ;;
     std | filter:*)
-      local names=$STD_FILTERS
-      [[ $1 == std ]] || names=${1#filter:}
-      for name in $names; do
+      for name in $(std_names "$1"); do
         filters+="$(envoy_wasm_filter "$name" "$(standard_filter_path "$name")" "" "${STD_CONFIG[$name]}")"$'\n'
       done
       filters=${filters%$'\n'}

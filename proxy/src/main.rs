@@ -280,28 +280,8 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Promote(filter) => {
-            let mut client = control_client(filter.control.clone()).await?;
-            let version = promote(&mut client, filter.target())
-                .await
-                .map_err(Failure::command)?;
-            println!("{}: canary promoted as version {version}", filter.name);
-            if filter.wait {
-                await_acks(&mut client, version).await?;
-            }
-            Ok(())
-        }
-        Command::Remove(filter) => {
-            let mut client = control_client(filter.control.clone()).await?;
-            let version = remove(&mut client, filter.target())
-                .await
-                .map_err(Failure::command)?;
-            println!("{}: removed as version {version}", filter.name);
-            if filter.wait {
-                await_acks(&mut client, version).await?;
-            }
-            Ok(())
-        }
+        Command::Promote(filter) => edit_filter(filter, true).await,
+        Command::Remove(filter) => edit_filter(filter, false).await,
         Command::Status { control } => {
             let mut client = control_client(control).await?;
             let status = sluice::control::status(&mut client)
@@ -380,6 +360,26 @@ async fn serve(
     wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
     drop((watch, control));
     proxy.shutdown().await;
+    Ok(())
+}
+
+/// `sluice promote` (`promoting`) or `sluice remove`: one filter edit, then, with `--wait`,
+/// every connected proxy's answer.
+async fn edit_filter(filter: FilterArgs, promoting: bool) -> Result<(), Failure> {
+    let mut client = control_client(filter.control.clone()).await?;
+    let (edit, done) = if promoting {
+        (
+            promote(&mut client, filter.target()).await,
+            "canary promoted",
+        )
+    } else {
+        (remove(&mut client, filter.target()).await, "removed")
+    };
+    let version = edit.map_err(Failure::command)?;
+    println!("{}: {done} as version {version}", filter.name);
+    if filter.wait {
+        await_acks(&mut client, version).await?;
+    }
     Ok(())
 }
 
