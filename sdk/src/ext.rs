@@ -18,6 +18,8 @@ pub enum UpstreamFailure {
     Reset,
     /// The route's timeout passed first.
     Timeout,
+    /// The attempt waited longer than the per-try timeout set with [`prepare_replay`].
+    PerTryTimeout,
     ProtocolError,
     /// Every endpoint was unhealthy or ejected.
     NoHealthyUpstream,
@@ -31,7 +33,20 @@ pub enum ExtError {
     /// cluster or the endpoint: either way, nothing happened.
     NotFound,
     BadArgument,
+    /// The host has the extension but cannot do it now, and says why.
+    Refused(String),
     Other(Status),
+}
+
+impl std::fmt::Display for ExtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound => write!(f, "the host has no such extension (or no such target)"),
+            Self::BadArgument => write!(f, "the host could not read the arguments"),
+            Self::Refused(why) => write!(f, "refused: {why}"),
+            Self::Other(status) => write!(f, "the host answered {status:?}"),
+        }
+    }
 }
 
 /// The endpoint the request went to (`ip:port`), once one was picked. Envoy has this property
@@ -49,6 +64,7 @@ pub fn upstream_failure() -> Option<UpstreamFailure> {
         "upstream_connect_timeout" => UpstreamFailure::ConnectTimeout,
         "upstream_reset" => UpstreamFailure::Reset,
         "upstream_timeout" => UpstreamFailure::Timeout,
+        "upstream_per_try_timeout" => UpstreamFailure::PerTryTimeout,
         "upstream_protocol_error" => UpstreamFailure::ProtocolError,
         "no_healthy_upstream" => UpstreamFailure::NoHealthyUpstream,
         _ => UpstreamFailure::Other(reason),
@@ -62,7 +78,7 @@ pub fn eject_endpoint(cluster: &str, endpoint: &str, duration: Duration) -> Resu
     let args = serde_json::json!({
         "cluster": cluster,
         "endpoint": endpoint,
-        "duration_ms": u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        "duration_ms": millis(duration),
     });
     let args = args.to_string();
     match hostcalls::call_foreign_function("sluice_eject_endpoint", Some(args.as_bytes())) {
@@ -74,6 +90,54 @@ pub fn eject_endpoint(cluster: &str, endpoint: &str, duration: Duration) -> Resu
         Err(Status::BadArgument) => Err(ExtError::BadArgument),
         Err(status) => Err(ExtError::Other(status)),
     }
+}
+
+/// In the request phase: have the host keep this request as it goes upstream (the body up
+/// to `max_body_bytes`), so [`replay`] can send it again, and give every attempt at most
+/// `per_try_timeout` to answer with headers (a late attempt fails as
+/// [`UpstreamFailure::PerTryTimeout`], a 504).
+pub fn prepare_replay(
+    max_body_bytes: usize,
+    per_try_timeout: Option<Duration>,
+) -> Result<(), ExtError> {
+    let args = serde_json::json!({
+        "max_body_bytes": max_body_bytes,
+        "per_try_timeout_ms": per_try_timeout.map(millis),
+    });
+    call("sluice_prepare_replay", &args, b"armed")
+}
+
+/// In the response phase of an upstream attempt (`on_http_response_headers`, including the
+/// proxy's own reply when the attempt failed): drop this response, which then reaches no
+/// filter after this one and never the client, and send the request again after `delay`, to
+/// an endpoint not tried yet when the cluster has one. The response filters then see the new
+/// attempt's answer. Return `Action::Continue` after it; what the callback returns does not
+/// matter once the replay is scheduled.
+///
+/// [`ExtError::Refused`] says why not (not prepared, the body was too large or is still
+/// arriving, the route's timeout ends first, …): the response then goes on as usual.
+pub fn replay(delay: Duration) -> Result<(), ExtError> {
+    let args = serde_json::json!({ "delay_ms": millis(delay) });
+    call("sluice_replay", &args, b"scheduled")
+}
+
+fn call(function: &str, args: &serde_json::Value, success: &[u8]) -> Result<(), ExtError> {
+    let args = args.to_string();
+    match hostcalls::call_foreign_function(function, Some(args.as_bytes())) {
+        Ok(Some(outcome)) if outcome.as_slice() != success => {
+            let text = String::from_utf8_lossy(&outcome);
+            let why = text.strip_prefix("refused: ").unwrap_or(&text);
+            Err(ExtError::Refused(why.to_owned()))
+        }
+        Ok(_) => Ok(()),
+        Err(Status::NotFound) => Err(ExtError::NotFound),
+        Err(Status::BadArgument) => Err(ExtError::BadArgument),
+        Err(status) => Err(ExtError::Other(status)),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn text(path: Vec<&str>) -> Option<String> {

@@ -45,6 +45,7 @@ pub struct HarnessBuilder {
     filters: Vec<serde_json::Value>,
     workers: usize,
     route_name: String,
+    dead_endpoints: usize,
 }
 
 /// A running proxy with the filters under test, its upstream, and a client.
@@ -95,6 +96,13 @@ impl HarnessBuilder {
         self
     }
 
+    /// Adds `count` endpoints to the cluster that refuse connections (a port nothing listens
+    /// on), after the scripted one; round robin visits each in turn.
+    pub fn dead_endpoints(mut self, count: usize) -> Self {
+        self.dead_endpoints = count;
+        self
+    }
+
     /// Starts the upstream and the proxy. Call inside a multi-threaded tokio runtime
     /// (`#[tokio::test(flavor = "multi_thread")]`).
     pub async fn start(mut self) -> Result<Harness, String> {
@@ -109,6 +117,10 @@ impl HarnessBuilder {
             filter["vm_id"] = serde_json::Value::String(vm_id.clone());
         }
         let upstream = ScriptedUpstream::start().await?;
+        let mut endpoints = vec![upstream.address().to_string()];
+        for _ in 0..self.dead_endpoints {
+            endpoints.push(closed_port().await?.to_string());
+        }
         // JSON is YAML, so the proxy reads this as it reads any config file.
         let config = serde_json::json!({
             "admin": { "address": "127.0.0.1:0" },
@@ -121,8 +133,9 @@ impl HarnessBuilder {
             }],
             "clusters": [{
                 "name": "upstream",
-                "endpoints": [upstream.address().to_string()],
-                // A scripted reset must not eject the only endpoint.
+                "endpoints": endpoints,
+                // Filters decide about failing endpoints here, not the proxy's own outlier
+                // detection (and a scripted reset must not eject the only endpoint).
                 "outlier_detection": { "consecutive_connect_failures": 0 },
             }],
         });
@@ -152,6 +165,7 @@ impl Harness {
             filters: Vec::new(),
             workers: 1,
             route_name: "default".to_owned(),
+            dead_endpoints: 0,
         }
     }
 
@@ -176,6 +190,18 @@ impl Harness {
         }
         self.send(request.body(Full::default()).unwrap_or_default())
             .await
+    }
+
+    /// `POST path` with `body` and `headers`, on a new connection.
+    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::post(path).header("host", "harness.test");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap_or_default();
+        self.send(request).await
     }
 
     /// Sends `request` on a new HTTP/1.1 connection. A request that fails on the wire (the
@@ -225,6 +251,14 @@ fn sum_of(text: &str, families: &[&str], name: &str) -> Option<f64> {
         .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// An address on 127.0.0.1 where nothing listens: bound, then let go.
+async fn closed_port() -> Result<SocketAddr, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot find a free port: {e}"))?;
+    listener.local_addr().map_err(|e| e.to_string())
 }
 
 /// One request on a new HTTP/1.1 connection, and the whole response.
@@ -307,6 +341,7 @@ pub struct SeenRequest {
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 /// An HTTP/1.1 server on 127.0.0.1 that answers from a script, in order, then `200 ok` once
@@ -375,18 +410,24 @@ impl ScriptedUpstream {
         &self,
         request: Request<hyper::body::Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        let (parts, body) = request.into_parts();
+        // The whole body first: a keep-alive connection stays usable, and tests see it.
+        let body = body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .unwrap_or_default();
         let next = {
             let mut state = self.lock();
             state.seen.push(SeenRequest {
-                method: request.method().to_string(),
-                path: request.uri().path().to_owned(),
-                headers: request.headers().clone(),
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                headers: parts.headers,
+                body,
             });
             state.script.pop_front()
         };
         let next = next.unwrap_or_else(|| Scripted::status(200).body("ok\n"));
-        // The body is read so a keep-alive connection stays usable.
-        let _ = request.into_body().collect().await;
         tokio::time::sleep(next.delay).await;
         if next.reset {
             return Err(std::io::Error::other("scripted reset"));

@@ -27,6 +27,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     local_replies: IntCounterVec,
+    replays: IntCounterVec,
     connections_active: IntGaugeVec,
     connections_total: IntCounterVec,
     requests_active: IntGaugeVec,
@@ -90,6 +91,12 @@ impl Metrics {
                 "sluice_http_local_replies_total",
                 "Responses the proxy generated itself instead of forwarding, by reason",
                 &["listener", "reason"],
+            ),
+            replays: counter_vec(
+                &registry,
+                "sluice_http_replays_total",
+                "Requests sent again because a filter asked (sluice_replay), by cluster",
+                &["listener", "cluster"],
             ),
             connections_active: gauge_vec(
                 &registry,
@@ -301,6 +308,11 @@ impl Metrics {
         self.local_replies
             .with_label_values(&[listener, reason])
             .inc();
+    }
+
+    /// Counts a replayed attempt.
+    pub fn replay(&self, listener: &str, cluster: &str) {
+        self.replays.with_label_values(&[listener, cluster]).inc();
     }
 
     /// The registry in Prometheus text format.

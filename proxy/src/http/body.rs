@@ -19,6 +19,10 @@ use crate::upstream::{ActiveRequest, ConnReturn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How much of an abandoned response is read to keep its connection, and for how long.
+const ABANDONED_BODY_DRAIN: usize = 64 * 1024;
+const ABANDONED_BODY_WAIT: Duration = Duration::from_secs(1);
+
 /// Every body the proxy sends, upstream or downstream.
 pub enum ProxyBody {
     Empty,
@@ -28,10 +32,14 @@ pub enum ProxyBody {
     Upstream(Box<UpstreamBody>),
     /// A body passing through Wasm filters.
     Filtered(Box<crate::wasm::FilteredBody>),
+    /// A request body also kept for replay.
+    Replayable(Box<super::replay::ReplayableBody>),
 }
 
 /// What to record once a request is finished, whichever way it finishes.
 pub struct Completion {
+    /// Cleared for an attempt whose response was dropped for a replay: it is not the answer.
+    record: bool,
     stats: RouteStats,
     status: http::StatusCode,
     started: Instant,
@@ -81,6 +89,7 @@ impl Body for ProxyBody {
             Self::Downstream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             Self::Upstream(upstream) => Pin::new(upstream.as_mut()).poll_frame(cx),
             Self::Filtered(filtered) => Pin::new(filtered.as_mut()).poll_frame(cx),
+            Self::Replayable(replayable) => Pin::new(replayable.as_mut()).poll_frame(cx),
         }
     }
 
@@ -91,6 +100,7 @@ impl Body for ProxyBody {
             Self::Downstream(incoming) => incoming.is_end_stream(),
             Self::Upstream(upstream) => upstream.inner.is_end_stream(),
             Self::Filtered(filtered) => filtered.is_end_stream(),
+            Self::Replayable(replayable) => replayable.is_end_stream(),
         }
     }
 
@@ -101,6 +111,7 @@ impl Body for ProxyBody {
             Self::Downstream(incoming) => incoming.size_hint(),
             Self::Upstream(upstream) => upstream.inner.size_hint(),
             Self::Filtered(filtered) => filtered.size_hint(),
+            Self::Replayable(replayable) => replayable.size_hint(),
         }
     }
 }
@@ -110,6 +121,7 @@ impl Body for ProxyBody {
 impl Completion {
     pub fn new(stats: RouteStats, status: http::StatusCode, started: Instant) -> Self {
         Self {
+            record: true,
             stats,
             status,
             started,
@@ -126,7 +138,9 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        self.stats.record(self.status, self.started.elapsed());
+        if self.record {
+            self.stats.record(self.status, self.started.elapsed());
+        }
     }
 }
 
@@ -149,6 +163,31 @@ impl UpstreamBody {
             completion: Some(completion),
             _active: active,
         }
+    }
+
+    /// A response no client will see (a filter replays the request instead): it is not
+    /// recorded, and a short rest of it is read in the background so its pooled connection
+    /// can serve again instead of closing.
+    pub fn abandon(mut self: Box<Self>) {
+        if let Some(mut completion) = self.completion.take() {
+            completion.record = false;
+        }
+        if self.conn_return.is_none() || self.inner.is_end_stream() {
+            return;
+        }
+        tokio::task::spawn_local(async move {
+            use http_body_util::BodyExt as _;
+            let mut drained = 0;
+            let draining = async {
+                while let Some(Ok(frame)) = self.frame().await {
+                    drained += frame.data_ref().map_or(0, Bytes::len);
+                    if drained > ABANDONED_BODY_DRAIN {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(ABANDONED_BODY_WAIT, draining).await;
+        });
     }
 
     /// The response ended: a complete read frees the connection for reuse.

@@ -20,6 +20,8 @@ pub enum Reason {
     UpstreamReset,
     UpstreamProtocolError,
     UpstreamTimeout,
+    /// An attempt waited longer than the per-try timeout a filter set for replays.
+    UpstreamPerTryTimeout,
     /// A fail-closed Wasm plugin failed (Envoy's response details `wasm_fail_stream`).
     WasmFailStream,
     /// A Wasm filter answered with `proxy_send_local_response`.
@@ -50,6 +52,7 @@ impl Reason {
                 | Self::UpstreamReset
                 | Self::UpstreamProtocolError
                 | Self::UpstreamTimeout
+                | Self::UpstreamPerTryTimeout
         )
     }
 
@@ -62,6 +65,7 @@ impl Reason {
             Self::UpstreamReset => "upstream_reset",
             Self::UpstreamProtocolError => "upstream_protocol_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamPerTryTimeout => "upstream_per_try_timeout",
             Self::WasmFailStream => "wasm_fail_stream",
             Self::FilterLocalReply => "filter_local_reply",
             Self::BodyTooLarge => "body_too_large",
@@ -130,6 +134,14 @@ impl LocalReply {
             StatusCode::GATEWAY_TIMEOUT,
             Reason::UpstreamTimeout,
             format!("cluster {cluster} did not respond within the route's timeout"),
+        )
+    }
+
+    pub fn upstream_per_try_timeout(cluster: &str, timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamPerTryTimeout,
+            format!("cluster {cluster} did not respond within the per-try timeout ({timeout:?})"),
         )
     }
 

@@ -6,6 +6,7 @@ mod connection;
 mod deadline;
 mod headers;
 mod local_reply;
+mod replay;
 mod route;
 mod service;
 mod upgrade;

@@ -4,6 +4,7 @@
 //! pass back through the filters that saw the request, as in Envoy.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::rc::Rc;
 
 use http::{Request, Response, header};
@@ -21,6 +22,8 @@ use super::headers::{
     shape_for_upstream,
 };
 use super::local_reply::{LocalReply, Reason};
+use super::replay::{ReplayableBody, RequestHead};
+use super::route::ClusterTarget;
 use super::upgrade::spawn_tunnel;
 use crate::admin::RouteStats;
 use crate::config::ListenerSnapshot;
@@ -45,7 +48,26 @@ impl Drop for InFlight {
 
 enum Failure {
     Upstream(UpstreamError),
+    /// The route's timeout (or `x-envoy-upstream-rq-timeout-ms`), which spans all attempts.
     Timeout,
+    /// The per-try timeout a filter set when it armed replay.
+    PerTryTimeout(std::time::Duration),
+}
+
+/// What an attempt (or a reply) turned into after the response filters.
+enum Answer {
+    Deliver(Result<Response<ProxyBody>, BoxError>),
+    /// A filter asked to send the request again after this delay (`sluice_replay`).
+    Replay(std::time::Duration),
+}
+
+/// What every attempt of one request shares.
+struct Attempt<'a> {
+    target: &'a ClusterTarget,
+    idle_timeout: Option<std::time::Duration>,
+    deadline: Option<Instant>,
+    /// In-flight gauges and the connection's stream count, held by the answer's body.
+    guards: Rc<dyn std::any::Any>,
 }
 
 /// A filter closed the stream: hyper resets it (HTTP/2) or closes the connection (HTTP/1).
@@ -115,16 +137,12 @@ impl Exchange<'_> {
         add_request_identity(&mut parts.headers, self.conn.scheme);
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
-            let info = Rc::new(StreamInfo {
-                connection_id: self.conn.id,
-                source: self.conn.peer,
-                destination: self.conn.local,
-                protocol: protocol_name(parts.version),
-                start: std::time::SystemTime::now(),
-                routed: std::cell::OnceCell::new(),
-                upstream: std::cell::OnceCell::new(),
-                upstream_failure: std::cell::OnceCell::new(),
-            });
+            let info = Rc::new(StreamInfo::new(
+                self.conn.id,
+                self.conn.peer,
+                self.conn.local,
+                protocol_name(parts.version),
+            ));
             self.chain = Some(Rc::new(RefCell::new(FilterChain::new(
                 info,
                 listener.max_body_buffer,
@@ -161,19 +179,6 @@ impl Exchange<'_> {
             return self.interrupted(&target.stats, interruption).await;
         }
         let deadline = request_deadline(route.timeout, &parts.headers, self.started);
-        let Some(endpoint) = target.cluster.pick() else {
-            return self
-                .local(
-                    &target.stats,
-                    LocalReply::no_healthy_upstream(&target.cluster.name),
-                )
-                .await;
-        };
-        let active = endpoint.begin_request();
-        if let Some(chain) = &self.chain {
-            let _ = chain.borrow().info().upstream.set(endpoint.addr);
-        }
-
         append_forwarded_for(&mut parts.headers, self.conn.peer);
         let cluster = &target.cluster;
         shape_for_upstream(
@@ -182,37 +187,141 @@ impl Exchange<'_> {
             &mut parts.headers,
             cluster.settings.protocol,
         );
-        let downstream_upgrade = upgrade
+        let mut downstream_upgrade = upgrade
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
+        let replay_head = self.replay_head(&parts, downstream_upgrade.is_some(), end_of_stream);
+        let mut rest_of_body = None;
         let request_body = match &self.chain {
-            Some(chain) if !end_of_stream => ProxyBody::Filtered(Box::new(FilteredBody::request(
-                ProxyBody::Downstream(body),
-                Rc::clone(chain),
-            ))),
+            Some(chain) if !end_of_stream => {
+                let filtered = ProxyBody::Filtered(Box::new(FilteredBody::request(
+                    ProxyBody::Downstream(body),
+                    Rc::clone(chain),
+                )));
+                match replay_head {
+                    Some(_) => {
+                        let info = Rc::clone(chain.borrow().info());
+                        let (first, rest) = ReplayableBody::first(filtered, info);
+                        rest_of_body = Some(rest);
+                        ProxyBody::Replayable(Box::new(first))
+                    }
+                    None => filtered,
+                }
+            }
             _ => ProxyBody::Downstream(body),
         };
-        let upstream_request = Request::from_parts(parts, request_body);
+        let mut request = Request::from_parts(parts, request_body);
 
-        let is_upgrade = downstream_upgrade.is_some();
+        let attempt = Attempt {
+            target,
+            idle_timeout: route.idle_timeout,
+            deadline,
+            guards: Rc::new(guards),
+        };
+        let mut tried = Vec::new();
+        loop {
+            let answer = self
+                .attempt(&attempt, request, &mut tried, downstream_upgrade.take())
+                .await;
+            let delay = match answer {
+                Answer::Deliver(result) => return result,
+                Answer::Replay(delay) => delay,
+            };
+            // A replay is refused unless the head was kept; this is only belt and braces.
+            let (Some(head), Some(chain)) = (&replay_head, &self.chain) else {
+                return Err(Box::new(StreamClosedByFilter));
+            };
+            self.conn
+                .worker
+                .state
+                .metrics
+                .replay(&listener.name, &cluster.name);
+            tokio::time::sleep(delay).await;
+            let body = match &rest_of_body {
+                Some(rest) => {
+                    let kept = chain.borrow().info().replay.borrow().body();
+                    ProxyBody::Replayable(Box::new(ReplayableBody::again(rest, kept)))
+                }
+                None => ProxyBody::Empty,
+            };
+            request = head.rebuild(body);
+        }
+    }
+
+    /// A copy of the request head when a filter armed replay (`sluice_prepare_replay`).
+    fn replay_head(
+        &self,
+        parts: &http::request::Parts,
+        is_upgrade: bool,
+        end_of_stream: bool,
+    ) -> Option<RequestHead> {
+        let chain = self.chain.as_ref()?.borrow();
+        let mut replay = chain.info().replay.borrow_mut();
+        replay.plan()?;
+        if is_upgrade {
+            replay.lose("an upgrade request cannot be replayed");
+            return None;
+        }
+        if end_of_stream {
+            replay.record_end();
+        }
+        Some(RequestHead::copy(parts))
+    }
+
+    /// One attempt: pick an endpoint (one not tried yet, when there is one), send, and run
+    /// the response filters over what came back; they may ask for a replay instead.
+    async fn attempt(
+        &self,
+        attempt: &Attempt<'_>,
+        request: Request<ProxyBody>,
+        tried: &mut Vec<SocketAddr>,
+        downstream_upgrade: Option<OnUpgrade>,
+    ) -> Answer {
+        let cluster = &attempt.target.cluster;
+        let stats = &attempt.target.stats;
+        let Some(endpoint) = cluster.pick_avoiding(tried) else {
+            let reply = LocalReply::no_healthy_upstream(&cluster.name);
+            return self.upstream_failed(stats, reply, attempt.deadline).await;
+        };
+        tried.push(endpoint.addr);
+        let active = endpoint.begin_request();
+        let per_try_timeout = self.chain.as_ref().and_then(|chain| {
+            let chain = chain.borrow();
+            let info = chain.info();
+            info.upstream.set(Some(endpoint.addr));
+            info.upstream_failure.set(None);
+            let mut replay = info.replay.borrow_mut();
+            replay.start_attempt();
+            replay.plan().and_then(|plan| plan.per_try_timeout)
+        });
+
         let pools = &self.conn.worker.pools;
         let sending = async {
-            if is_upgrade {
-                let response = pools
-                    .send_upgrade(cluster, &endpoint, upstream_request)
-                    .await?;
+            if downstream_upgrade.is_some() {
+                let response = pools.send_upgrade(cluster, &endpoint, request).await?;
                 Ok(UpstreamResponse {
                     response,
                     conn_return: None,
                 })
             } else {
-                pools.send(cluster, &endpoint, upstream_request).await
+                pools.send(cluster, &endpoint, request).await
             }
         };
-        let outcome = match deadline {
+        // The route's deadline spans every attempt; the per-try timeout is this one's.
+        let per_try_at = per_try_timeout.map(|timeout| Instant::now() + timeout);
+        let stop = match (attempt.deadline, per_try_at) {
+            (Some(deadline), Some(per_try)) => Some(deadline.min(per_try)),
+            (deadline, per_try) => deadline.or(per_try),
+        };
+        let outcome = match stop {
             Some(at) => match tokio::time::timeout_at(at, sending).await {
                 Ok(result) => result.map_err(Failure::Upstream),
-                Err(_elapsed) => Err(Failure::Timeout),
+                Err(_elapsed) => match per_try_timeout {
+                    Some(timeout) if attempt.deadline.is_none_or(|deadline| deadline > at) => {
+                        Err(Failure::PerTryTimeout(timeout))
+                    }
+                    _ => Err(Failure::Timeout),
+                },
             },
             None => sending.await.map_err(Failure::Upstream),
         };
@@ -228,16 +337,19 @@ impl Exchange<'_> {
                     .as_ref()
                     .and_then(|c| c.borrow_mut().take_interruption())
                 {
-                    return self.interrupted(&target.stats, interruption).await;
+                    return Answer::Deliver(self.interrupted(stats, interruption).await);
                 }
                 let reply = match failure {
                     Failure::Timeout => LocalReply::upstream_timeout(&cluster.name),
+                    Failure::PerTryTimeout(timeout) => {
+                        LocalReply::upstream_per_try_timeout(&cluster.name, timeout)
+                    }
                     Failure::Upstream(error) => {
                         tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, %error, "upstream request failed");
                         LocalReply::from_upstream(&cluster.name, &error)
                     }
                 };
-                return self.local(&target.stats, reply).await;
+                return self.upstream_failed(stats, reply, attempt.deadline).await;
             }
         };
 
@@ -249,24 +361,54 @@ impl Exchange<'_> {
             spawn_tunnel(downstream, upstream, active.take());
         }
         let (parts, body) = response.into_parts();
-        let completion =
-            Completion::new(target.stats.clone(), parts.status, self.started).hold(guards);
+        let completion = Completion::new(stats.clone(), parts.status, self.started)
+            .hold(Rc::clone(&attempt.guards));
         let body = UpstreamBody::new(
             body,
-            deadline,
-            route.idle_timeout,
+            attempt.deadline,
+            attempt.idle_timeout,
             conn_return,
             completion,
             active,
         );
         let response = Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)));
-        match &self.chain {
-            Some(chain) => {
-                let last = chain.borrow().len().saturating_sub(1);
-                self.through_response_filters(response, last).await
-            }
-            None => Ok(response),
+        self.answer_attempt(response, attempt.deadline).await
+    }
+
+    /// An attempt that got no response: the proxy's reply goes through the response filters,
+    /// which may replay the request; it is counted only if it is the answer.
+    async fn upstream_failed(
+        &self,
+        stats: &RouteStats,
+        reply: LocalReply,
+        deadline: Option<Instant>,
+    ) -> Answer {
+        if let Some(chain) = &self.chain {
+            chain
+                .borrow()
+                .info()
+                .upstream_failure
+                .set(Some(reply.reason.as_str()));
         }
+        let (status, reason) = (reply.status, reply.reason);
+        let answer = self.answer_attempt(reply.into_response(), deadline).await;
+        if matches!(answer, Answer::Deliver(_)) {
+            self.count_local(stats, status, reason);
+        }
+        answer
+    }
+
+    /// An attempt's answer through every response filter, which may replay the request.
+    async fn answer_attempt(
+        &self,
+        response: Response<ProxyBody>,
+        deadline: Option<Instant>,
+    ) -> Answer {
+        let Some(chain) = &self.chain else {
+            return Answer::Deliver(Ok(response));
+        };
+        let last = chain.borrow().len().saturating_sub(1);
+        self.answer(response, last, Some(deadline)).await
     }
 
     /// Request headers through `specs` (appended to the chain), written back into `parts`.
@@ -316,15 +458,6 @@ impl Exchange<'_> {
         reply: LocalReply,
     ) -> Result<Response<ProxyBody>, BoxError> {
         self.count_local(stats, reply.status, reply.reason);
-        if let Some(chain) = &self.chain
-            && reply.reason.is_upstream_failure()
-        {
-            let _ = chain
-                .borrow()
-                .info()
-                .upstream_failure
-                .set(reply.reason.as_str());
-        }
         let response = reply.into_response();
         match &self.chain {
             Some(chain) => {
@@ -383,22 +516,42 @@ impl Exchange<'_> {
     }
 
     /// Response headers through filters `..=upto` in reverse, and the body wrapped so its
-    /// chunks pass them too (the chain's contexts end with the body).
+    /// chunks pass them too (the chain's contexts end with the body). Not an attempt's
+    /// answer, so not replayable.
     async fn through_response_filters(
         &self,
         response: Response<ProxyBody>,
         upto: usize,
     ) -> Result<Response<ProxyBody>, BoxError> {
+        match self.answer(response, upto, None).await {
+            Answer::Deliver(result) => result,
+            // Refused by the host outside an attempt's window; never reached.
+            Answer::Replay(_) => Err(Box::new(StreamClosedByFilter)),
+        }
+    }
+
+    /// `through_response_filters`, where `replay_window` (the request's deadline) is given
+    /// for an upstream attempt's answer, which a filter may replay instead.
+    async fn answer(
+        &self,
+        response: Response<ProxyBody>,
+        upto: usize,
+        replay_window: Option<Option<Instant>>,
+    ) -> Answer {
         let Some(chain) = &self.chain else {
-            return Ok(response);
+            return Answer::Deliver(Ok(response));
         };
         // Only other routes have filters: nothing to run, nothing to convert.
         if chain.borrow().is_empty() {
-            return Ok(response);
+            return Answer::Deliver(Ok(response));
         }
-        let (mut parts, body) = response.into_parts();
+        let (parts, body) = response.into_parts();
         let end_of_stream = body.is_end_stream();
         chain.borrow_mut().set_response_code(parts.status.as_u16());
+        let info = Rc::clone(chain.borrow().info());
+        if let Some(deadline) = replay_window {
+            info.replay.borrow_mut().open_window(deadline);
+        }
         let pairs = wasm::response_pairs(&parts);
         let filtering = wasm::response_headers(chain, pairs, end_of_stream, upto);
         let filtered = match self.filter_idle {
@@ -407,6 +560,31 @@ impl Exchange<'_> {
                 .unwrap_or(Err(Interruption::TimedOut)),
             None => filtering.await,
         };
+        let replay = {
+            let mut replay = info.replay.borrow_mut();
+            replay.close_window();
+            replay.take_requested()
+        };
+        if let (Some(delay), Ok(_)) = (replay, &filtered) {
+            // Nothing of this response left: it is dropped, and the request goes again.
+            if let ProxyBody::Upstream(upstream) = body {
+                upstream.abandon();
+            }
+            return Answer::Replay(delay);
+        }
+        Answer::Deliver(self.deliver(chain, parts, body, end_of_stream, upto, filtered))
+    }
+
+    /// The response as the filters left it (or their reply instead).
+    fn deliver(
+        &self,
+        chain: &Chain,
+        mut parts: http::response::Parts,
+        body: ProxyBody,
+        end_of_stream: bool,
+        upto: usize,
+        filtered: Result<Vec<wasm::Pair>, Interruption>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
         match filtered {
             Ok(pairs) => {
                 wasm::apply_response_pairs(&mut parts, &pairs);

@@ -85,16 +85,12 @@ pub async fn accept_loop(
                     .collect();
                 let buffer_limit = listener.max_body_buffer;
                 let worker = Rc::clone(&worker);
-                let info = Rc::new(StreamInfo {
-                    connection_id: next_connection_id(),
-                    source: peer,
-                    destination: stream.local_addr().unwrap_or(listener.address),
-                    protocol: "",
-                    start: std::time::SystemTime::now(),
-                    routed: std::cell::OnceCell::new(),
-                    upstream: std::cell::OnceCell::new(),
-                    upstream_failure: std::cell::OnceCell::new(),
-                });
+                let info = Rc::new(StreamInfo::new(
+                    next_connection_id(),
+                    peer,
+                    stream.local_addr().unwrap_or(listener.address),
+                    "",
+                ));
                 info.set_routed("", &cluster.name);
                 tokio::task::spawn_local(async move {
                     let filters = NetworkFilters {

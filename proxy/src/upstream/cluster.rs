@@ -133,6 +133,13 @@ impl Cluster {
         self.balancer.pick(&endpoints, self.now_ms())
     }
 
+    /// An endpoint for another attempt of a request that tried `avoid` already.
+    pub fn pick_avoiding(&self, avoid: &[std::net::SocketAddr]) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.load();
+        self.balancer
+            .pick_avoiding(&endpoints, self.now_ms(), avoid)
+    }
+
     pub fn has_host_names(&self) -> bool {
         self.targets
             .iter()

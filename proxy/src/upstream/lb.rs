@@ -51,6 +51,27 @@ impl LoadBalancer {
             }
         }
     }
+
+    /// Like `pick`, but an endpoint of `avoid` (those a request already tried) only when no
+    /// other is available, as Envoy's `previous_hosts` retry predicate does.
+    pub fn pick_avoiding(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        now_ms: u64,
+        avoid: &[std::net::SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
+        let picked = self.pick(endpoints, now_ms)?;
+        if !avoid.contains(&picked.addr) {
+            return Some(picked);
+        }
+        let count = endpoints.len();
+        let start = fastrand::usize(..count);
+        (0..count)
+            .map(|offset| &endpoints[(start + offset) % count])
+            .find(|endpoint| endpoint.is_available(now_ms) && !avoid.contains(&endpoint.addr))
+            .cloned()
+            .or(Some(picked))
+    }
 }
 
 /// The first available endpoint at or after `start` (wrapping around).
@@ -114,6 +135,27 @@ mod tests {
                 .pick(&eps, 0)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn retries_avoid_tried_endpoints_while_another_is_available() {
+        let eps = endpoints(3);
+        let tried = [eps[0].addr, eps[1].addr];
+        for policy in [
+            LbPolicy::RoundRobin,
+            LbPolicy::Random,
+            LbPolicy::LeastRequest,
+        ] {
+            let lb = LoadBalancer::new(policy);
+            for _ in 0..50 {
+                let picked = lb.pick_avoiding(&eps, 0, &tried).expect("an endpoint");
+                assert_eq!(picked.addr, eps[2].addr, "{policy:?}");
+            }
+        }
+        // All tried: the balancer's choice stands rather than no endpoint at all.
+        let all: Vec<_> = eps.iter().map(|e| e.addr).collect();
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin);
+        assert!(lb.pick_avoiding(&eps, 0, &all).is_some());
     }
 
     #[test]

@@ -615,6 +615,11 @@ async fn run_headers(
             std::mem::take(&mut pairs),
             end_of_stream,
         )?;
+        // A filter replays the request (`sluice_replay`): this attempt's response goes no
+        // further, whatever the callback returned.
+        if phase == Phase::Response && chain.borrow().info.replay.borrow().is_requested() {
+            return Ok(Vec::new());
+        }
         pairs = match step {
             HeadersStep::Continue(returned) => returned,
             HeadersStep::Paused { backup } => {

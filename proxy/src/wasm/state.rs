@@ -2,6 +2,7 @@
 //! (never in globals). Contexts, the stream data each callback may touch, and what the guest
 //! asked for that takes effect after it returns (continue, local reply).
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -13,6 +14,7 @@ use wasmtime::{Memory, StoreLimits, TypedFunc};
 
 use super::metrics::VmMetrics;
 use super::pairs::Pair;
+use super::replay::Replay;
 use super::status::AbiVersion;
 
 /// Who a plugin is: fixed for its lifetime, shared by all of its VMs.
@@ -45,7 +47,7 @@ pub struct MapSlot {
 }
 
 /// Facts about the stream that properties expose.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct StreamInfo {
     pub connection_id: u64,
     pub source: SocketAddr,
@@ -54,11 +56,13 @@ pub struct StreamInfo {
     pub start: SystemTime,
     /// Known once the stream is routed (for TCP, from the start).
     pub routed: std::cell::OnceCell<Routed>,
-    /// The endpoint the request went to (`upstream.address`), once one was picked.
-    pub upstream: std::cell::OnceCell<SocketAddr>,
-    /// Why the upstream gave no response (`sluice.upstream_failure`): a local reply reason
-    /// such as `upstream_connect_failure`, `upstream_reset` or `upstream_timeout`.
-    pub upstream_failure: std::cell::OnceCell<&'static str>,
+    /// The endpoint the current attempt went to (`upstream.address`), once one was picked.
+    pub upstream: Cell<Option<SocketAddr>>,
+    /// Why the current attempt got no response (`sluice.upstream_failure`): a local reply
+    /// reason such as `upstream_connect_failure`, `upstream_reset` or `upstream_timeout`.
+    pub upstream_failure: Cell<Option<&'static str>>,
+    /// What the host keeps so a filter can have the request sent again.
+    pub replay: RefCell<Replay>,
 }
 
 /// Where a stream was routed: the `route_name` and `cluster_name` properties.
@@ -70,6 +74,25 @@ pub struct Routed {
 }
 
 impl StreamInfo {
+    pub fn new(
+        connection_id: u64,
+        source: SocketAddr,
+        destination: SocketAddr,
+        protocol: &'static str,
+    ) -> Self {
+        Self {
+            connection_id,
+            source,
+            destination,
+            protocol,
+            start: SystemTime::now(),
+            routed: std::cell::OnceCell::new(),
+            upstream: Cell::new(None),
+            upstream_failure: Cell::new(None),
+            replay: RefCell::default(),
+        }
+    }
+
     /// Records the routing decision; later callbacks (and `on_log`) see it. The first one
     /// stands.
     pub fn set_routed(&self, route_name: &str, cluster_name: &str) {

@@ -727,16 +727,12 @@ fn body_chunks_after_the_stream_ended_pass_through_without_failing_the_vm() {
         .unwrap();
     tokio::task::LocalSet::new().block_on(&runtime, async {
         let plugins = WorkerPlugins::new(Default::default());
-        let info = Rc::new(StreamInfo {
-            connection_id: 1,
-            source: "127.0.0.1:1".parse().unwrap(),
-            destination: "127.0.0.1:2".parse().unwrap(),
-            protocol: "HTTP/1.1",
-            start: std::time::SystemTime::now(),
-            routed: std::cell::OnceCell::new(),
-            upstream: std::cell::OnceCell::new(),
-            upstream_failure: std::cell::OnceCell::new(),
-        });
+        let info = Rc::new(StreamInfo::new(
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "HTTP/1.1",
+        ));
         let chain = Rc::new(RefCell::new(FilterChain::new(info, 1 << 20)));
         chain.borrow_mut().extend(&plugins, &[Arc::clone(&spec)]);
         chain.borrow_mut().finish();

@@ -65,6 +65,14 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                         let outcome = super::extensions::eject_endpoint(caller.data(), &args)?;
                         return_bytes(&mut caller, outcome.as_bytes(), ptr_out, size_out)
                     }
+                    super::extensions::PREPARE_REPLAY => {
+                        let outcome = super::extensions::prepare_replay(caller.data_mut(), &args)?;
+                        return_bytes(&mut caller, outcome.as_bytes(), ptr_out, size_out)
+                    }
+                    super::extensions::REPLAY => {
+                        let outcome = super::extensions::replay(caller.data_mut(), &args)?;
+                        return_bytes(&mut caller, outcome.as_bytes(), ptr_out, size_out)
+                    }
                     _ => {
                         tracing::debug!(plugin = %caller.data().plugin.name, function = %name, "unknown foreign function");
                         // An unknown name is NOT_FOUND, as in Envoy.
@@ -183,7 +191,7 @@ fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
         (b"upstream", Some(b"address")) => text(info.upstream.get()?.to_string()),
         (b"upstream", Some(b"port")) => Value::Int(i64::from(info.upstream.get()?.port())),
         // Sluice's extension: why there is no upstream response.
-        (b"sluice", Some(b"upstream_failure")) => text(*info.upstream_failure.get()?),
+        (b"sluice", Some(b"upstream_failure")) => text(info.upstream_failure.get()?),
         // Anything else: what `proxy_set_property` stored under that path.
         _ => {
             let joined = segments.join(&0u8);

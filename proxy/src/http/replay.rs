@@ -1,0 +1,156 @@
+//! The pipeline's half of request replay (see `wasm/replay.rs` for the host extension): a
+//! request body that keeps what it sends and can be resumed by the next attempt, and the
+//! request head kept to send it again.
+
+use std::cell::{Cell, RefCell};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+
+use super::body::{BoxError, ProxyBody};
+use crate::wasm::StreamInfo;
+
+/// A request body on its way upstream, kept (up to the replay cap) in the stream's replay
+/// state as it goes. Every attempt gets one: a replay first sends what earlier attempts
+/// read, then goes on with the rest of the downstream body where they left it. So a request
+/// whose first attempt never read its body (a connect failure) or read only part of it can
+/// still be sent again whole.
+pub struct ReplayableBody {
+    /// Bytes read by earlier attempts, sent first.
+    kept: Option<Bytes>,
+    rest: Rc<RestOfBody>,
+    attempt: u32,
+}
+
+/// The part of the downstream body no attempt has read yet, shared by the attempts.
+pub struct RestOfBody {
+    body: RefCell<ProxyBody>,
+    info: Rc<StreamInfo>,
+    /// Only the newest attempt may read on: an earlier one may still sit in a connection
+    /// task after its response was dropped.
+    current: Cell<u32>,
+}
+
+/// An earlier attempt's request body, read after a replay took over.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was handed to a newer attempt")]
+struct Superseded;
+
+/// What a replayed request is built from: the request as the first attempt sent it.
+pub struct RequestHead {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+// === impl ReplayableBody ===
+
+impl ReplayableBody {
+    /// The first attempt's body, and what later attempts continue from.
+    pub fn first(body: ProxyBody, info: Rc<StreamInfo>) -> (Self, Rc<RestOfBody>) {
+        let rest = Rc::new(RestOfBody {
+            body: RefCell::new(body),
+            info,
+            current: Cell::new(0),
+        });
+        let first = Self {
+            kept: None,
+            rest: Rc::clone(&rest),
+            attempt: 0,
+        };
+        (first, rest)
+    }
+
+    /// The body of the next attempt: `kept` (what earlier ones read), then the rest.
+    pub fn again(rest: &Rc<RestOfBody>, kept: Bytes) -> Self {
+        let attempt = rest.current.get() + 1;
+        rest.current.set(attempt);
+        Self {
+            kept: Some(kept).filter(|bytes| !bytes.is_empty()),
+            rest: Rc::clone(rest),
+            attempt,
+        }
+    }
+}
+
+impl Body for ReplayableBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.attempt != this.rest.current.get() {
+            return Poll::Ready(Some(Err(Box::new(Superseded))));
+        }
+        if let Some(kept) = this.kept.take() {
+            return Poll::Ready(Some(Ok(Frame::data(kept))));
+        }
+        let mut body = this.rest.body.borrow_mut();
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        let mut replay = this.rest.info.replay.borrow_mut();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                match frame.data_ref() {
+                    Some(data) => replay.record_chunk(data),
+                    None => replay.lose("request trailers are not replayed"),
+                }
+                if body.is_end_stream() {
+                    replay.record_end();
+                }
+            }
+            Poll::Ready(None) => {
+                replay.record_end();
+                *body = ProxyBody::Empty;
+            }
+            Poll::Ready(Some(Err(_))) => replay.lose("the request body broke off"),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kept.is_none() && self.rest.body.borrow().is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let kept = self.kept.as_ref().map_or(0, |kept| kept.len() as u64);
+        let rest = self.rest.body.borrow().size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + kept);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + kept);
+        }
+        hint
+    }
+}
+
+// === impl RequestHead ===
+
+impl RequestHead {
+    pub fn copy(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    /// The request again, with `body`.
+    pub fn rebuild(&self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
