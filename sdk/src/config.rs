@@ -60,6 +60,19 @@ pub fn shared_data_prefix(kind: &str) -> String {
     format!("{kind}/{plugin}/")
 }
 
+/// An optional duration field (`250ms`, `1s`, …; see [`crate::duration::parse`]) at `path`,
+/// or `default` when it is absent.
+pub fn duration_or(
+    text: Option<&String>,
+    path: &str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    match text {
+        Some(text) => crate::duration::parse(text).map_err(|e| invalid(path, e)),
+        None => Ok(default),
+    }
+}
+
 /// A configuration rule that does not hold, found after parsing.
 pub fn invalid(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {

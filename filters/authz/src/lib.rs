@@ -19,7 +19,7 @@ use std::time::UNIX_EPOCH;
 use serde_json::Value;
 use sluice_sdk::proxy_wasm;
 use sluice_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use sluice_sdk::proxy_wasm::types::{Action as Next, ContextType, LogLevel, MetricType};
+use sluice_sdk::proxy_wasm::types::{Action as Next, ContextType, LogLevel};
 
 use config::{Action, Config, Require, Rule};
 
@@ -46,8 +46,8 @@ impl RootContext for AuthzRoot {
         match Config::parse(&bytes) {
             Ok(config) => {
                 self.config = Some(Rc::new(config));
-                self.allowed = counter("authz_allowed");
-                self.denied = counter("authz_denied");
+                self.allowed = sluice_sdk::host::counter("authz_allowed");
+                self.denied = sluice_sdk::host::counter("authz_denied");
                 true
             }
             Err(error) => {
@@ -343,8 +343,4 @@ fn failed_claim<'a>(rule: &'a Rule, claims: &serde_json::Map<String, Value>) -> 
         };
         (!holds).then_some(name.as_str())
     })
-}
-
-fn counter(name: &str) -> u32 {
-    proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).unwrap_or_default()
 }

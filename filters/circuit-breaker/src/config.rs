@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use sluice_sdk::config::{ConfigError, invalid, parse};
-use sluice_sdk::duration;
+use sluice_sdk::config::{ConfigError, duration_or, invalid, parse};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -72,13 +71,6 @@ struct RawEndpoint {
     eject_for: Option<String>,
 }
 
-fn time(text: Option<&String>, path: &str, default: Duration) -> Result<Duration, ConfigError> {
-    match text {
-        Some(text) => duration::parse(text).map_err(|e| invalid(path, e)),
-        None => Ok(default),
-    }
-}
-
 impl Config {
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
         let raw: Raw = parse(bytes)?;
@@ -92,7 +84,7 @@ impl Config {
                 }
                 Some(FailureRate {
                     threshold: rate.threshold,
-                    window: time(
+                    window: duration_or(
                         rate.window.as_ref(),
                         "failure_rate.window",
                         Duration::from_secs(10),
@@ -102,8 +94,8 @@ impl Config {
             }
             None => None,
         };
-        let open_for = time(raw.open_for.as_ref(), "open_for", Duration::from_secs(5))?;
-        let max_open_for = time(
+        let open_for = duration_or(raw.open_for.as_ref(), "open_for", Duration::from_secs(5))?;
+        let max_open_for = duration_or(
             raw.max_open_for.as_ref(),
             "max_open_for",
             Duration::from_secs(60),
@@ -117,7 +109,7 @@ impl Config {
         let endpoint = match raw.endpoint {
             Some(endpoint) => Some(EndpointPolicy {
                 consecutive_failures: endpoint.consecutive_failures.unwrap_or(3).max(1),
-                eject_for: time(
+                eject_for: duration_or(
                     endpoint.eject_for.as_ref(),
                     "endpoint.eject_for",
                     Duration::from_secs(30),

@@ -18,7 +18,7 @@ use std::time::UNIX_EPOCH;
 
 use sluice_sdk::proxy_wasm;
 use sluice_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use breaker::{Admission, Breaker, Outcome, Transition};
 use config::Config;
@@ -53,9 +53,9 @@ impl RootContext for BreakerRoot {
             Ok(config) => {
                 self.prefix = sluice_sdk::config::shared_data_prefix("sluice.circuit-breaker");
                 self.metrics = Metrics {
-                    refused: counter("circuit_breaker_refused"),
-                    opened: counter("circuit_breaker_opened"),
-                    ejections: counter("circuit_breaker_ejections"),
+                    refused: sluice_sdk::host::counter("circuit_breaker_refused"),
+                    opened: sluice_sdk::host::counter("circuit_breaker_opened"),
+                    ejections: sluice_sdk::host::counter("circuit_breaker_ejections"),
                 };
                 self.config = Some(Rc::new(config));
                 true
@@ -167,13 +167,7 @@ impl BreakerFilter {
     fn cluster(&self) -> String {
         // Envoy 1.40 has only xds.cluster_name; in Sluice a listener filter runs before
         // routing, so it counts under "any" (put the filter on routes for per-cluster state).
-        self.get_property(vec!["xds", "cluster_name"])
-            .or_else(|| self.get_property(vec!["cluster_name"]))
-            .filter(|name| !name.is_empty())
-            .map_or_else(
-                || "any".to_owned(),
-                |name| String::from_utf8_lossy(&name).into_owned(),
-            )
+        sluice_sdk::host::cluster_name().unwrap_or_else(|| "any".to_owned())
     }
 
     fn now_ms(&self) -> u64 {
@@ -241,8 +235,4 @@ impl BreakerFilter {
         });
         counted.ok()
     }
-}
-
-fn counter(name: &str) -> u32 {
-    proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).unwrap_or_default()
 }

@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use sluice_sdk::proxy_wasm;
 use sluice_sdk::proxy_wasm::traits::{Context, HttpContext, RootContext};
-use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use sluice_sdk::proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use bucket::{Bucket, Decision};
 use config::{Config, Key};
@@ -44,8 +44,8 @@ impl RootContext for RateLimitRoot {
         match Config::parse(&bytes) {
             Ok(config) => {
                 self.prefix = sluice_sdk::config::shared_data_prefix("sluice.ratelimit");
-                self.allowed = define_counter("ratelimit_allowed");
-                self.limited = define_counter("ratelimit_limited");
+                self.allowed = sluice_sdk::host::counter("ratelimit_allowed");
+                self.limited = sluice_sdk::host::counter("ratelimit_limited");
                 self.config = Some(std::rc::Rc::new(config));
                 true
             }
@@ -141,10 +141,6 @@ impl RateLimitFilter {
             Decision::Allowed
         })
     }
-}
-
-fn define_counter(name: &str) -> u32 {
-    proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).unwrap_or_default()
 }
 
 /// `10.0.0.1:5000` → `10.0.0.1`, `[::1]:5000` → `::1`.

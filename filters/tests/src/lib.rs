@@ -11,9 +11,11 @@ const PACKAGES: &[&str] = &[
     "sluice-filter-circuit-breaker",
     "sluice-filter-metrics",
     "sluice-filter-ratelimit",
+    "sluice-filter-retry",
 ];
 
-/// The `.wasm` of standard filter `name` (`authz`, `metrics`, `ratelimit`), built on first use.
+/// The `.wasm` of standard filter `name` (`authz`, `circuit_breaker`, `metrics`, `ratelimit`,
+/// `retry`), built on first use.
 pub fn module(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let folder = BUILT
