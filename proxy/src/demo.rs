@@ -1,7 +1,8 @@
 //! `sluice demo`: a small mesh on loopback with nothing to install: two instances of a demo
 //! app behind a gateway (round robin, health checks), the standard filters on it (`metrics`
 //! everywhere, `authz` on `/admin`, `ratelimit` on `/limited`, `circuit-breaker` on `/flaky`,
-//! where the app fails), and a control service the gateway subscribes to, so a `sluice push`
+//! where the app fails, `retry` on `/unsteady`, where each instance fails every other request),
+//! and a control service the gateway subscribes to, so a `sluice push`
 //! hot-swaps a filter while curl runs.
 //!
 //! The demo app answers every request with who it is and what it received, which makes the
@@ -33,6 +34,7 @@ const FILTER_PACKAGES: &[&str] = &[
     "sluice-filter-circuit-breaker",
     "sluice-filter-metrics",
     "sluice-filter-ratelimit",
+    "sluice-filter-retry",
 ];
 
 /// The API key the demo's `/admin` accepts.
@@ -42,14 +44,17 @@ pub const DEMO_API_KEY: &str = "demo-key";
 pub async fn start_demo_app(name: &'static str) -> std::io::Result<SocketAddr> {
     let socket = TcpListener::bind("127.0.0.1:0").await?;
     let address = socket.local_addr()?;
+    let unsteady = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = socket.accept().await else {
                 continue;
             };
+            let unsteady = std::sync::Arc::clone(&unsteady);
             tokio::spawn(async move {
-                let service = service_fn(move |request| async move {
-                    Ok::<_, Infallible>(answer(name, address, &request))
+                let service = service_fn(move |request| {
+                    let unsteady = std::sync::Arc::clone(&unsteady);
+                    async move { Ok::<_, Infallible>(answer(name, address, &request, &unsteady)) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -60,7 +65,13 @@ pub async fn start_demo_app(name: &'static str) -> std::io::Result<SocketAddr> {
     Ok(address)
 }
 
-fn answer(name: &str, address: SocketAddr, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// `unsteady` counts this instance's `/unsteady` requests.
+fn answer(
+    name: &str,
+    address: SocketAddr,
+    request: &Request<Incoming>,
+    unsteady: &std::sync::atomic::AtomicU64,
+) -> Response<Full<Bytes>> {
     let header = |key: &str| {
         request
             .headers()
@@ -79,6 +90,12 @@ fn answer(name: &str, address: SocketAddr, request: &Request<Incoming>) -> Respo
     let mut response = Response::new(Full::new(Bytes::from(body)));
     // `/flaky/...` fails, so the circuit breaker has something to do.
     if request.uri().path().starts_with("/flaky") {
+        *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    // `/unsteady/...` fails every other time on each instance, so retries have work.
+    if request.uri().path().starts_with("/unsteady")
+        && unsteady.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0
+    {
         *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
     }
     response
@@ -119,7 +136,7 @@ pub fn build_standard_filters() -> Result<PathBuf, String> {
 
 /// The demo's proxy config: a gateway in front of the given app instances, with the metrics
 /// filter on every request, an API key on `/admin`, a tight rate limit on `/limited`, and a
-/// circuit breaker on `/flaky`. `listen` is the gateway's
+/// circuit breaker on `/flaky` and retries on `/unsteady`. `listen` is the gateway's
 /// and the admin endpoint's address ([`GATEWAY_ADDRESS`], [`ADMIN_ADDRESS`]).
 pub fn demo_config(
     apps: &[SocketAddr],
@@ -132,6 +149,7 @@ pub fn demo_config(
     let ratelimit = filters.join("ratelimit.wasm");
     let authz = filters.join("authz.wasm");
     let breaker = filters.join("circuit_breaker.wasm");
+    let retry = filters.join("retry.wasm");
     let yaml = format!(
         r#"
 admin: {{ address: "{admin}" }}
@@ -162,6 +180,13 @@ listeners:
           - name: breaker
             module: "{breaker}"
             config: {{ consecutive_failures: 3, open_for: 10s }}
+      - name: unsteady
+        match: {{ prefix: /unsteady }}
+        cluster: hello
+        filters:
+          - name: retry
+            module: "{retry}"
+            config: {{ attempts_header: x-sluice-attempts }}
       - name: hello
         match: {{ prefix: / }}
         cluster: hello
@@ -177,6 +202,7 @@ clusters:
         ratelimit = ratelimit.display(),
         authz = authz.display(),
         breaker = breaker.display(),
+        retry = retry.display(),
     );
     load_str(&yaml, Path::new("<sluice demo>"))
 }

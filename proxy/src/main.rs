@@ -521,7 +521,7 @@ async fn demo() -> Result<(), Failure> {
     let api_key = sluice::demo::DEMO_API_KEY;
     println!(
         "\nSluice demo is running on loopback:\n  \
-         gateway  http://{gateway}  (filters: metrics and authz everywhere, ratelimit on /limited, circuit-breaker on /flaky)\n  \
+         gateway  http://{gateway}  (filters: metrics and authz everywhere, ratelimit on /limited, circuit-breaker on /flaky, retry on /unsteady)\n  \
          apps     hello-1 at {}, hello-2 at {} (round robin, health-checked)\n  \
          admin    http://{admin}\n  \
          control  http://{control_address}  (the gateway subscribes to it)\n\n\
@@ -534,6 +534,8 @@ async fn demo() -> Result<(), Failure> {
          curl -s -H 'x-api-key: {api_key}' http://{gateway}/admin/stats\n  \
          for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' http://{gateway}/flaky; done; echo\n                                          \
          # the app fails 3 times, then the breaker answers for 10s\n  \
+         for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} %header{{x-sluice-attempts}}  ' http://{gateway}/unsteady; done; echo\n                                          \
+         # the app fails every other request; clients see 200, some after a retry\n  \
          curl -s http://{admin}/metrics | grep sluice_wasm_counter   # what the filters count\n  \
          curl -s http://{admin}/config\n\n\
          Change a filter while it serves (no restart, no failed request):\n  \

@@ -58,6 +58,15 @@ async fn the_demo_gateway_balances_and_runs_every_standard_filter() {
         "the app fails three times, then the breaker answers"
     );
 
+    // Each instance fails every other /unsteady request; the retry filter hides it.
+    let mut retried = 0;
+    for _ in 0..6 {
+        let reply = get(gateway, "/unsteady").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        retried += usize::from(reply.header("x-sluice-attempts").is_some());
+    }
+    assert!(retried >= 1, "some requests needed a retry");
+
     let metrics = get(admin, "/metrics").await.body;
     assert!(
         metrics.contains(r#"name="requests_total;route=limited;cluster=hello;status_class=4xx",plugin="metrics"} 2"#),
