@@ -94,7 +94,9 @@ fn answer(
     }
     // `/unsteady/...` fails every other time on each instance, so retries have work.
     if request.uri().path().starts_with("/unsteady")
-        && unsteady.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0
+        && unsteady
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .is_multiple_of(2)
     {
         *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
     }
