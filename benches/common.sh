@@ -124,21 +124,21 @@ ensure_wasm_fixtures() {
 
 # === the standard filters (filters/) ===
 
-# The module of standard filter $1 (authz, circuit_breaker, metrics, ratelimit), where its
+# The module of standard filter $1 (authz, circuit_breaker, metrics, ratelimit, retry), where its
 # tests build it.
 standard_filter_path() {
   printf '%s\n' "$(cargo_target_dir)/wasm-filters/wasm32-wasip1/release/$1.wasm"
 }
 
-# Builds the standard filters as their tests do, unless all four are there already.
+# Builds the standard filters as their tests do, unless all five are there already.
 ensure_standard_filters() {
   local name missing=0
-  for name in authz circuit_breaker metrics ratelimit; do [[ -f $(standard_filter_path "$name") ]] || missing=1; done
+  for name in authz circuit_breaker metrics ratelimit retry; do [[ -f $(standard_filter_path "$name") ]] || missing=1; done
   ((missing)) || return 0
   command -v cargo >/dev/null || die "the standard filters are missing and cargo is not found to build them"
   log "building the standard filters (filters/, wasm32-wasip1)"
   (cd "$ROOT" && cargo build --release --locked -q --target wasm32-wasip1 -p sluice-filter-authz \
-    -p sluice-filter-circuit-breaker -p sluice-filter-metrics -p sluice-filter-ratelimit \
+    -p sluice-filter-circuit-breaker -p sluice-filter-metrics -p sluice-filter-ratelimit -p sluice-filter-retry \
     --target-dir "$(cargo_target_dir)/wasm-filters") ||
     die "building the standard filters failed"
 }

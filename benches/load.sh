@@ -21,16 +21,19 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 readonly NGINX_PORT=18080
 readonly SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
 readonly ENVOY_PORT=10001 ENVOY_ADMIN_PORT=19902
-readonly ALL_ROWS="direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std sluice-metrics sluice-ratelimit sluice-authz sluice-circuit_breaker envoy-metrics envoy-ratelimit envoy-authz envoy-circuit_breaker"
+readonly ALL_ROWS="direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std sluice-metrics sluice-ratelimit sluice-authz sluice-circuit_breaker sluice-retry sluice-all envoy-metrics envoy-ratelimit envoy-authz envoy-circuit_breaker"
 # The -std rows chain the three standard-ABI filters, configured so every request passes:
 # metrics, ratelimit (far above the load), authz (one rule that allows every request). A
 # `<proxy>-<filter>` row runs one standard filter alone (not in the default ROWS).
+# sluice-all chains all five (retry and circuit_breaker need Sluice's host extensions).
 readonly STD_FILTERS="metrics ratelimit authz"
+readonly ALL_FILTERS="metrics ratelimit authz circuit_breaker retry"
 declare -A STD_CONFIG=(
   [metrics]=""
   [ratelimit]='{"key":"source","rate":100000000,"per":"1s"}'
   [authz]='{"rules":[{"action":"allow","paths":["/*"]}]}'
   [circuit_breaker]='{"consecutive_failures":5}'
+  [retry]=''
 )
 # The wasm rows' filter: proxy/tests/fixtures/bench, built as the e2e tests build the fixtures.
 readonly WASM_FILTER=bench          # filter name in Sluice, plugin and vm_id in Envoy
@@ -181,9 +184,14 @@ start_nginx() {
   check_route nginx "$NGINX_PORT"
 }
 
-# The standard filters a row runs: `std` the three chained, `filter:<name>` one alone.
+# The standard filters a row runs: `std` the three chained, `all` all five chained,
+# `filter:<name>` one alone.
 std_names() {
-  if [[ $1 == std ]]; then echo "$STD_FILTERS"; else echo "${1#filter:}"; fi
+  case $1 in
+    std) echo "$STD_FILTERS" ;;
+    all) echo "$ALL_FILTERS" ;;
+    *) echo "${1#filter:}" ;;
+  esac
 }
 
 # The fixed config contract (shared/design/config-contract.md); unknown fields are errors there.
@@ -192,7 +200,7 @@ sluice_conf() {
   local filters="" name entries=()
   case ${1:-} in
     "") ;;
-    std | filter:*)
+    std | all | filter:*)
       for name in $(std_names "$1"); do
         entries+=("$(sluice_wasm_filter "$name" "$(standard_filter_path "$name")" "${STD_CONFIG[$name]}")")
       done
@@ -318,6 +326,7 @@ run_row() {
     sluice) start_sluice "$row"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-wasm) start_sluice "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-std) start_sluice "$row" std; pid=$LAST_PID; port=$SLUICE_PORT ;;
+    sluice-all) start_sluice "$row" all; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-*) start_sluice "$row" "filter:${row#sluice-}"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     envoy) start_envoy "$row"; pid=$LAST_PID; port=$ENVOY_PORT ;;
     envoy-wasm) start_envoy "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$ENVOY_PORT ;;
@@ -405,6 +414,7 @@ wasm_cost() {
   case ${2:-wasm} in
     wasm) ;;
     std) what="standard filters (metrics, ratelimit, authz)" ;;
+    all) what="all five standard filters" ;;
     *) what="standard filter $2" ;;
   esac
   awk -v name="$plain" -v what="$what" -v p="${RPS[$plain]}" -v w="${RPS[$wasm]}" \
@@ -440,7 +450,7 @@ ratios() {
   lines=$(
     proxy_comparison
     local filter
-    for filter in wasm std metrics ratelimit authz circuit_breaker; do
+    for filter in wasm std all metrics ratelimit authz circuit_breaker retry; do
       wasm_cost sluice "$filter"
       wasm_cost envoy "$filter"
     done
@@ -503,7 +513,7 @@ main() {
   if [[ " $ROWS " == *" envoy"* ]]; then resolve_envoy; fi
   if [[ " $ROWS " == *" sluice"* ]]; then resolve_sluice; fi
   if wants_any sluice-wasm envoy-wasm; then resolve_wasm_module; fi
-  if [[ $ROWS =~ (sluice|envoy)-(std|metrics|ratelimit|authz|circuit_breaker) ]]; then ensure_standard_filters; fi
+  if [[ $ROWS =~ (sluice|envoy)-(std|all|metrics|ratelimit|authz|circuit_breaker|retry) ]]; then ensure_standard_filters; fi
 
   # wrk and the proxies hold one fd per connection; the default soft limit can be 1024.
   ulimit -n 65536 2>/dev/null || true
