@@ -100,10 +100,9 @@ pub fn prepare_replay(
     max_body_bytes: usize,
     per_try_timeout: Option<Duration>,
 ) -> Result<(), ExtError> {
-    let args = serde_json::json!({
-        "max_body_bytes": max_body_bytes,
-        "per_try_timeout_ms": per_try_timeout.map(millis),
-    });
+    // Called on every request: plain formatting, not a JSON value tree.
+    let per_try = per_try_timeout.map_or_else(|| "null".to_owned(), |t| millis(t).to_string());
+    let args = format!(r#"{{"max_body_bytes":{max_body_bytes},"per_try_timeout_ms":{per_try}}}"#);
     call("sluice_prepare_replay", &args, b"armed")
 }
 
@@ -117,12 +116,11 @@ pub fn prepare_replay(
 /// [`ExtError::Refused`] says why not (not prepared, the body was too large or is still
 /// arriving, the route's timeout ends first, …): the response then goes on as usual.
 pub fn replay(delay: Duration) -> Result<(), ExtError> {
-    let args = serde_json::json!({ "delay_ms": millis(delay) });
+    let args = format!(r#"{{"delay_ms":{}}}"#, millis(delay));
     call("sluice_replay", &args, b"scheduled")
 }
 
-fn call(function: &str, args: &serde_json::Value, success: &[u8]) -> Result<(), ExtError> {
-    let args = args.to_string();
+fn call(function: &str, args: &str, success: &[u8]) -> Result<(), ExtError> {
     match hostcalls::call_foreign_function(function, Some(args.as_bytes())) {
         Ok(Some(outcome)) if outcome.as_slice() != success => {
             let text = String::from_utf8_lossy(&outcome);

@@ -4,6 +4,9 @@
 //! still waits out its backoff: a storm of failures cannot queue up more retries than the
 //! budget allows.
 //!
+//! Workers count requests locally and write them in batches (see `UnflushedRequests`), so a
+//! worker's last few dozen requests may not be in the window yet: the budget errs strict.
+//!
 //! Stored as one bucket per second of the window, each `second, requests, retries` as
 //! little-endian `u64`s: cheap to read and write on every request.
 
@@ -63,8 +66,10 @@ impl Window {
         bucket
     }
 
-    pub fn record_request(&mut self, second: u64) {
-        self.bucket(second).requests += 1;
+    pub fn record_requests(&mut self, second: u64, count: u64) {
+        if count > 0 {
+            self.bucket(second).requests += count;
+        }
     }
 
     /// Takes one retry from the budget if it has one left.
@@ -101,9 +106,7 @@ mod tests {
         // No traffic: the minimum alone, 0.2/s over 5s.
         assert!(window.try_retry(&BUDGET, 100));
         assert!(!window.try_retry(&BUDGET, 100));
-        for _ in 0..4 {
-            window.record_request(101);
-        }
+        window.record_requests(101, 4);
         // 4 requests at 0.5 plus 1: 3 retries in all, one spent.
         assert!(window.try_retry(&BUDGET, 101));
         assert!(window.try_retry(&BUDGET, 102));
@@ -121,7 +124,7 @@ mod tests {
     #[test]
     fn it_survives_a_round_trip_through_bytes() {
         let mut window = Window::decode(None, 3);
-        window.record_request(7);
+        window.record_requests(7, 1);
         assert!(window.try_retry(&BUDGET, 7));
         let bytes = window.encode();
         assert_eq!(bytes.len(), 3 * 3 * 8);

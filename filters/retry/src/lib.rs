@@ -13,6 +13,8 @@ mod budget;
 mod config;
 mod policy;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -37,7 +39,17 @@ struct RetryRoot {
     config: Option<Rc<Config>>,
     prefix: String,
     metrics: Metrics,
+    unflushed: Rc<RefCell<UnflushedRequests>>,
 }
+
+/// Requests this worker counted toward a budget (by shared-data key) but has not written
+/// yet. A compare-and-swap on every request would cost more than the rest of the filter;
+/// writing every `FLUSH_EVERY` requests, and before every retry decision, keeps the shared
+/// count within a few dozen requests per worker of the truth.
+#[derive(Default)]
+struct UnflushedRequests(HashMap<String, u64>);
+
+const FLUSH_EVERY: u64 = 32;
 
 #[derive(Default, Clone, Copy)]
 struct Metrics {
@@ -80,6 +92,7 @@ impl RootContext for RetryRoot {
             prefix: self.prefix.clone(),
             metrics: self.metrics,
             jitter: Jitter::new(u64::from(nanos) ^ (u64::from(context_id) << 32)),
+            unflushed: Rc::clone(&self.unflushed),
             budget_key: None,
             armed: false,
             method_may_repeat: false,
@@ -97,6 +110,7 @@ struct RetryFilter {
     prefix: String,
     metrics: Metrics,
     jitter: Jitter,
+    unflushed: Rc<RefCell<UnflushedRequests>>,
     /// The shared-data key of the budget this request counts in, once counted.
     budget_key: Option<String>,
     /// The host keeps the request for replay.
@@ -117,19 +131,16 @@ impl HttpContext for RetryFilter {
             Err(ExtError::NotFound) => {}
             Err(error) => log::warn!("retry: the host would not keep the request: {error}"),
         }
-        if self.armed
-            && let Some(budget) = self.config.budget
-        {
+        if self.armed && self.config.budget.is_some() {
             let key = format!("{}budget/{}", self.prefix, self.cluster());
-            let second = self.now_seconds();
-            let seconds = budget.window.as_secs() as usize;
-            let counted = sluice_sdk::shared::update(&key, CAS_TRIES, |stored| {
-                let mut window = Window::decode(stored, seconds);
-                window.record_request(second);
-                (window.encode(), ())
-            });
-            if let Err(error) = counted {
-                log::warn!("retry: the budget could not count a request: {error}");
+            let due = {
+                let mut unflushed = self.unflushed.borrow_mut();
+                let count = unflushed.0.entry(key.clone()).or_default();
+                *count += 1;
+                *count >= FLUSH_EVERY
+            };
+            if due {
+                self.update_budget(&key, |_, _| ());
             }
             self.budget_key = Some(key);
         }
@@ -194,21 +205,31 @@ impl RetryFilter {
         }
     }
 
+    /// What this attempt's response headers say, asking the host only what the status
+    /// leaves open: most answers are a plain 2xx.
     fn answer(&self) -> Answer {
         let status = self
             .get_http_response_header(":status")
             .and_then(|status| status.parse().ok())
             .unwrap_or(0);
-        let grpc = self
-            .get_http_response_header("content-type")
-            .is_some_and(|kind| kind.starts_with("application/grpc"));
-        let grpc_status = grpc
-            .then(|| self.get_http_response_header("grpc-status"))
-            .flatten()
-            .and_then(|code| code.trim().parse().ok());
+        // The proxy's own replies for a failed attempt are all 5xx.
+        let failure = (status >= 500).then(ext::upstream_failure).flatten();
+        // A gRPC error comes as a 200 with `grpc-status` (trailers-only).
+        let grpc_status = (status == 200 && !self.config.retry_on.grpc_statuses.is_empty())
+            .then(|| {
+                let kind = self.get_http_response_header("content-type")?;
+                if !kind.starts_with("application/grpc") {
+                    return None;
+                }
+                self.get_http_response_header("grpc-status")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .flatten();
         Answer {
             status,
-            failure: ext::upstream_failure(),
+            failure,
             grpc_status,
         }
     }
@@ -217,18 +238,31 @@ impl RetryFilter {
         let (Some(budget), Some(key)) = (self.config.budget, &self.budget_key) else {
             return true;
         };
-        let second = self.now_seconds();
-        let seconds = budget.window.as_secs() as usize;
-        let taken = sluice_sdk::shared::update(key, CAS_TRIES, |stored| {
-            let mut window = Window::decode(stored, seconds);
-            let taken = window.try_retry(&budget, second);
-            (window.encode(), taken)
-        });
+        let key = key.clone();
         // A budget that cannot be read allows nothing: retries must stay bounded.
-        taken.unwrap_or_else(|error| {
-            log::warn!("retry: the budget could not be read: {error}");
-            false
-        })
+        self.update_budget(&key, |window, second| window.try_retry(&budget, second))
+            .unwrap_or(false)
+    }
+
+    /// Writes this worker's unflushed requests for `key` into the shared window and applies
+    /// `change` to it, in one compare-and-swap.
+    fn update_budget<T>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut Window, u64) -> T,
+    ) -> Option<T> {
+        let seconds = self.config.budget?.window.as_secs() as usize;
+        let second = self.now_seconds();
+        let unflushed = self.unflushed.borrow_mut().0.remove(key).unwrap_or(0);
+        let updated = sluice_sdk::shared::update(key, CAS_TRIES, |stored| {
+            let mut window = Window::decode(stored, seconds);
+            window.record_requests(second, unflushed);
+            let outcome = change(&mut window, second);
+            (window.encode(), outcome)
+        });
+        updated
+            .map_err(|error| log::warn!("retry: the budget at {key}: {error}"))
+            .ok()
     }
 
     fn cluster(&self) -> String {

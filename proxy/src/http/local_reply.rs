@@ -42,20 +42,6 @@ pub struct LocalReply {
 // === impl Reason ===
 
 impl Reason {
-    /// The upstream (or the way to it) failed, rather than the request or a filter.
-    pub fn is_upstream_failure(self) -> bool {
-        matches!(
-            self,
-            Self::NoHealthyUpstream
-                | Self::UpstreamConnectFailure
-                | Self::UpstreamConnectTimeout
-                | Self::UpstreamReset
-                | Self::UpstreamProtocolError
-                | Self::UpstreamTimeout
-                | Self::UpstreamPerTryTimeout
-        )
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",

@@ -617,7 +617,7 @@ async fn run_headers(
         )?;
         // A filter replays the request (`sluice_replay`): this attempt's response goes no
         // further, whatever the callback returned.
-        if phase == Phase::Response && chain.borrow().info.replay.borrow().is_requested() {
+        if replay_requested(chain, phase) {
             return Ok(Vec::new());
         }
         pairs = match step {
@@ -626,8 +626,16 @@ async fn run_headers(
                 FilterChain::wait_for_resume(chain, index, phase, backup).await?
             }
         };
+        // Or asked for it while paused (after a callout), then resumed.
+        if replay_requested(chain, phase) {
+            return Ok(Vec::new());
+        }
     }
     Ok(pairs)
+}
+
+fn replay_requested(chain: &std::cell::RefCell<FilterChain>, phase: Phase) -> bool {
+    phase == Phase::Response && chain.borrow().info.replay.borrow().is_requested()
 }
 
 /// Request headers through filters `from..` in order.
