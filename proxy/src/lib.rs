@@ -12,6 +12,7 @@ pub mod http;
 pub mod listener;
 pub mod runtime;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 pub mod wasm;
 

@@ -28,6 +28,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     local_replies: IntCounterVec,
     replays: IntCounterVec,
+    tls_handshakes: IntCounterVec,
     connections_active: IntGaugeVec,
     connections_total: IntCounterVec,
     requests_active: IntGaugeVec,
@@ -97,6 +98,12 @@ impl Metrics {
                 "sluice_http_replays_total",
                 "Requests sent again because a filter asked (sluice_replay), by cluster",
                 &["listener", "cluster"],
+            ),
+            tls_handshakes: counter_vec(
+                &registry,
+                "sluice_tls_handshakes_total",
+                "TLS handshakes on listeners, by result: ok, or why it failed (timeout, unknown_ca, no_client_certificate, certificate_expired, protocol_error, ...)",
+                &["listener", "result"],
             ),
             connections_active: gauge_vec(
                 &registry,
@@ -307,6 +314,13 @@ impl Metrics {
     pub fn local_reply(&self, listener: &str, reason: &str) {
         self.local_replies
             .with_label_values(&[listener, reason])
+            .inc();
+    }
+
+    /// Counts a TLS handshake on a listener: `ok` or the reason it failed.
+    pub fn tls_handshake(&self, listener: &str, result: &str) {
+        self.tls_handshakes
+            .with_label_values(&[listener, result])
             .inc();
     }
 

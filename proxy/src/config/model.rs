@@ -68,6 +68,54 @@ pub struct ListenerConfig {
     /// Largest request head (request line + headers) accepted; larger gets 431. [60KiB]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_headers_size: Option<ByteSize>,
+    /// Terminate TLS on this listener (http listeners).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on a listener. Paths are relative to the config file's folder; the files
+/// are watched, and a changed certificate serves new handshakes at once.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// One or more. A client's server name (SNI) picks the certificate that lists it; the
+    /// first one serves clients without a name or with a name none lists.
+    pub certificates: Vec<TlsCertificate>,
+    /// ALPN protocols offered, in preference order. [h2, http/1.1]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<Vec<String>>,
+    /// The oldest TLS version accepted: 1.2 or 1.3. [1.2]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<serde_yaml::Value>,
+    /// A PEM bundle of the CAs client certificates must chain to (mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+    /// With `client_ca`: `required` refuses clients without a valid certificate; `optional`
+    /// also accepts clients without one (a certificate sent must still be valid). [required]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificate>,
+    /// How long a client may take to complete the handshake. [10s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf.
+    pub key: String,
+    /// The names (`api.example.com`, `*.example.com`) this certificate serves. [its DNS SANs]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificate {
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -37,6 +37,8 @@ pub struct ListenerSnapshot {
     pub idle_timeout: Option<Duration>,
     pub max_request_headers_size: usize,
     pub max_body_buffer: usize,
+    /// Set on a TLS listener.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
     pub stats: ListenerStats,
     /// Where requests that matched no route are counted (`route="none"`).
     pub unrouted: RouteStats,
@@ -121,6 +123,19 @@ impl Snapshot {
                 })?)),
                 None => None,
             };
+            let tls = match &listener.tls {
+                Some(_) if listener.protocol == ListenerProtocol::Tcp => {
+                    return Err(invalid(
+                        format!("{path}.tls"),
+                        "TLS termination works on http listeners only, for now".into(),
+                    ));
+                }
+                Some(tls) => Some(Arc::new(
+                    crate::tls::ServerTls::load(tls, loaded.base_dir())
+                        .map_err(|e| invalid(format!("{path}.tls.{}", e.path), e.reason))?,
+                )),
+                None => None,
+            };
             listeners.push(ListenerSnapshot {
                 name: listener.name.clone(),
                 address,
@@ -135,6 +150,7 @@ impl Snapshot {
                     .max_request_headers_size
                     .map_or(60 * 1024, |s| s.0 as usize),
                 max_body_buffer: listener.max_body_buffer.map_or(1 << 20, |s| s.0 as usize),
+                tls,
                 stats: metrics.listener_stats(&listener.name),
                 unrouted: metrics.route_stats(&listener.name, "none", "none"),
             });

@@ -11,7 +11,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::service::handle;
@@ -32,6 +31,8 @@ pub struct DownstreamConn {
     pub id: u64,
     pub scheme: &'static str,
     pub activity: Rc<Activity>,
+    /// What the TLS handshake established, on a TLS listener.
+    pub tls: Option<Rc<crate::tls::TlsInfo>>,
 }
 
 /// Requests in flight on one connection, and since when it has had none.
@@ -93,13 +94,15 @@ impl Drop for StreamGuard {
 /// Serves HTTP on `stream` until the client closes, the idle timeout passes, the worker
 /// drains or the listener is retired (removed, or moved to another address by a new config):
 /// then in-flight requests finish and the connection closes gracefully.
-pub async fn serve_http(
-    stream: TcpStream,
+pub async fn serve_http<S>(
+    stream: S,
     conn: DownstreamConn,
     settings: ConnectionSettings,
     mut drain: DrainWatch,
     mut retired: DrainWatch,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let peer = conn.peer;
     let activity = Rc::clone(&conn.activity);
     let conn = Rc::new(conn);

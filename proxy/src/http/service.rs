@@ -137,12 +137,15 @@ impl Exchange<'_> {
         add_request_identity(&mut parts.headers, self.conn.scheme);
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
-            let info = Rc::new(StreamInfo::new(
-                self.conn.id,
-                self.conn.peer,
-                self.conn.local,
-                protocol_name(parts.version),
-            ));
+            let info = Rc::new(
+                StreamInfo::new(
+                    self.conn.id,
+                    self.conn.peer,
+                    self.conn.local,
+                    protocol_name(parts.version),
+                )
+                .with_tls(self.conn.tls.clone()),
+            );
             self.chain = Some(Rc::new(RefCell::new(FilterChain::new(
                 info,
                 listener.max_body_buffer,

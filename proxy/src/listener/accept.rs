@@ -54,21 +54,40 @@ pub async fn accept_loop(
         match listener.protocol {
             ListenerProtocol::Http => {
                 let (drain, retired) = (drain.clone(), retired.clone());
-                let conn = DownstreamConn {
+                let tls = listener.tls.clone();
+                let mut conn = DownstreamConn {
                     worker: Rc::clone(&worker),
                     listener: Arc::clone(&name),
                     peer,
                     local: stream.local_addr().unwrap_or(listener.address),
                     id: next_connection_id(),
-                    scheme: "http",
+                    scheme: if tls.is_some() { "https" } else { "http" },
                     activity: Activity::new(),
+                    tls: None,
                 };
                 let settings = ConnectionSettings {
                     idle_timeout: listener.idle_timeout,
                     max_request_headers_size: listener.max_request_headers_size,
                 };
+                let metrics = Arc::clone(&worker.state.metrics);
+                let name = Arc::clone(&name);
                 tokio::task::spawn_local(async move {
-                    serve_http(stream, conn, settings, drain, retired).await;
+                    match tls {
+                        None => serve_http(stream, conn, settings, drain, retired).await,
+                        // The handshake runs in the connection's own task: a slow or hostile
+                        // client delays nobody else.
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok((stream, info)) => {
+                                metrics.tls_handshake(&name, "ok");
+                                conn.tls = Some(Rc::new(info));
+                                serve_http(stream, conn, settings, drain, retired).await;
+                            }
+                            Err(error) => {
+                                metrics.tls_handshake(&name, error.reason());
+                                tracing::info!(listener = %name, %peer, %error, "TLS handshake failed");
+                            }
+                        },
+                    }
                     stats.connections_active.dec();
                     drop(tracked);
                 });

@@ -188,6 +188,20 @@ impl WatchedFiles {
             .filter(|module| !module.starts_with("sha256:"))
             .map(|module| absolute(&loaded.base_dir().join(module)));
         files.extend(modules);
+        // Certificates, keys and CA bundles: a renewed certificate serves new handshakes.
+        let tls_files = loaded
+            .config
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|tls| {
+                tls.certificates
+                    .iter()
+                    .flat_map(|c| [&c.cert, &c.key])
+                    .chain(tls.client_ca.as_ref())
+            })
+            .map(|path| absolute(&loaded.base_dir().join(path)));
+        files.extend(tls_files);
         for folder in files.iter().filter_map(|file| file.parent()) {
             if self.folders.contains(folder) {
                 continue;

@@ -63,6 +63,8 @@ pub struct StreamInfo {
     pub upstream_failure: Cell<Option<&'static str>>,
     /// What the host keeps so a filter can have the request sent again.
     pub replay: RefCell<Replay>,
+    /// What the TLS handshake of the downstream connection established, if it was TLS.
+    pub tls: Option<Rc<crate::tls::TlsInfo>>,
 }
 
 /// Where a stream was routed: the `route_name` and `cluster_name` properties.
@@ -90,7 +92,14 @@ impl StreamInfo {
             upstream: Cell::new(None),
             upstream_failure: Cell::new(None),
             replay: RefCell::default(),
+            tls: None,
         }
+    }
+
+    /// The stream of a TLS connection: its handshake's facts become `connection.*` properties.
+    pub fn with_tls(mut self, tls: Option<Rc<crate::tls::TlsInfo>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Records the routing decision; later callbacks (and `on_log`) see it. The first one

@@ -18,4 +18,5 @@ mod malformed;
 mod protocols;
 mod routing;
 mod support;
+mod tls;
 mod wasm;

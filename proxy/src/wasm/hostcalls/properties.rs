@@ -14,6 +14,9 @@ enum Value {
     Uint(u64),
     Timestamp(i64),
     Map(Vec<(String, Vec<u8>)>),
+    /// Known but empty (a TLS connection without a peer certificate or without that SAN):
+    /// Envoy answers SERIALIZATION_FAILURE for it.
+    Null,
 }
 
 pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -29,6 +32,9 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let path = read(&caller, path_ptr, path_len)?;
                 let segments: Vec<&[u8]> = path.split(|b| *b == 0).collect();
                 let value = lookup(caller.data_mut(), &segments).ok_or(Status::NotFound)?;
+                if matches!(value, Value::Null) {
+                    return Err(Status::SerializationFailure.into());
+                }
                 return_bytes(&mut caller, &encode(value), ptr_out, size_out)
             })();
             finish(result)
@@ -92,7 +98,37 @@ fn encode(value: Value) -> Vec<u8> {
         Value::Int(v) | Value::Timestamp(v) => v.to_le_bytes().to_vec(),
         Value::Uint(v) => v.to_le_bytes().to_vec(),
         Value::Map(entries) => pairs::encode_pairs(&entries),
+        Value::Null => Vec::new(),
     }
+}
+
+/// Envoy's `connection.*` TLS attributes. On a plaintext connection `mtls` is false and
+/// `requested_server_name` empty, the rest NOT_FOUND; on TLS a missing certificate or SAN is
+/// null.
+fn tls_property(info: &crate::wasm::StreamInfo, name: &[u8]) -> Option<Value> {
+    let Some(tls) = info.tls.as_deref() else {
+        return match name {
+            b"mtls" => Some(Value::Bytes(vec![0])),
+            b"requested_server_name" => Some(text("")),
+            _ => None,
+        };
+    };
+    let peer = tls.peer.as_ref();
+    let local = tls.local.as_deref();
+    let or_null = |value: Option<&String>| value.map_or(Value::Null, |v| text(v.clone()));
+    Some(match name {
+        b"mtls" => Value::Bytes(vec![u8::from(peer.is_some())]),
+        b"requested_server_name" => text(tls.server_name.clone().unwrap_or_default()),
+        b"tls_version" => text(tls.version),
+        b"subject_peer_certificate" => or_null(peer.map(|p| &p.subject)),
+        b"subject_local_certificate" => or_null(local.map(|l| &l.subject)),
+        b"uri_san_peer_certificate" => or_null(peer.and_then(|p| p.uri_sans.first())),
+        b"uri_san_local_certificate" => or_null(local.and_then(|l| l.uri_sans.first())),
+        b"dns_san_peer_certificate" => or_null(peer.and_then(|p| p.dns_sans.first())),
+        b"dns_san_local_certificate" => or_null(local.and_then(|l| l.dns_sans.first())),
+        b"sha256_peer_certificate_digest" => or_null(peer.map(|p| &p.sha256)),
+        _ => return None,
+    })
 }
 
 fn text(value: impl Into<String>) -> Value {
@@ -131,7 +167,13 @@ fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
         (b"destination", Some(b"address")) => text(info.destination.to_string()),
         (b"destination", Some(b"port")) => Value::Int(i64::from(info.destination.port())),
         (b"connection", Some(b"id")) | (b"connection_id", None) => Value::Uint(info.connection_id),
-        (b"connection", Some(b"mtls")) => Value::Bytes(vec![0]),
+        (b"connection", Some(name)) if name != b"id" => tls_property(info, name)?,
+        // Sluice's name for the client's workload identity (mutual TLS).
+        (b"source", Some(b"principal")) => {
+            let tls = info.tls.as_ref()?;
+            tls.peer_principal()
+                .map_or(Value::Null, |p| text(p.to_owned()))
+        }
         (b"request", Some(b"protocol")) => text(info.protocol),
         (b"request", Some(b"time")) => Value::Timestamp(
             info.start

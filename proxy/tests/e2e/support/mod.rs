@@ -4,6 +4,7 @@ pub mod client;
 pub mod fixtures;
 pub mod load;
 pub mod process;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -1,0 +1,12 @@
+//! TLS with rustls: termination on listeners (per-SNI certificates, ALPN, client
+//! certificates), and what a handshake established, for filters and metrics.
+
+mod certs;
+mod handshake;
+mod info;
+mod server;
+mod sni;
+
+pub use certs::{CertError, CertificateFacts};
+pub use info::TlsInfo;
+pub use server::{HandshakeError, ServerTls, TlsConfigError};

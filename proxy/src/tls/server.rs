@@ -1,0 +1,178 @@
+//! A listener's TLS side: the rustls server config built from its `tls:` block, and the
+//! handshake with a downstream client.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::certs;
+use super::handshake::failure_reason;
+use super::info::TlsInfo;
+use super::sni::CertificatesByName;
+use crate::config::{ClientCertificate, ListenerTls};
+
+/// What a listener needs to accept TLS, built once per config.
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    certificates: Arc<CertificatesByName>,
+    pub handshake_timeout: Duration,
+}
+
+/// A refused `tls:` block: the field path below it and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct TlsConfigError {
+    pub path: String,
+    pub reason: String,
+}
+
+/// Why a handshake did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("no handshake within {0:?}")]
+    Timeout(Duration),
+    #[error("{reason}: {source}")]
+    Failed {
+        reason: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl HandshakeError {
+    /// The short reason, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Failed { reason, .. } => reason,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("certificates", &self.certificates)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn problem(path: impl Into<String>, reason: impl std::fmt::Display) -> TlsConfigError {
+    TlsConfigError {
+        path: path.into(),
+        reason: reason.to_string(),
+    }
+}
+
+impl ServerTls {
+    /// Reads the certificates, keys and CA of `config` (paths relative to `base`). Errors
+    /// name the field below `tls` (`certificates[1].key`).
+    pub fn load(config: &ListenerTls, base: &Path) -> Result<Self, TlsConfigError> {
+        if config.certificates.is_empty() {
+            return Err(problem(
+                "certificates",
+                "at least one certificate is needed",
+            ));
+        }
+        let mut served = Vec::with_capacity(config.certificates.len());
+        for (index, entry) in config.certificates.iter().enumerate() {
+            let (key, facts) =
+                certs::certified_key(&base.join(&entry.cert), &base.join(&entry.key))
+                    .map_err(|e| problem(format!("certificates[{index}]"), e))?;
+            let names = if entry.server_names.is_empty() {
+                facts.dns_sans.clone()
+            } else {
+                entry.server_names.clone()
+            };
+            served.push((key, facts, names));
+        }
+        let certificates = Arc::new(CertificatesByName::new(served));
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions = versions(config.min_version.as_ref())?;
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)
+            .map_err(|e| problem("min_version", e))?;
+        let builder = match &config.client_ca {
+            Some(ca) => {
+                let roots =
+                    certs::load_roots(&base.join(ca)).map_err(|e| problem("client_ca", e))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+                let verifier = match config.client_certificate {
+                    Some(ClientCertificate::Optional) => verifier.allow_unauthenticated(),
+                    Some(ClientCertificate::Required) | None => verifier,
+                };
+                builder.with_client_cert_verifier(
+                    verifier.build().map_err(|e| problem("client_ca", e))?,
+                )
+            }
+            None if config.client_certificate.is_some() => {
+                return Err(problem(
+                    "client_certificate",
+                    "needs client_ca, the CAs client certificates must chain to",
+                ));
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_cert_resolver(Arc::clone(&certificates) as _);
+        server.alpn_protocols = match &config.alpn {
+            Some(protocols) => protocols.iter().map(|p| p.as_bytes().to_vec()).collect(),
+            None => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        };
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            certificates,
+            handshake_timeout: config
+                .handshake_timeout
+                .map_or(Duration::from_secs(10), |t| t.0),
+        })
+    }
+
+    /// Completes the server side of a handshake on `stream`, within the handshake timeout.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(TlsStream<TcpStream>, TlsInfo), HandshakeError> {
+        let accepting = self.acceptor.accept(stream);
+        let stream = tokio::time::timeout(self.handshake_timeout, accepting)
+            .await
+            .map_err(|_elapsed| HandshakeError::Timeout(self.handshake_timeout))?
+            .map_err(|source| HandshakeError::Failed {
+                reason: failure_reason(&source),
+                source,
+            })?;
+        let info = TlsInfo::of(stream.get_ref().1, &self.certificates);
+        Ok((stream, info))
+    }
+}
+
+fn versions(
+    min_version: Option<&serde_yaml::Value>,
+) -> Result<&'static [&'static rustls::SupportedProtocolVersion], TlsConfigError> {
+    static BOTH: &[&rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    static ONLY_13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    let text = match min_version {
+        None => return Ok(BOTH),
+        Some(serde_yaml::Value::String(text)) => text.clone(),
+        // `min_version: 1.2` reads as a number.
+        Some(serde_yaml::Value::Number(number)) => number.to_string(),
+        Some(other) => format!("{other:?}"),
+    };
+    match text.trim_start_matches("TLSv") {
+        "1.2" => Ok(BOTH),
+        "1.3" => Ok(ONLY_13),
+        _ => Err(problem(
+            "min_version",
+            format!("{text} is not a version Sluice accepts (1.2 or 1.3)"),
+        )),
+    }
+}
