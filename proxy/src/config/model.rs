@@ -285,6 +285,27 @@ pub struct ClusterConfig {
     /// Passive ejection; on by default (5 consecutive connect failures eject for 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// Speak TLS to the endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS to a cluster's endpoints. Paths are relative to the config file's folder.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// PEM bundle of the CAs the endpoints' certificates must chain to.
+    pub ca: String,
+    /// The name sent as SNI and required in the endpoints' certificates. [the endpoints'
+    /// host name; needed when they are IP addresses]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// A client certificate chain (PEM), for upstreams that require mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// The key of `cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

@@ -64,17 +64,24 @@ impl Snapshot {
             |path: String, reason: String| ConfigError::invalid(&loaded.file, path, reason);
         let mut reuse = Reuse::from(previous);
 
-        let clusters: Arc<HashMap<String, Arc<Cluster>>> = config
-            .clusters
-            .iter()
-            .map(|c| {
-                let cluster = reuse
-                    .cluster(c)
-                    .unwrap_or_else(|| Cluster::new(c, Arc::clone(metrics)));
-                (c.name.clone(), cluster)
-            })
-            .collect::<HashMap<_, _>>()
-            .into();
+        let mut built = HashMap::with_capacity(config.clusters.len());
+        for (index, c) in config.clusters.iter().enumerate() {
+            // Read every time, even for a kept cluster: its certificate files may be new.
+            let tls = match &c.tls {
+                Some(tls) => Some(Arc::new(
+                    crate::tls::ClientTls::load(tls, c, loaded.base_dir()).map_err(|e| {
+                        invalid(format!("clusters[{index}].tls.{}", e.path), e.reason)
+                    })?,
+                )),
+                None => None,
+            };
+            let cluster = reuse
+                .cluster(c)
+                .unwrap_or_else(|| Cluster::new(c, Arc::clone(metrics)));
+            cluster.set_tls(tls);
+            built.insert(c.name.clone(), cluster);
+        }
+        let clusters: Arc<HashMap<String, Arc<Cluster>>> = built.into();
 
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (index, listener) in config.listeners.iter().enumerate() {

@@ -134,7 +134,9 @@ impl LocalReply {
     /// Maps an upstream failure to the status Envoy would answer with.
     pub fn from_upstream(cluster: &str, error: &UpstreamError) -> Self {
         let (status, reason, what) = match error {
-            UpstreamError::ConnectFailed { .. } | UpstreamError::Handshake { .. } => (
+            UpstreamError::ConnectFailed { .. }
+            | UpstreamError::Tls { .. }
+            | UpstreamError::Handshake { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 Reason::UpstreamConnectFailure,
                 "could not connect to",

@@ -50,6 +50,8 @@ pub struct Cluster {
     /// and follow tokio's clock (which tests can pause).
     epoch: Instant,
     metrics: Arc<Metrics>,
+    /// TLS to the endpoints; replaced when a kept cluster's certificate files change.
+    tls: arc_swap::ArcSwapOption<crate::tls::ClientTls>,
 }
 
 // === impl ClusterSettings ===
@@ -106,6 +108,7 @@ impl Cluster {
             balancer: LoadBalancer::new(config.lb_policy),
             epoch: Instant::now(),
             metrics,
+            tls: arc_swap::ArcSwapOption::empty(),
         });
         let literal: Vec<SocketAddr> = cluster
             .targets
@@ -117,6 +120,16 @@ impl Cluster {
             .collect();
         cluster.replace_endpoints(&literal);
         cluster
+    }
+
+    /// TLS to the endpoints, if the cluster speaks it.
+    pub fn tls(&self) -> Option<Arc<crate::tls::ClientTls>> {
+        self.tls.load_full()
+    }
+
+    /// Sets (or replaces) the cluster's TLS; connections opened before keep theirs.
+    pub fn set_tls(&self, tls: Option<Arc<crate::tls::ClientTls>>) {
+        self.tls.store(tls);
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -52,9 +52,13 @@ async fn health_check_loop(weak: Weak<Cluster>, settings: HealthCheckSettings) {
         let probes: Vec<_> = endpoints
             .iter()
             .map(|endpoint| {
-                let (addr, cluster_name, settings) =
-                    (endpoint.addr, cluster.name.clone(), settings.clone());
-                tokio::spawn(async move { probe(addr, &cluster_name, &settings).await })
+                let (addr, cluster_name, settings, tls) = (
+                    endpoint.addr,
+                    cluster.name.clone(),
+                    settings.clone(),
+                    cluster.tls(),
+                );
+                tokio::spawn(async move { probe(addr, &cluster_name, &settings, tls).await })
             })
             .collect();
         for (endpoint, probe) in endpoints.iter().zip(probes) {
@@ -105,38 +109,76 @@ fn apply_outcome(
     }
 }
 
-/// One `GET <path>` on a fresh connection; any 2xx within the timeout passes.
+/// One `GET <path>` on a fresh connection (TLS when the cluster speaks it); any 2xx within
+/// the timeout passes.
 async fn probe(
     addr: SocketAddr,
     cluster: &str,
     settings: &HealthCheckSettings,
+    tls: Option<Arc<crate::tls::ClientTls>>,
 ) -> Result<(), String> {
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let Some(tls) = tls else {
+            return get_over(stream, false, cluster, settings).await;
+        };
+        let stream = tls
+            .connect(stream)
             .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
-        let request = http::Request::get(settings.path.as_str())
-            .header(http::header::HOST, cluster)
-            .header(http::header::USER_AGENT, "sluice-health-check")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("status {}", response.status()))
-        }
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        get_over(stream, h2, cluster, settings).await
     };
     tokio::time::timeout(settings.timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", settings.timeout)))
+}
+
+/// The probe's request on an open connection, in HTTP/2 when `h2` (ALPN chose it).
+async fn get_over<S>(
+    stream: S,
+    h2: bool,
+    cluster: &str,
+    settings: &HealthCheckSettings,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    // HTTP/2 carries the host in the URI (`:authority`), not in a header.
+    let uri = if h2 {
+        format!("https://{cluster}{}", settings.path)
+    } else {
+        settings.path.clone()
+    };
+    let request = http::Request::get(uri)
+        .header(http::header::HOST, cluster)
+        .header(http::header::USER_AGENT, "sluice-health-check")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let response = if h2 {
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {}", response.status()))
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,13 @@ pub enum UpstreamError {
         endpoint: SocketAddr,
         timeout: Duration,
     },
-    #[error("HTTP/2 handshake with {endpoint} failed: {source}")]
+    #[error("TLS handshake with {endpoint} failed: {source}")]
+    Tls {
+        endpoint: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {endpoint} failed: {source}")]
     Handshake {
         endpoint: SocketAddr,
         #[source]
@@ -224,20 +230,10 @@ impl UpstreamPools {
                 },
             }
         }
-        let stream = connect(cluster, endpoint).await?;
-        let (mut sender, connection) = http2::Builder::new(LocalExec)
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake {
-                endpoint: addr,
-                source,
-            })?;
-        tokio::task::spawn_local(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(endpoint = %addr, %error, "upstream HTTP/2 connection ended");
-            }
-        });
+        let mut sender = match connect_transport(cluster, endpoint).await? {
+            Transport::Plain(stream) => handshake_http2(addr, stream).await?,
+            Transport::Tls(stream) => handshake_http2(addr, stream).await?,
+        };
         self.by_endpoint.borrow_mut().entry(addr).or_default().http2 = Some(sender.clone());
         let response = sender
             .send_request(request)
@@ -248,6 +244,29 @@ impl UpstreamPools {
             conn_return: None,
         })
     }
+}
+
+async fn handshake_http2<S>(
+    addr: SocketAddr,
+    stream: S,
+) -> Result<http2::SendRequest<ProxyBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http2::Builder::new(LocalExec)
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| UpstreamError::Handshake {
+            endpoint: addr,
+            source,
+        })?;
+    tokio::task::spawn_local(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(endpoint = %addr, %error, "upstream HTTP/2 connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 // === impl ConnReturn ===
@@ -300,12 +319,58 @@ async fn connect(cluster: &Cluster, endpoint: &Endpoint) -> Result<TcpStream, Up
     Err(error)
 }
 
+/// A connection to the endpoint, in TLS if the cluster speaks it. A failed TLS handshake
+/// counts as a failed connect for passive ejection, as in Envoy.
+async fn connect_transport(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Result<Transport, UpstreamError> {
+    let stream = connect(cluster, endpoint).await?;
+    let Some(tls) = cluster.tls() else {
+        return Ok(Transport::Plain(stream));
+    };
+    match tokio::time::timeout(cluster.settings.connect_timeout, tls.connect(stream)).await {
+        Ok(Ok(stream)) => Ok(Transport::Tls(Box::new(stream))),
+        Ok(Err(source)) => {
+            cluster.record_connect_failure(endpoint);
+            Err(UpstreamError::Tls {
+                endpoint: endpoint.addr,
+                source,
+            })
+        }
+        Err(_) => {
+            cluster.record_connect_failure(endpoint);
+            Err(UpstreamError::ConnectTimeout {
+                endpoint: endpoint.addr,
+                timeout: cluster.settings.connect_timeout,
+            })
+        }
+    }
+}
+
+/// A connection to an endpoint: plain TCP, or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 async fn connect_http1(
     cluster: &Cluster,
     endpoint: &Endpoint,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let addr = endpoint.addr;
-    let stream = connect(cluster, endpoint).await?;
+    match connect_transport(cluster, endpoint).await? {
+        Transport::Plain(stream) => handshake_http1(endpoint.addr, stream).await,
+        Transport::Tls(stream) => handshake_http1(endpoint.addr, stream).await,
+    }
+}
+
+async fn handshake_http1<S>(
+    addr: SocketAddr,
+    stream: S,
+) -> Result<http1::SendRequest<ProxyBody>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await

@@ -275,3 +275,212 @@ async fn a_renewed_certificate_serves_new_handshakes_and_open_connections_stay()
         "the old connection still serves"
     );
 }
+
+/// Two proxies as two sidecars: `outbound` (plaintext for the local client) sends to
+/// `inbound` over TLS with the client certificate of `identity`; `inbound` requires one from
+/// the mesh CA and serves the app. `cluster_tls` and `cluster_extra` shape outbound's cluster.
+struct Sidecars {
+    inbound: TestProxy,
+    outbound: TestProxy,
+    _app: TestUpstream,
+}
+
+async fn sidecars(ca: &TestCa, folder: &Path, cluster_tls: &str, cluster_extra: &str) -> Sidecars {
+    let app = TestUpstream::start("app").await;
+    let (cert, key) = ca.server(&["web.mesh.test"]).write(folder, "inbound");
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let tls = format!(
+        "{{ certificates: [{{ cert: {}, key: {} }}], client_ca: {} }}",
+        path(&cert),
+        path(&key),
+        path(&ca_file)
+    );
+    let inbound = start_proxy(&tls_config(&tls), &[&app]).await;
+    let outbound = start_proxy(
+        &format!(
+            r#"
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: {{ prefix: / }}
+        cluster: web
+clusters:
+  - name: web
+    endpoints: ["{}"]
+    tls: {cluster_tls}
+{cluster_extra}
+"#,
+            inbound.addr
+        ),
+        &[],
+    )
+    .await;
+    Sidecars {
+        inbound,
+        outbound,
+        _app: app,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_talk_mutual_tls_and_the_server_sees_the_client_identity() {
+    let folder = temp_folder("tls-sidecars");
+    let ca = TestCa::new("mesh CA");
+    let identity = "spiffe://mesh.test/ns/shop/sa/checkout";
+    let (client_cert, client_key) = ca.client(identity).write(&folder, "outbound");
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    for protocol in ["http1", "http2"] {
+        let cluster_tls = format!(
+            "{{ ca: {}, server_name: web.mesh.test, cert: {}, key: {} }}",
+            path(&ca_file),
+            path(&client_cert),
+            path(&client_key)
+        );
+        let extra = format!("    protocol: {protocol}");
+        let pair = sidecars(&ca, &folder, &cluster_tls, &extra).await;
+        let reply = get(pair.outbound.addr, "/tls/checkout").await;
+        assert_eq!(reply.status, 200, "{protocol}: {}", reply.body);
+        assert_eq!(
+            reply.echoed("x-tls-principal"),
+            Some(identity),
+            "{protocol}"
+        );
+        assert_eq!(reply.echoed("x-tls-sni"), Some("web.mesh.test"));
+        // How inbound received it: ALPN followed the cluster's protocol.
+        let version = if protocol == "http2" {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        };
+        assert_eq!(reply.echoed("x-tls-protocol"), Some(version), "{protocol}");
+        // The pooled TLS connection carries the next request too.
+        assert_eq!(get(pair.outbound.addr, "/again").await.status, 200);
+        let handshakes = r#"sluice_tls_handshakes_total{listener="main",result="ok"} "#;
+        let metrics = get(pair.inbound.admin, "/metrics").await.body;
+        assert!(
+            metrics.contains(&format!("{handshakes}1")),
+            "one connection\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_or_anonymous_upstream_handshake_is_a_503_with_the_reason() {
+    let folder = temp_folder("tls-upstream-bad");
+    let ca = TestCa::new("mesh CA");
+    let stranger = TestCa::new("other CA");
+    let stranger_file = folder.join("stranger.pem");
+    std::fs::write(&stranger_file, &stranger.pem).unwrap();
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (client_cert, client_key) = ca.client("spiffe://mesh.test/x").write(&folder, "client");
+
+    // Outbound does not trust inbound's certificate.
+    let untrusting = format!(
+        "{{ ca: {}, server_name: web.mesh.test, cert: {}, key: {} }}",
+        path(&stranger_file),
+        path(&client_cert),
+        path(&client_key)
+    );
+    let pair = sidecars(&ca, &folder, &untrusting, "").await;
+    let reply = get(pair.outbound.addr, "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.header("x-sluice-reason"),
+        Some("upstream_connect_failure")
+    );
+    assert!(
+        counted(
+            pair.inbound.admin,
+            &[r#"sluice_tls_handshakes_total{listener="main",result="alert_from_client"} 1"#]
+        )
+        .await
+    );
+
+    // Outbound presents no certificate; inbound requires one.
+    let anonymous = format!("{{ ca: {}, server_name: web.mesh.test }}", path(&ca_file));
+    let pair = sidecars(&ca, &folder, &anonymous, "").await;
+    let reply = get(pair.outbound.addr, "/").await;
+    assert!(reply.status.is_server_error(), "{}", reply.status);
+    assert!(
+        reply
+            .header("x-sluice-reason")
+            .is_some_and(|r| r.starts_with("upstream_")),
+        "{:?}",
+        reply.header("x-sluice-reason")
+    );
+    assert!(
+        counted(
+            pair.inbound.admin,
+            &[r#"sluice_tls_handshakes_total{listener="main",result="no_client_certificate"} 1"#]
+        )
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_speak_tls_to_a_tls_cluster() {
+    let folder = temp_folder("tls-health");
+    let ca = TestCa::new("mesh CA");
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (client_cert, client_key) = ca
+        .client("spiffe://mesh.test/probe")
+        .write(&folder, "client");
+    let cluster_tls = format!(
+        "{{ ca: {}, server_name: web.mesh.test, cert: {}, key: {} }}",
+        path(&ca_file),
+        path(&client_cert),
+        path(&client_key)
+    );
+    let checks = "    health_check: { path: /healthz, interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1 }";
+    let pair = sidecars(&ca, &folder, &cluster_tls, checks).await;
+    // Probes pass over mutual TLS, so the one endpoint stays in service.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(pair.outbound.addr, "/").await.status, 200);
+    assert!(
+        counted(
+            pair.inbound.admin,
+            &[r#"sluice_tls_handshakes_total{listener="main",result="ok"}"#]
+        )
+        .await
+    );
+    let metrics = get(pair.inbound.admin, "/metrics").await.body;
+    let probes = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with(r#"sluice_tls_handshakes_total{listener="main",result="ok"}"#)
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(probes >= 3, "{probes} handshakes: probes come over TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_endpoint_needs_a_server_name_to_verify() {
+    let yaml = r#"
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes: [{ match: { prefix: / }, cluster: web }]
+clusters:
+  - name: web
+    endpoints: ["127.0.0.1:8443"]
+    tls: { ca: ca.pem }
+"#;
+    let loaded = sluice::config::load_str(yaml, Path::new("tls.yaml")).unwrap();
+    let metrics = sluice::admin::Metrics::new();
+    let error = sluice::config::Snapshot::build(&loaded, 1, &metrics, None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("clusters[0].tls.server_name: needed when the endpoints are IP addresses"),
+        "{error}"
+    );
+}

@@ -1,0 +1,109 @@
+//! A cluster's TLS side: origination to its endpoints, verifying them against a CA bundle,
+//! with SNI and, for upstreams that require mutual TLS, a client certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::certs;
+use super::server::TlsConfigError;
+use crate::config::{ClusterConfig, ClusterTls, UpstreamProtocol};
+
+pub struct ClientTls {
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn problem(path: &str, reason: impl std::fmt::Display) -> TlsConfigError {
+    TlsConfigError {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA bundle and client certificate of `tls` (paths relative to `base`) for
+    /// `cluster`. Errors name the field below `tls`.
+    pub fn load(
+        tls: &ClusterTls,
+        cluster: &ClusterConfig,
+        base: &Path,
+    ) -> Result<Self, TlsConfigError> {
+        let name = match &tls.server_name {
+            Some(name) => name.clone(),
+            None => default_server_name(cluster).ok_or_else(|| {
+                problem(
+                    "server_name",
+                    "needed when the endpoints are IP addresses: the name the upstream's certificate must show",
+                )
+            })?,
+        };
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|e| problem("server_name", format!("{name:?}: {e}")))?;
+        let roots = certs::load_roots(&base.join(&tls.ca)).map_err(|e| problem("ca", e))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| problem("ca", e))?
+            .with_root_certificates(roots);
+        let mut config = match (&tls.cert, &tls.key) {
+            (Some(cert), Some(key)) => {
+                let chain =
+                    certs::load_certificates(&base.join(cert)).map_err(|e| problem("cert", e))?;
+                let key =
+                    certs::load_private_key(&base.join(key)).map_err(|e| problem("key", e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| problem("key", format!("does not fit the certificate: {e}")))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) => return Err(problem("key", "cert is set, so key is needed too")),
+            (None, Some(_)) => return Err(problem("cert", "key is set, so cert is needed too")),
+        };
+        config.alpn_protocols = match cluster.protocol {
+            UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+            UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        };
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// The client side of a handshake on a fresh connection to an endpoint.
+    pub async fn connect(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
+        self.connector
+            .connect(self.server_name.clone(), stream)
+            .await
+    }
+}
+
+/// The host name of the endpoints, when they all have the same one.
+fn default_server_name(cluster: &ClusterConfig) -> Option<String> {
+    let mut hosts = cluster.endpoints.iter().map(|endpoint| {
+        let host = endpoint
+            .rsplit_once(':')
+            .map_or(endpoint.as_str(), |(host, _)| host);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
+    });
+    let first = hosts.next()?;
+    if first.parse::<std::net::IpAddr>().is_ok() || hosts.any(|host| host != first) {
+        return None;
+    }
+    Some(first)
+}
