@@ -51,6 +51,9 @@ pub struct Rule {
     /// Lowercase name → exact value.
     pub headers: Vec<(String, String)>,
     pub sources: Vec<Cidr>,
+    /// Workload identities of the mTLS peer (its URI SAN, such as a SPIFFE ID): exact, or a
+    /// prefix ending in `*`.
+    pub peers: Vec<IdentityMatch>,
     pub require: Require,
     /// Claim → the value it must have (or contain, for an array claim).
     pub claims: Vec<(String, String)>,
@@ -132,6 +135,8 @@ struct RawRule {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     sources: Vec<String>,
+    #[serde(default)]
+    peers: Vec<String>,
     #[serde(default)]
     require: Require,
     #[serde(default)]
@@ -275,6 +280,7 @@ impl Config {
                     .map(|(name, value)| (name.to_ascii_lowercase(), value))
                     .collect(),
                 sources,
+                peers: rule.peers.iter().map(|p| IdentityMatch::parse(p)).collect(),
                 require: rule.require,
                 claims: rule.claims.into_iter().collect(),
             });
@@ -286,6 +292,29 @@ impl Config {
             api_keys,
             external,
         })
+    }
+}
+
+/// A workload identity pattern: `spiffe://mesh/ns/shop/*` (a prefix) or an exact identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdentityMatch {
+    Exact(String),
+    Prefix(String),
+}
+
+impl IdentityMatch {
+    fn parse(text: &str) -> Self {
+        match text.strip_suffix('*') {
+            Some(prefix) => Self::Prefix(prefix.to_owned()),
+            None => Self::Exact(text.to_owned()),
+        }
+    }
+
+    pub fn matches(&self, identity: &str) -> bool {
+        match self {
+            Self::Exact(exact) => identity == exact,
+            Self::Prefix(prefix) => identity.starts_with(prefix.as_str()),
+        }
     }
 }
 
@@ -353,6 +382,16 @@ impl Cidr {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peer_patterns_match_exactly_or_by_prefix() {
+        let shop = IdentityMatch::parse("spiffe://mesh.local/ns/shop/*");
+        assert!(shop.matches("spiffe://mesh.local/ns/shop/sa/checkout"));
+        assert!(!shop.matches("spiffe://mesh.local/ns/shopping/sa/x"));
+        let exact = IdentityMatch::parse("spiffe://mesh.local/ns/shop/sa/web");
+        assert!(exact.matches("spiffe://mesh.local/ns/shop/sa/web"));
+        assert!(!exact.matches("spiffe://mesh.local/ns/shop/sa/web2"));
+    }
+
     use super::*;
 
     #[test]

@@ -208,13 +208,20 @@ impl AuthzFilter {
         let normalized = path::normalize(&raw_path);
         let path = normalized.as_str();
         let source = self.source_ip();
+        let peer = self.peer_identity();
         for (index, rule) in self.config.rules.iter().enumerate() {
-            if !self.matches(rule, &method, path, source) {
+            if !self.matches(rule, &method, path, source, peer.as_deref()) {
                 continue;
             }
             return match rule.action {
                 Action::Deny => Verdict::Forbidden(format!("rule {index} denies this request")),
-                Action::Allow => self.authenticate(rule),
+                Action::Allow => match self.authenticate(rule) {
+                    // A rule on the peer's identity: that identity is who is calling.
+                    Verdict::Allow { principal: None } if !rule.peers.is_empty() => {
+                        Verdict::Allow { principal: peer }
+                    }
+                    verdict => verdict,
+                },
             };
         }
         match self.config.default {
@@ -223,7 +230,14 @@ impl AuthzFilter {
         }
     }
 
-    fn matches(&self, rule: &Rule, method: &str, path: &str, source: Option<IpAddr>) -> bool {
+    fn matches(
+        &self,
+        rule: &Rule,
+        method: &str,
+        path: &str,
+        source: Option<IpAddr>,
+        peer: Option<&str>,
+    ) -> bool {
         (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method))
             && (rule.paths.is_empty() || rule.paths.iter().any(|p| p.matches(path)))
             && rule
@@ -236,6 +250,25 @@ impl AuthzFilter {
                 || source.map_or(rule.action == Action::Deny, |ip| {
                     rule.sources.iter().any(|c| c.contains(ip))
                 }))
+            // The same for the peer's identity: none (no TLS, no client certificate) never
+            // satisfies an allow rule about peers.
+            && (rule.peers.is_empty()
+                || peer.map_or(rule.action == Action::Deny, |identity| {
+                    rule.peers.iter().any(|p| p.matches(identity))
+                }))
+    }
+
+    /// The mTLS client's identity: Envoy's `connection.uri_san_peer_certificate`, which Sluice
+    /// has too. Without a client certificate the property is null (SERIALIZATION_FAILURE), on
+    /// plaintext NOT_FOUND; both mean no identity. (The SDK's `get_property` would panic on
+    /// the first, so the host call is made directly.)
+    fn peer_identity(&self) -> Option<String> {
+        match proxy_wasm::hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"]) {
+            Ok(Some(bytes)) if !bytes.is_empty() => {
+                Some(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            _ => None,
+        }
     }
 
     fn authenticate(&self, rule: &Rule) -> Verdict {

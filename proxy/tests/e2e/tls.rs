@@ -484,3 +484,59 @@ clusters:
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authz_filter_allows_by_workload_identity_on_a_permissive_listener() {
+    let filters = tokio::task::spawn_blocking(sluice::demo::build_standard_filters)
+        .await
+        .unwrap()
+        .unwrap_or_else(|error| panic!("{error}"));
+    let app = TestUpstream::start("app").await;
+    let folder = temp_folder("tls-authz");
+    let ca = TestCa::new("mesh CA");
+    let (cert, key) = ca.server(&["orders.mesh.test"]).write(&folder, "server");
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let yaml = format!(
+        r#"
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    tls: {{ certificates: [{{ cert: {cert}, key: {key} }}], client_ca: {ca}, client_certificate: optional }}
+    filters:
+      - name: authz
+        module: {authz}
+        config:
+          rules: [{{ action: allow, paths: ["/orders/*"], peers: ["spiffe://mesh.test/ns/shop/*"] }}]
+    routes:
+      - match: {{ prefix: / }}
+        cluster: app
+clusters:
+  - name: app
+    endpoints: ["{{app}}"]
+"#,
+        cert = path(&cert),
+        key = path(&key),
+        ca = path(&ca_file),
+        authz = filters.join("authz.wasm").display(),
+    );
+    let proxy = start_proxy(&yaml, &[&app]).await;
+    let ask = async |identity: Option<&str>| {
+        let issued = identity.map(|id| ca.client(id));
+        let client = TlsClient::new(&ca.pem, &["http/1.1"], issued.as_ref());
+        client
+            .get(proxy.addr, "orders.mesh.test", "/orders/7")
+            .await
+    };
+
+    let checkout = "spiffe://mesh.test/ns/shop/sa/checkout";
+    let allowed = ask(Some(checkout)).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+    assert_eq!(allowed.echoed("x-authz-principal"), Some(checkout));
+    let other = ask(Some("spiffe://mesh.test/ns/ads/sa/tracker")).await;
+    assert_eq!(other.status, 403, "{}", other.body);
+    // Permissive: a client without a certificate is served, but has no identity to allow.
+    let anonymous = ask(None).await;
+    assert_eq!(anonymous.status, 403, "{}", anonymous.body);
+}
