@@ -29,6 +29,7 @@ pub struct Metrics {
     local_replies: IntCounterVec,
     replays: IntCounterVec,
     tls_handshakes: IntCounterVec,
+    sni_routing: IntCounterVec,
     connections_active: IntGaugeVec,
     connections_total: IntCounterVec,
     requests_active: IntGaugeVec,
@@ -103,6 +104,12 @@ impl Metrics {
                 &registry,
                 "sluice_tls_handshakes_total",
                 "TLS handshakes on listeners, by result: ok, or why it failed (timeout, unknown_ca, no_client_certificate, certificate_expired, protocol_error, ...)",
+                &["listener", "result"],
+            ),
+            sni_routing: counter_vec(
+                &registry,
+                "sluice_tcp_sni_routing_total",
+                "TLS passthrough connections by how their server name routed them: routed, default (the listener's cluster), no_route, or why the TLS hello could not be read (not_tls, timeout, ...)",
                 &["listener", "result"],
             ),
             connections_active: gauge_vec(
@@ -320,6 +327,13 @@ impl Metrics {
     /// Counts a TLS handshake on a listener: `ok` or the reason it failed.
     pub fn tls_handshake(&self, listener: &str, result: &str) {
         self.tls_handshakes
+            .with_label_values(&[listener, result])
+            .inc();
+    }
+
+    /// Counts how a TLS passthrough connection was routed.
+    pub fn sni_routing(&self, listener: &str, result: &str) {
+        self.sni_routing
             .with_label_values(&[listener, result])
             .inc();
     }

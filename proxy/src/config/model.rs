@@ -55,9 +55,14 @@ pub struct ListenerConfig {
     /// HTTP routes, first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
-    /// `protocol: tcp` only: the cluster every connection is proxied to.
+    /// `protocol: tcp` only: the cluster every connection is proxied to (with `sni_routes`,
+    /// the one for names no route lists; without it those connections are closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// `protocol: tcp` only: TLS passthrough. The server name of the client's TLS hello
+    /// picks the cluster; the TLS bytes go through untouched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRoute>,
     /// Close a downstream connection after this long without traffic; `0` never. [1h]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<ConfigDuration>,
@@ -71,6 +76,14 @@ pub struct ListenerConfig {
     /// Terminate TLS on this listener (http listeners).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// `api.example.com`, or `*.example.com` for any one label before it.
+    pub server_names: Vec<String>,
+    pub cluster: String,
 }
 
 /// TLS termination on a listener. Paths are relative to the config file's folder; the files

@@ -32,8 +32,11 @@ pub struct ListenerSnapshot {
     /// Wasm filters every request on this listener passes, in order.
     pub filters: Vec<ConfiguredFilter>,
     pub routes: RouteTable,
-    /// `protocol: tcp` only.
+    /// `protocol: tcp` only: every connection's cluster, or with `sni_routes` the one for
+    /// names no route lists.
     pub tcp_cluster: Option<Arc<Cluster>>,
+    /// `protocol: tcp` with `sni_routes`: the cluster by the server name of the TLS hello.
+    pub sni_routes: Option<Arc<crate::tls::NameTable<Arc<Cluster>>>>,
     pub idle_timeout: Option<Duration>,
     pub max_request_headers_size: usize,
     pub max_body_buffer: usize,
@@ -130,6 +133,21 @@ impl Snapshot {
                 })?)),
                 None => None,
             };
+            let sni_routes = if listener.sni_routes.is_empty() {
+                None
+            } else {
+                let mut entries = Vec::with_capacity(listener.sni_routes.len());
+                for (r, route) in listener.sni_routes.iter().enumerate() {
+                    let cluster = clusters.get(&route.cluster).ok_or_else(|| {
+                        invalid(
+                            format!("{path}.sni_routes[{r}].cluster"),
+                            format!("unknown cluster {:?}", route.cluster),
+                        )
+                    })?;
+                    entries.push((Arc::clone(cluster), route.server_names.clone()));
+                }
+                Some(Arc::new(crate::tls::NameTable::new(entries)))
+            };
             let tls = match &listener.tls {
                 Some(_) if listener.protocol == ListenerProtocol::Tcp => {
                     return Err(invalid(
@@ -150,6 +168,7 @@ impl Snapshot {
                 filters,
                 routes,
                 tcp_cluster,
+                sni_routes,
                 idle_timeout: listener
                     .idle_timeout
                     .map_or(Some(Duration::from_secs(3600)), |t| t.non_zero()),

@@ -129,6 +129,12 @@ impl Checker {
                         "an http listener needs at least one route",
                     );
                 }
+                if !listener.sni_routes.is_empty() {
+                    self.problem(
+                        format!("{path}.sni_routes"),
+                        "TLS passthrough by server name is for tcp listeners; an http listener terminates TLS with `tls`",
+                    );
+                }
                 if listener.cluster.is_some() {
                     self.problem(
                         format!("{path}.cluster"),
@@ -143,8 +149,20 @@ impl Checker {
             ListenerProtocol::Tcp => {
                 match &listener.cluster {
                     Some(cluster) => self.cluster_ref(format!("{path}.cluster"), cluster, clusters),
-                    None => {
-                        self.problem(format!("{path}.cluster"), "a tcp listener needs a cluster")
+                    None if listener.sni_routes.is_empty() => self.problem(
+                        format!("{path}.cluster"),
+                        "a tcp listener needs a cluster (or sni_routes)",
+                    ),
+                    None => {}
+                }
+                for (index, route) in listener.sni_routes.iter().enumerate() {
+                    let route_path = format!("{path}.sni_routes[{index}]");
+                    self.cluster_ref(format!("{route_path}.cluster"), &route.cluster, clusters);
+                    if route.server_names.is_empty() {
+                        self.problem(
+                            format!("{route_path}.server_names"),
+                            "list at least one name (api.example.com or *.example.com)",
+                        );
                     }
                 }
                 if !listener.routes.is_empty() {

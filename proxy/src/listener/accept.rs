@@ -11,6 +11,8 @@ use crate::config::ListenerProtocol;
 use crate::http::{Activity, ConnectionSettings, DownstreamConn, serve_http};
 use crate::runtime::{ConnectionTracker, DrainWatch, WorkerContext};
 use crate::tcp::{NetworkFilters, proxy_tcp};
+use crate::tls::{NameTable, read_server_name};
+use crate::upstream::Cluster;
 use crate::wasm::StreamInfo;
 
 pub async fn accept_loop(
@@ -93,9 +95,11 @@ pub async fn accept_loop(
                 });
             }
             ListenerProtocol::Tcp => {
-                let Some(cluster) = listener.tcp_cluster.clone() else {
+                let fallback = listener.tcp_cluster.clone();
+                let sni_routes = listener.sni_routes.clone();
+                if fallback.is_none() && sni_routes.is_none() {
                     continue;
-                };
+                }
                 let idle_timeout = listener.idle_timeout;
                 let specs: Vec<_> = listener
                     .filters
@@ -110,21 +114,85 @@ pub async fn accept_loop(
                     stream.local_addr().unwrap_or(listener.address),
                     "",
                 ));
-                info.set_routed("", &cluster.name);
+                let name = Arc::clone(&name);
                 tokio::task::spawn_local(async move {
-                    let filters = NetworkFilters {
-                        specs: &specs,
-                        plugins: &worker.plugins,
-                        info,
-                        buffer_limit,
+                    let mut stream = stream;
+                    let routed = match sni_routes {
+                        Some(routes) => {
+                            route_by_server_name(
+                                &mut stream,
+                                &routes,
+                                fallback,
+                                &worker,
+                                &name,
+                                peer,
+                            )
+                            .await
+                        }
+                        None => fallback.map(|cluster| (cluster, Vec::new())),
                     };
-                    proxy_tcp(stream, peer, cluster, idle_timeout, &stats, filters).await;
+                    if let Some((cluster, preread)) = routed {
+                        info.set_routed("", &cluster.name);
+                        let filters = NetworkFilters {
+                            specs: &specs,
+                            plugins: &worker.plugins,
+                            info,
+                            buffer_limit,
+                        };
+                        proxy_tcp(
+                            stream,
+                            preread,
+                            peer,
+                            cluster,
+                            idle_timeout,
+                            &stats,
+                            filters,
+                        )
+                        .await;
+                    }
                     stats.connections_active.dec();
                     drop(tracked);
                 });
             }
         }
     }
+}
+
+/// How long a passthrough client may take to send its TLS hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS passthrough: the cluster for the server name of the client's TLS hello (or the
+/// listener's `cluster` for other names), and the bytes read to learn it. `None` closes the
+/// connection: no route for the name, or not TLS.
+async fn route_by_server_name(
+    stream: &mut tokio::net::TcpStream,
+    routes: &NameTable<Arc<Cluster>>,
+    fallback: Option<Arc<Cluster>>,
+    worker: &WorkerContext,
+    listener: &str,
+    peer: std::net::SocketAddr,
+) -> Option<(Arc<Cluster>, Vec<u8>)> {
+    let metrics = &worker.state.metrics;
+    let (server_name, hello) = match read_server_name(stream, HELLO_TIMEOUT).await {
+        Ok(read) => read,
+        Err(error) => {
+            metrics.sni_routing(listener, error.reason());
+            tracing::info!(listener, %peer, %error, "closing a passthrough connection");
+            return None;
+        }
+    };
+    let routed = server_name.as_deref().and_then(|name| routes.get(name));
+    let (cluster, result) = match (routed, fallback) {
+        (Some(cluster), _) => (Arc::clone(cluster), "routed"),
+        (None, Some(fallback)) => (fallback, "default"),
+        (None, None) => {
+            metrics.sni_routing(listener, "no_route");
+            tracing::info!(listener, %peer, server_name = server_name.as_deref().unwrap_or("(none)"), "no sni_route for the server name; closing the connection");
+            return None;
+        }
+    };
+    metrics.sni_routing(listener, result);
+    Some((cluster, hello))
 }
 
 /// A process-wide connection number (`connection.id` for filters).

@@ -26,8 +26,11 @@ pub struct NetworkFilters<'a> {
     pub buffer_limit: usize,
 }
 
+/// Proxies `downstream` to an endpoint of `cluster`. `preread` is what was read from the
+/// client already (a TLS hello read for passthrough routing): it goes upstream first.
 pub async fn proxy_tcp(
     downstream: TcpStream,
+    preread: Vec<u8>,
     peer: SocketAddr,
     cluster: Arc<Cluster>,
     idle_timeout: Option<Duration>,
@@ -77,11 +80,29 @@ pub async fn proxy_tcp(
             return;
         }
     };
+    let mut upstream = upstream;
     let _ = upstream.set_nodelay(true);
     if let Some(mut chain) = chain {
-        filtered_splice(downstream, upstream, &mut chain, idle_timeout, stats).await;
+        filtered_splice(
+            downstream,
+            preread,
+            upstream,
+            &mut chain,
+            idle_timeout,
+            stats,
+        )
+        .await;
         chain.finish();
         return;
+    }
+    if !preread.is_empty() {
+        stats
+            .tcp_bytes_downstream_to_upstream
+            .inc_by(preread.len() as u64);
+        if let Err(error) = upstream.write_all(&preread).await {
+            tracing::debug!(%peer, %error, "tcp upstream write failed");
+            return;
+        }
     }
 
     let last_activity = Rc::new(Cell::new(Instant::now()));
@@ -123,6 +144,7 @@ pub async fn proxy_tcp(
 /// before it is written to the other side.
 async fn filtered_splice(
     mut downstream: TcpStream,
+    preread: Vec<u8>,
     mut upstream: TcpStream,
     chain: &mut NetworkChain,
     idle_timeout: Option<Duration>,
@@ -130,6 +152,21 @@ async fn filtered_splice(
 ) {
     let (mut client_read, mut client_write) = downstream.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
+    // What was read before the upstream was chosen is the client's first data.
+    if !preread.is_empty() {
+        stats
+            .tcp_bytes_downstream_to_upstream
+            .inc_by(preread.len() as u64);
+        match chain.data(true, preread, false) {
+            NetStep::Forward(bytes) if !bytes.is_empty() => {
+                if upstream_write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            NetStep::Close => return,
+            NetStep::Forward(_) | NetStep::Held => {}
+        }
+    }
     let (mut client_buffer, mut upstream_buffer) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     let (mut client_open, mut upstream_open) = (true, true);
     let mut last_activity = Instant::now();

@@ -540,3 +540,76 @@ clusters:
     let anonymous = ask(None).await;
     assert_eq!(anonymous.status, 403, "{}", anonymous.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_routes_tls_by_server_name_without_terminating_it() {
+    let folder = temp_folder("tls-passthrough");
+    let ca = TestCa::new("passthrough CA");
+    let app = TestUpstream::start("app").await;
+    // Two TLS backends, each with its own certificate.
+    let backend = async |name: &str, names: &[&str]| {
+        let (cert, key) = ca.server(names).write(&folder, name);
+        let tls = format!(
+            "{{ certificates: [{{ cert: {}, key: {} }}] }}",
+            path(&cert),
+            path(&key)
+        );
+        start_proxy(&tls_config(&tls), &[&app]).await
+    };
+    let api = backend("api", &["api.test"]).await;
+    let shop = backend("shop", &["*.shop.test"]).await;
+    let edge = start_proxy(
+        &format!(
+            r#"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    protocol: tcp
+    sni_routes:
+      - {{ server_names: [api.test], cluster: api }}
+      - {{ server_names: ["*.shop.test"], cluster: shop }}
+clusters:
+  - {{ name: api, endpoints: ["{}"] }}
+  - {{ name: shop, endpoints: ["{}"] }}
+"#,
+            api.addr, shop.addr
+        ),
+        &[],
+    )
+    .await;
+
+    let client = TlsClient::new(&ca.pem, &["h2", "http/1.1"], None);
+    let stream = client.connect(edge.addr, "api.test").await.unwrap();
+    assert_eq!(served_names(&stream), ["api.test"], "api's own certificate");
+    let reply = send(stream, "/tls/through").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.echoed("x-tls-sni"),
+        Some("api.test"),
+        "the backend terminated it"
+    );
+    let stream = client.connect(edge.addr, "cart.shop.test").await.unwrap();
+    assert_eq!(served_names(&stream), ["*.shop.test"]);
+    assert_eq!(send(stream, "/").await.status, 200);
+
+    // No route and no default cluster, or not TLS at all: closed.
+    assert!(client.connect(edge.addr, "unknown.test").await.is_err());
+    let plain = raw_exchange(
+        edge.addr,
+        b"GET / HTTP/1.1\r\nhost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(plain.is_empty(), "{plain}");
+    assert!(
+        counted(
+            edge.admin,
+            &[
+                r#"sluice_tcp_sni_routing_total{listener="main",result="routed"} 2"#,
+                r#"sluice_tcp_sni_routing_total{listener="main",result="no_route"} 1"#,
+                r#"sluice_tcp_sni_routing_total{listener="main",result="not_tls"} 1"#,
+            ]
+        )
+        .await
+    );
+}
