@@ -49,79 +49,13 @@ declare -A RPS=() P50=() P99=() ERRORS=() RSS=()
 
 # === install ===
 
-# Installs the Debian packages whose commands are missing, in one apt run, only if needed.
-install_debian_tools() {
-  local missing=()
-  command -v wrk >/dev/null || missing+=(wrk)
-  command -v taskset >/dev/null || missing+=(util-linux)
-  command -v curl >/dev/null || missing+=(curl)
-  if ! command -v nginx >/dev/null; then
-    # The brief's choice; in bookworm nginx-light is a transitional package pulling in nginx, and
-    # later releases drop it, so fall back to nginx when the archive lacks it.
-    if apt-cache show nginx-light >/dev/null 2>&1; then missing+=(nginx-light); else missing+=(nginx); fi
-  fi
-  ((${#missing[@]})) || return 0
-  apt_install "${missing[@]}"
-  # A package missing from the list on the first try (nginx-light before `apt-get update`) is
-  # settled by now; fall back to plain nginx if the light build still is not there.
-  command -v nginx >/dev/null || apt_install nginx
-}
-
-# Sets SLUICE_BIN, building the release binary unless the caller gave one.
-resolve_sluice() {
-  if [[ -n $SLUICE_BIN ]]; then
-    [[ -x $SLUICE_BIN ]] || die "SLUICE_BIN=$SLUICE_BIN is not executable"
-    return 0
-  fi
-  command -v cargo >/dev/null || die "cargo not found; set SLUICE_BIN to a built sluice binary"
-  log "building sluice (cargo build --release -p sluice); this can take minutes"
-  (cd "$ROOT" && cargo build --release -q -p sluice) || die "cargo build failed"
-  SLUICE_BIN="$(cargo_target_dir)/release/sluice"
-  [[ -x $SLUICE_BIN ]] || die "built, but $SLUICE_BIN is missing"
-}
-
 # Sets WASM_MODULE to the bench filter, building the fixtures only if it is missing.
 resolve_wasm_module() {
   WASM_MODULE=$(wasm_fixture_path "$WASM_FILTER")
   ensure_wasm_fixtures "$WASM_FILTER"
 }
 
-# === CPU pinning ===
-
-# Lists the CPUs this process may run on, one per line (expands "0-3,6").
-allowed_cpus() {
-  local list part
-  list=$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)
-  IFS=, read -ra parts <<<"$list"
-  for part in "${parts[@]}"; do
-    if [[ $part == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
-  done
-}
-
-# Gives the proxy under test a core of its own and puts wrk + nginx on another, so the proxy's
-# numbers are not shaped by the load generator stealing its CPU.
-choose_cpus() {
-  local cpus
-  mapfile -t cpus < <(allowed_cpus)
-  if ((${#cpus[@]} < 2)) || ! command -v taskset >/dev/null; then
-    PIN_NOTE="not pinned (only ${#cpus[@]} CPU available or no taskset): all processes share it"
-    log "$PIN_NOTE"
-    return 0
-  fi
-  PROXY_PIN=(taskset -c "${cpus[0]}")
-  LOAD_PIN=(taskset -c "${cpus[1]}")
-  PIN_NOTE="proxy on CPU ${cpus[0]}; wrk + nginx on CPU ${cpus[1]}"
-}
-
 # === checks ===
-
-# One request through the row's path must return nginx's body, or the numbers would be of
-# error responses rather than of proxying.
-check_route() {
-  local row=$1 port=$2 got
-  got=$(curl -fsS --max-time 5 "http://$HOST:$port/") || die "$row: GET http://$HOST:$port/ failed"
-  [[ $got == "$BODY" ]] || die "$row: unexpected body from $HOST:$port: ${got:0:80}"
-}
 
 # A wasm row must show that its filter ran: a proxy that skipped it (not loaded, or failing open)
 # would still pass check_route and post a flattering number. The bench filter answers with
@@ -140,49 +74,6 @@ check_wasm_filter() {
 }
 
 # === servers ===
-
-nginx_conf() {
-  local dir=$1 temps="" module
-  # Debian's nginx has absolute temp paths compiled in (/var/lib/nginx/...); point each one the
-  # build has at our dir so nothing outside it is touched. A directive of a module the build
-  # lacks is an error, hence the check.
-  for module in proxy fastcgi uwsgi scgi; do
-    nginx -V 2>&1 | grep -q -- "--without-http_${module}_module" ||
-      temps+="    ${module}_temp_path $dir/${module}_temp;"$'\n'
-  done
-  cat <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body_temp;
-$temps    keepalive_requests 10000000;
-    keepalive_timeout 300s;
-    server {
-        listen $HOST:$NGINX_PORT backlog=4096;
-        location = / {
-            default_type text/plain;
-            return 200 "$BODY\n";
-        }
-    }
-}
-EOF
-}
-
-start_nginx() {
-  local dir="$WORK/nginx"
-  mkdir -p "$dir"
-  nginx_conf "$dir" >"$dir/nginx.conf"
-  require_free_port "$NGINX_PORT"
-  # -e: nginx opens its compiled-in error log before reading the config; keep that in $dir too.
-  start_bg "$dir/stdout.log" "${LOAD_PIN[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
-  wait_port "$NGINX_PORT" "$LAST_PID" "$dir/error.log"
-  check_route nginx "$NGINX_PORT"
-}
 
 # The standard filters a row runs: `std` the three chained, `all` all five chained,
 # `filter:<name>` one alone.
@@ -253,69 +144,6 @@ start_envoy() {
 }
 
 # === measuring ===
-
-# wrk takes 10, 10s, 2m, 1h.
-valid_duration() { [[ $1 =~ ^[0-9]+[smh]?$ ]]; }
-
-# Seconds in a valid wrk duration; bash needs them for the safety timeout.
-duration_seconds() {
-  local d=$1
-  case $d in
-    *m) echo $((${d%m} * 60)) ;;
-    *h) echo $((${d%h} * 3600)) ;;
-    *) echo "${d%s}" ;;
-  esac
-}
-
-# Runs wrk for $2 against port $1, output to file $3. wrk's -d bounds it; `timeout` only guards
-# against a wedged wrk. wrk runs in the background and we `wait` for it because wrk catches
-# SIGINT and exits 0, and bash skips its INT trap when a foreground child did that; `wait`
-# instead returns at once on a trapped signal, so Ctrl-C ends the script (and cleanup ends wrk).
-run_wrk() {
-  local port=$1 duration=$2 out=$3 secs pid status=0
-  secs=$(duration_seconds "$duration")
-  start_bg "$out" timeout --foreground --kill-after=5 $((secs + 30)) "${LOAD_PIN[@]}" \
-    wrk --latency -t "$THREADS" -c "$CONNECTIONS" -d "$duration" "http://$HOST:$port/"
-  pid=$LAST_PID
-  wait "$pid" || status=$?
-  forget_pid "$pid"
-  return "$status"
-}
-
-# Reads wrk --latency output on stdin; prints "req/s p50_ms p99_ms non2xx socket_errors",
-# with - for a value wrk did not report.
-parse_wrk() {
-  awk '
-    function ms(v,   n, unit) {
-      n = v + 0; unit = v; sub(/^[0-9.]+/, "", unit)
-      if (unit == "us") return n / 1000
-      if (unit == "ms") return n
-      if (unit == "s")  return n * 1000
-      if (unit == "m")  return n * 60000
-      if (unit == "h")  return n * 3600000
-      return -1
-    }
-    /Latency Distribution/       { dist = 1; next }
-    dist && $1 == "50%"          { p50 = sprintf("%.3f", ms($2)) }
-    dist && $1 == "99%"          { p99 = sprintf("%.3f", ms($2)); dist = 0 }
-    /^Requests\/sec:/            { rps = sprintf("%.0f", $2) }
-    /Socket errors:/             { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
-    /Non-2xx or 3xx responses:/  { non2xx = $5 }
-    END {
-      printf "%s %s %s %d %d\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50),
-        (p99 == "" ? "-" : p99), non2xx, sock
-    }'
-}
-
-# Resident set of pid $1 in MB, or - if it is gone.
-rss_mb() {
-  local kb
-  kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || kb=""
-  if [[ -n $kb ]]; then awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'; else echo -; fi
-}
-
-# Seconds since $1 (an $EPOCHREALTIME), to one decimal.
-elapsed_since() { awk -v t0="$1" -v t1="$EPOCHREALTIME" 'BEGIN { printf "%.1f", t1 - t0 }'; }
 
 # Starts the row's proxy (if any), checks the path, warms up, measures, samples RSS, stops it.
 run_row() {
