@@ -110,6 +110,10 @@ pub struct ListenerTls {
     /// How long a client may take to complete the handshake. [10s]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_timeout: Option<ConfigDuration>,
+    /// Also serve clients that speak plaintext HTTP on this port (told apart by their first
+    /// byte): the permissive mode for moving a service to mTLS. [false]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_plaintext: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

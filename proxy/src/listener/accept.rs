@@ -76,6 +76,15 @@ pub async fn accept_loop(
                 tokio::task::spawn_local(async move {
                     match tls {
                         None => serve_http(stream, conn, settings, drain, retired).await,
+                        // Permissive: a client whose first byte is not TLS gets plaintext.
+                        Some(tls)
+                            if tls.accept_plaintext
+                                && !tls.speaks_tls(&stream).await.unwrap_or(true) =>
+                        {
+                            metrics.tls_handshake(&name, "plaintext");
+                            conn.scheme = "http";
+                            serve_http(stream, conn, settings, drain, retired).await;
+                        }
                         // The handshake runs in the connection's own task: a slow or hostile
                         // client delays nobody else.
                         Some(tls) => match tls.accept(stream).await {

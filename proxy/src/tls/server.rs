@@ -22,6 +22,8 @@ pub struct ServerTls {
     acceptor: TlsAcceptor,
     certificates: Arc<CertificatesByName>,
     pub handshake_timeout: Duration,
+    /// Plaintext clients are served too (permissive).
+    pub accept_plaintext: bool,
 }
 
 /// A refused `tls:` block: the field path below it and why.
@@ -133,7 +135,28 @@ impl ServerTls {
             handshake_timeout: config
                 .handshake_timeout
                 .map_or(Duration::from_secs(10), |t| t.0),
+            accept_plaintext: config.accept_plaintext,
         })
+    }
+
+    /// Whether a client on `stream` starts a TLS handshake: its first byte is a TLS
+    /// handshake record (0x16). Reads nothing away. `Err` if it sent nothing in time.
+    pub async fn speaks_tls(&self, stream: &TcpStream) -> Result<bool, HandshakeError> {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(self.handshake_timeout, stream.peek(&mut first))
+            .await
+            .map_err(|_elapsed| HandshakeError::Timeout(self.handshake_timeout))?;
+        match peeked {
+            Ok(0) => Err(HandshakeError::Failed {
+                reason: "closed_early",
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
+            Ok(_) => Ok(first[0] == TLS_HANDSHAKE_RECORD),
+            Err(source) => Err(HandshakeError::Failed {
+                reason: "io_error",
+                source,
+            }),
+        }
     }
 
     /// Completes the server side of a handshake on `stream`, within the handshake timeout.
@@ -153,6 +176,9 @@ impl ServerTls {
         Ok((stream, info))
     }
 }
+
+/// The content type of a TLS handshake record, the first byte a TLS client sends.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 fn versions(
     min_version: Option<&serde_yaml::Value>,

@@ -613,3 +613,43 @@ clusters:
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permissive_listener_serves_plaintext_and_mutual_tls_on_one_port() {
+    let app = TestUpstream::start("app").await;
+    let folder = temp_folder("tls-permissive");
+    let ca = TestCa::new("mesh CA");
+    let (cert, key) = ca.server(&["web.mesh.test"]).write(&folder, "server");
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let tls = format!(
+        "{{ certificates: [{{ cert: {}, key: {} }}], client_ca: {}, client_certificate: optional, accept_plaintext: true }}",
+        path(&cert),
+        path(&key),
+        path(&ca_file)
+    );
+    let proxy = start_proxy(&tls_config(&tls), &[&app]).await;
+
+    // A client not moved to mTLS yet: plaintext, with no identity for the filters.
+    let plain = get(proxy.addr, "/tls/plain").await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.echoed("x-tls-mtls"), Some("false"));
+    assert_eq!(plain.echoed("x-tls-version"), Some("not-found"));
+    assert_eq!(plain.echoed("x-forwarded-proto"), Some("http"));
+    // One that has moved: mutual TLS on the same port.
+    let identity = "spiffe://mesh.test/ns/shop/sa/web";
+    let client = TlsClient::new(&ca.pem, &["h2"], Some(&ca.client(identity)));
+    let mutual = client.get(proxy.addr, "web.mesh.test", "/tls/mutual").await;
+    assert_eq!(mutual.status, 200);
+    assert_eq!(mutual.echoed("x-tls-principal"), Some(identity));
+    assert!(
+        counted(
+            proxy.admin,
+            &[
+                r#"sluice_tls_handshakes_total{listener="main",result="plaintext"} 1"#,
+                r#"sluice_tls_handshakes_total{listener="main",result="ok"} 1"#,
+            ]
+        )
+        .await
+    );
+}
