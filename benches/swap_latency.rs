@@ -53,6 +53,7 @@ async fn run() {
             data_dir: data_dir.clone(),
             token: None,
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+            identity: sluice_control::IdentitySettings::default(),
         },
         ProxyValidator::new(),
     )

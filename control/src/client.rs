@@ -25,13 +25,49 @@ pub enum ConnectError {
     },
 }
 
+/// The operators' identity client (join tokens), with the bearer token.
+pub type IdentityAdminClient =
+    crate::proto::identity_admin_client::IdentityAdminClient<InterceptedService<Channel, SendBearer>>;
+
+/// The proxies' identity client (certificates); the join token is in each request.
+pub type IdentityClient = crate::proto::identity_client::IdentityClient<Channel>;
+
 /// Connects (within 2s) to the control service at `url`, sending `token` with every call.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
+    let bearer = SendBearer::new(token).map_err(|reason| ConnectError::Url {
+        url: url.to_owned(),
+        reason,
+    })?;
+    let channel = channel(url).await?;
+    // The service enforces the module limit; a client takes whatever size it allows.
+    Ok(ControlClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX))
+}
+
+/// The join-token API at `url`, sending `token` with every call.
+pub async fn connect_identity_admin(
+    url: &str,
+    token: Option<&str>,
+) -> Result<IdentityAdminClient, ConnectError> {
+    let bearer = SendBearer::new(token).map_err(|reason| ConnectError::Url {
+        url: url.to_owned(),
+        reason,
+    })?;
+    let channel = channel(url).await?;
+    Ok(crate::proto::identity_admin_client::IdentityAdminClient::with_interceptor(channel, bearer))
+}
+
+/// The certificate API at `url`.
+pub async fn connect_identity(url: &str) -> Result<IdentityClient, ConnectError> {
+    Ok(crate::proto::identity_client::IdentityClient::new(channel(url).await?))
+}
+
+async fn channel(url: &str) -> Result<Channel, ConnectError> {
     let bad_url = |reason: String| ConnectError::Url {
         url: url.to_owned(),
         reason,
     };
-    let bearer = SendBearer::new(token).map_err(bad_url)?;
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| bad_url(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
@@ -39,15 +75,11 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectEr
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    let channel = endpoint
+    endpoint
         .connect()
         .await
         .map_err(|source| ConnectError::Unreachable {
             url: url.to_owned(),
             source,
-        })?;
-    // The service enforces the module limit; a client takes whatever size it allows.
-    Ok(ControlClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX))
+        })
 }

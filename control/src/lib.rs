@@ -3,11 +3,14 @@
 //! supplies validation (it owns the Wasm host and config model) through [`ChangeValidator`].
 
 pub mod auth;
+pub mod ca;
 pub mod client;
+pub mod identity;
 pub mod overlay;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tokens;
 
 /// Types and the tonic service generated from `proto/sluice/control/v1/control.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -15,7 +18,11 @@ pub mod proto {
     tonic::include_proto!("sluice.control.v1");
 }
 
-pub use client::{Client, ConnectError, DEFAULT_CONTROL_URL, connect};
+pub use client::{
+    Client, ConnectError, DEFAULT_CONTROL_URL, IdentityAdminClient, IdentityClient, connect,
+    connect_identity, connect_identity_admin,
+};
 pub use overlay::{FilterAttachment, ListenerRoutes, Overlay};
+pub use identity::IdentitySettings;
 pub use server::{ControlError, ControlSettings, DEFAULT_MAX_MODULE_SIZE, RunningControl};
 pub use service::{ChangeValidator, ControlService};

@@ -10,6 +10,9 @@ use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::RequireBearer;
+use crate::identity::{IdentityService, IdentitySettings};
+use crate::proto::identity_admin_server::IdentityAdminServer;
+use crate::proto::identity_server::IdentityServer;
 use crate::proto::control_server::ControlServer;
 use crate::service::{ChangeValidator, ControlService};
 use crate::store::{Store, StoreError};
@@ -23,6 +26,8 @@ pub struct ControlSettings {
     /// Required from every client when set; required to listen beyond loopback.
     pub token: Option<String>,
     pub max_module_size: usize,
+    /// The mesh CA's trust domain and certificate lifetime.
+    pub identity: IdentitySettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,8 @@ pub enum ControlError {
     },
     #[error("data dir: {0}")]
     Store(#[from] StoreError),
+    #[error("mesh CA: {0}")]
+    Ca(#[from] crate::ca::CaError),
 }
 
 /// A control service serving on a socket.
@@ -69,6 +76,9 @@ impl RunningControl {
             address: settings.listen,
             source,
         })?;
+        let ca = crate::ca::MeshCa::open(&settings.data_dir, &settings.identity.trust_domain)?;
+        let tokens = crate::tokens::JoinTokens::open(&settings.data_dir)?;
+        let identity = IdentityService::new(ca, tokens, settings.identity.cert_ttl);
         let service = ControlService::new(store, validator, settings.max_module_size);
         // Far above the module limit, so the service itself answers an oversize upload with
         // the limit and the flag that sets it.
@@ -92,6 +102,12 @@ impl RunningControl {
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .add_service(server)
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    IdentityAdminServer::new(identity.clone()),
+                    RequireBearer::new(settings.token.as_deref()),
+                ))
+                // Proxies authenticate with their join token here, not the bearer token.
+                .add_service(IdentityServer::new(identity))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;
                 }),

@@ -58,6 +58,20 @@ enum Command {
         /// Largest module accepted, in bytes.
         #[arg(long, default_value_t = sluice_control::DEFAULT_MAX_MODULE_SIZE)]
         max_module_size: usize,
+        /// The mesh's trust domain: workload identities are spiffe://<trust domain>/<workload>.
+        #[arg(long, default_value = "sluice.local")]
+        trust_domain: String,
+        /// How long the workload certificates it issues are valid (proxies renew them at two
+        /// thirds of that); at most 7 days.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        cert_ttl: std::time::Duration,
+    },
+    /// Create a join token for WORKLOAD (such as ns/shop/sa/checkout): the proxy given it
+    /// (`sluice proxy --join-token-file`) gets that workload's mesh certificates.
+    JoinToken {
+        workload: String,
+        #[arg(long)]
+        control: Option<String>,
     },
     /// Upload a filter module and set filter NAME on a listener's chain (default: every HTTP
     /// listener of every proxy): replaced in place if the chain has it, appended otherwise.
@@ -226,12 +240,18 @@ async fn run(command: Command) -> Result<(), Failure> {
             data_dir,
             token,
             max_module_size,
+            trust_domain,
+            cert_ttl,
         } => {
             let settings = ControlSettings {
                 listen,
                 data_dir,
                 token: control_token(token),
                 max_module_size,
+                identity: sluice_control::IdentitySettings {
+                    trust_domain,
+                    cert_ttl,
+                },
             };
             let control = RunningControl::start(settings, ProxyValidator::new())
                 .await
@@ -322,8 +342,31 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("version {version} is current again, as version {new}");
             Ok(())
         }
+        Command::JoinToken { workload, control } => {
+            let url = control_url(control);
+            let mut client =
+                sluice_control::connect_identity_admin(&url, control_token(None).as_deref())
+                    .await
+                    .map_err(Failure::runtime)?;
+            let created = client
+                .create_join_token(sluice_control::proto::CreateJoinTokenRequest { workload })
+                .await
+                .map_err(|status| match status.code() {
+                    tonic::Code::InvalidArgument => Failure::usage(status.message()),
+                    _ => Failure::runtime(format!("{url}: {}", status.message())),
+                })?
+                .into_inner();
+            eprintln!("join token for {}:", created.spiffe_id);
+            println!("{}", created.token);
+            Ok(())
+        }
         Command::Demo => demo().await,
     }
+}
+
+/// `1h`, `30m`, `90s`, as in the config file.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    config::ConfigDuration::parse(text).map(|d| d.0)
 }
 
 fn check(file: &std::path::Path) -> Result<(), Failure> {
@@ -389,10 +432,14 @@ fn control_token(flag: Option<String>) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// `--control`, else `SLUICE_CONTROL`, else the default address.
+fn control_url(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("SLUICE_CONTROL").ok())
+        .unwrap_or_else(|| sluice_control::DEFAULT_CONTROL_URL.to_owned())
+}
+
 async fn control_client(url: Option<String>) -> Result<sluice_control::Client, Failure> {
-    let url = url
-        .or_else(|| std::env::var("SLUICE_CONTROL").ok())
-        .unwrap_or_else(|| sluice_control::DEFAULT_CONTROL_URL.to_owned());
+    let url = control_url(url);
     sluice_control::connect(&url, control_token(None).as_deref())
         .await
         .map_err(Failure::runtime)
@@ -497,6 +544,7 @@ async fn demo() -> Result<(), Failure> {
             data_dir: control_dir.clone(),
             token: None,
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+            identity: sluice_control::IdentitySettings::default(),
         },
         ProxyValidator::new(),
     )

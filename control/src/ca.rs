@@ -1,0 +1,272 @@
+//! The mesh certificate authority: the control service signs short-lived workload
+//! certificates whose identity is a SPIFFE ID, `spiffe://<trust domain>/<workload>`, for
+//! proxies that prove with a join token which workload they are (see `tokens.rs`).
+//!
+//! The CA's key and certificate live in `<data dir>/ca/` and survive restarts, so the
+//! certificates it issued stay valid. The workload's private key never leaves the proxy: it
+//! sends only its public key.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
+};
+
+use crate::store::{StoreError, write_atomically};
+
+/// How long the CA itself is valid.
+const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The longest workload certificate the service issues.
+pub const MAX_CERT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{}: {what}", path.display())]
+    Unusable { path: PathBuf, what: String },
+    #[error("signing failed: {0}")]
+    Signing(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub struct MeshCa {
+    trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+/// A workload certificate.
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    /// The leaf, then the CA.
+    pub chain_pem: String,
+    pub spiffe_id: String,
+    pub not_after_unix: u64,
+}
+
+/// A P-256 public key as its uncompressed point: what a proxy sends.
+struct WorkloadKey(Vec<u8>);
+
+impl PublicKeyData for WorkloadKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl MeshCa {
+    /// Opens the CA of `data_dir` for `trust_domain`, creating it on first use.
+    pub fn open(data_dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        check_trust_domain(trust_domain)?;
+        let folder = data_dir.join("ca");
+        std::fs::create_dir_all(&folder).map_err(|source| StoreError::Io {
+            path: folder.clone(),
+            source,
+        })?;
+        let (key_path, cert_path) = (folder.join("ca.key"), folder.join("ca.pem"));
+        let params = ca_params(trust_domain);
+        if key_path.exists() {
+            let unusable = |path: &Path, what: String| CaError::Unusable {
+                path: path.to_owned(),
+                what,
+            };
+            let key_pem = std::fs::read_to_string(&key_path)
+                .map_err(|e| unusable(&key_path, e.to_string()))?;
+            let key = KeyPair::from_pem(&key_pem)
+                .map_err(|e| unusable(&key_path, format!("not a private key: {e}")))?;
+            let ca_pem = std::fs::read_to_string(&cert_path)
+                .map_err(|e| unusable(&cert_path, e.to_string()))?;
+            // The issuer is rebuilt from the same parameters and key, so what it signs names
+            // the stored certificate as its issuer.
+            return Ok(Self {
+                trust_domain: trust_domain.to_owned(),
+                issuer: Issuer::new(params, key),
+                ca_pem,
+            });
+        }
+        let key = KeyPair::generate().map_err(|e| CaError::Signing(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        write_atomically(&key_path, key.serialize_pem().as_bytes())?;
+        restrict_to_owner(&key_path);
+        write_atomically(&cert_path, cert.pem().as_bytes())?;
+        tracing::info!(trust_domain, path = %folder.display(), "created the mesh CA");
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            issuer: Issuer::new(params, key),
+            ca_pem: cert.pem(),
+        })
+    }
+
+    /// The CA certificate (PEM): what every proxy trusts for mesh mTLS.
+    pub fn trust_bundle(&self) -> &str {
+        &self.ca_pem
+    }
+
+    pub fn spiffe_id(&self, workload: &str) -> String {
+        format!("spiffe://{}/{workload}", self.trust_domain)
+    }
+
+    /// Signs a certificate for `workload` over `public_key` (a P-256 point), valid for `ttl`
+    /// (at most [`MAX_CERT_TTL`]) from a minute ago, to forgive clock skew.
+    pub fn issue(
+        &self,
+        workload: &str,
+        public_key: &[u8],
+        ttl: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
+        check_workload(workload)?;
+        if public_key.len() != 65 || public_key[0] != 0x04 {
+            return Err(CaError::Refused(
+                "the public key must be an uncompressed P-256 point (65 bytes)".into(),
+            ));
+        }
+        let spiffe_id = self.spiffe_id(workload);
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, workload.to_owned());
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id
+                .clone()
+                .try_into()
+                .map_err(|_| CaError::Refused(format!("{spiffe_id:?} is not a valid URI")))?,
+        )];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let now = SystemTime::now();
+        let ttl = ttl.min(MAX_CERT_TTL);
+        params.not_before = (now - Duration::from_secs(60)).into();
+        params.not_after = (now + ttl).into();
+        let cert = params
+            .signed_by(&WorkloadKey(public_key.to_vec()), &self.issuer)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(IssuedCertificate {
+            chain_pem: format!("{}{}", cert.pem(), self.ca_pem),
+            spiffe_id,
+            not_after_unix: (now + ttl)
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })
+    }
+}
+
+fn ca_params(trust_domain: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("sluice mesh CA {trust_domain}"));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    params.not_before = (now - Duration::from_secs(60)).into();
+    params.not_after = (now + CA_VALIDITY).into();
+    params
+}
+
+/// A trust domain is a DNS-like name: lowercase letters, digits, `.`, `-`, `_`.
+fn check_trust_domain(name: &str) -> Result<(), CaError> {
+    let fine = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if fine {
+        Ok(())
+    } else {
+        Err(CaError::Refused(format!(
+            "trust domain {name:?}: use lowercase letters, digits, '.', '-' and '_'"
+        )))
+    }
+}
+
+/// A workload name is the path of its SPIFFE ID: segments of letters, digits, `.-_`,
+/// separated by `/` (`ns/shop/sa/checkout`).
+pub fn check_workload(name: &str) -> Result<(), CaError> {
+    let fine = !name.is_empty()
+        && name.len() <= 200
+        && name.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        });
+    if fine {
+        Ok(())
+    } else {
+        Err(CaError::Refused(format!(
+            "workload {name:?}: use segments of letters, digits, '.', '-' and '_' separated by '/', such as ns/shop/sa/checkout"
+        )))
+    }
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), %error, "could not make the CA key private");
+    }
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &Path) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-ca-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn the_ca_survives_a_restart_and_names_workloads_by_spiffe_id() {
+        let dir = temp_dir("reopen");
+        let first = MeshCa::open(&dir, "mesh.test").unwrap();
+        let bundle = first.trust_bundle().to_owned();
+        let again = MeshCa::open(&dir, "mesh.test").unwrap();
+        assert_eq!(again.trust_bundle(), bundle, "the same CA after a restart");
+
+        let key = KeyPair::generate().unwrap();
+        let issued = again
+            .issue("ns/shop/sa/checkout", key.public_key_raw(), Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(issued.spiffe_id, "spiffe://mesh.test/ns/shop/sa/checkout");
+        assert!(issued.chain_pem.ends_with(&bundle), "leaf, then the CA");
+        assert_eq!(issued.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    }
+
+    #[test]
+    fn bad_names_and_keys_are_refused() {
+        let dir = temp_dir("refuse");
+        assert!(MeshCa::open(&dir, "Mesh Test").is_err());
+        let ca = MeshCa::open(&dir, "mesh.test").unwrap();
+        let key = KeyPair::generate().unwrap();
+        for workload in ["", "a//b", "../etc", "a b", "ns/shop/"] {
+            assert!(
+                ca.issue(workload, key.public_key_raw(), Duration::from_secs(60)).is_err(),
+                "{workload:?}"
+            );
+        }
+        assert!(ca.issue("web", &[4; 10], Duration::from_secs(60)).is_err());
+    }
+}

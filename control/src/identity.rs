@@ -1,0 +1,109 @@
+//! The identity services: `IdentityAdmin.CreateJoinToken` for operators and
+//! `Identity.IssueCertificate` for proxies (see `ca.rs` and `tokens.rs`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use crate::ca::{CaError, MeshCa, check_workload};
+use crate::proto::identity_admin_server::IdentityAdmin;
+use crate::proto::identity_server::Identity;
+use crate::proto::{
+    CreateJoinTokenReply, CreateJoinTokenRequest, IssueCertificateReply, IssueCertificateRequest,
+};
+use crate::tokens::JoinTokens;
+
+/// The mesh's trust domain and how long workload certificates live.
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    pub trust_domain: String,
+    pub cert_ttl: Duration,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            trust_domain: "sluice.local".to_owned(),
+            cert_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct IdentityService {
+    ca: Arc<MeshCa>,
+    tokens: Arc<Mutex<JoinTokens>>,
+    cert_ttl: Duration,
+}
+
+impl IdentityService {
+    pub fn new(ca: MeshCa, tokens: JoinTokens, cert_ttl: Duration) -> Self {
+        Self {
+            ca: Arc::new(ca),
+            tokens: Arc::new(Mutex::new(tokens)),
+            cert_ttl,
+        }
+    }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, JoinTokens> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn refused(error: CaError) -> Status {
+    match error {
+        CaError::Refused(why) => Status::invalid_argument(why),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityAdmin for IdentityService {
+    async fn create_join_token(
+        &self,
+        request: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenReply>, Status> {
+        let workload = request.into_inner().workload;
+        check_workload(&workload).map_err(refused)?;
+        let token = self
+            .tokens()
+            .create(&workload)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(workload, "join token created");
+        Ok(Response::new(CreateJoinTokenReply {
+            token,
+            spiffe_id: self.ca.spiffe_id(&workload),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn issue_certificate(
+        &self,
+        request: Request<IssueCertificateRequest>,
+    ) -> Result<Response<IssueCertificateReply>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let Some(workload) = self.tokens().workload(&request.join_token).map(str::to_owned) else {
+            tracing::warn!(?peer, "certificate refused: unknown join token");
+            return Err(Status::unauthenticated(
+                "unknown join token (create one with `sluice join-token <workload>`)",
+            ));
+        };
+        let issued = self
+            .ca
+            .issue(&workload, &request.public_key, self.cert_ttl)
+            .map_err(refused)?;
+        tracing::info!(spiffe_id = %issued.spiffe_id, ?peer, "workload certificate issued");
+        Ok(Response::new(IssueCertificateReply {
+            certificate_chain_pem: issued.chain_pem,
+            trust_bundle_pem: self.ca.trust_bundle().to_owned(),
+            not_after_unix: issued.not_after_unix,
+            spiffe_id: issued.spiffe_id,
+        }))
+    }
+}
