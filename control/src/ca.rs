@@ -135,12 +135,10 @@ impl MeshCa {
         params
             .distinguished_name
             .push(DnType::CommonName, workload.to_owned());
-        params.subject_alt_names = vec![SanType::URI(
-            spiffe_id
-                .clone()
-                .try_into()
-                .map_err(|_| CaError::Refused(format!("{spiffe_id:?} is not a valid URI")))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(spiffe_id.clone().try_into().map_err(
+                |_| CaError::Refused(format!("{spiffe_id:?} is not a valid URI")),
+            )?)];
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -248,7 +246,11 @@ mod tests {
 
         let key = KeyPair::generate().unwrap();
         let issued = again
-            .issue("ns/shop/sa/checkout", key.public_key_raw(), Duration::from_secs(3600))
+            .issue(
+                "ns/shop/sa/checkout",
+                key.public_key_raw(),
+                Duration::from_secs(3600),
+            )
             .unwrap();
         assert_eq!(issued.spiffe_id, "spiffe://mesh.test/ns/shop/sa/checkout");
         assert!(issued.chain_pem.ends_with(&bundle), "leaf, then the CA");
@@ -263,7 +265,8 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         for workload in ["", "a//b", "../etc", "a b", "ns/shop/"] {
             assert!(
-                ca.issue(workload, key.public_key_raw(), Duration::from_secs(60)).is_err(),
+                ca.issue(workload, key.public_key_raw(), Duration::from_secs(60))
+                    .is_err(),
                 "{workload:?}"
             );
         }

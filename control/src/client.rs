@@ -26,8 +26,9 @@ pub enum ConnectError {
 }
 
 /// The operators' identity client (join tokens), with the bearer token.
-pub type IdentityAdminClient =
-    crate::proto::identity_admin_client::IdentityAdminClient<InterceptedService<Channel, SendBearer>>;
+pub type IdentityAdminClient = crate::proto::identity_admin_client::IdentityAdminClient<
+    InterceptedService<Channel, SendBearer>,
+>;
 
 /// The proxies' identity client (certificates); the join token is in each request.
 pub type IdentityClient = crate::proto::identity_client::IdentityClient<Channel>;
@@ -60,7 +61,9 @@ pub async fn connect_identity_admin(
 
 /// The certificate API at `url`.
 pub async fn connect_identity(url: &str) -> Result<IdentityClient, ConnectError> {
-    Ok(crate::proto::identity_client::IdentityClient::new(channel(url).await?))
+    Ok(crate::proto::identity_client::IdentityClient::new(
+        channel(url).await?,
+    ))
 }
 
 async fn channel(url: &str) -> Result<Channel, ConnectError> {

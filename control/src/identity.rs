@@ -88,7 +88,11 @@ impl Identity for IdentityService {
     ) -> Result<Response<IssueCertificateReply>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
-        let Some(workload) = self.tokens().workload(&request.join_token).map(str::to_owned) else {
+        let Some(workload) = self
+            .tokens()
+            .workload(&request.join_token)
+            .map(str::to_owned)
+        else {
             tracing::warn!(?peer, "certificate refused: unknown join token");
             return Err(Status::unauthenticated(
                 "unknown join token (create one with `sluice join-token <workload>`)",

@@ -22,7 +22,7 @@ pub use client::{
     Client, ConnectError, DEFAULT_CONTROL_URL, IdentityAdminClient, IdentityClient, connect,
     connect_identity, connect_identity_admin,
 };
-pub use overlay::{FilterAttachment, ListenerRoutes, Overlay};
 pub use identity::IdentitySettings;
+pub use overlay::{FilterAttachment, ListenerRoutes, Overlay};
 pub use server::{ControlError, ControlSettings, DEFAULT_MAX_MODULE_SIZE, RunningControl};
 pub use service::{ChangeValidator, ControlService};

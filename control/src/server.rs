@@ -11,9 +11,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::auth::RequireBearer;
 use crate::identity::{IdentityService, IdentitySettings};
+use crate::proto::control_server::ControlServer;
 use crate::proto::identity_admin_server::IdentityAdminServer;
 use crate::proto::identity_server::IdentityServer;
-use crate::proto::control_server::ControlServer;
 use crate::service::{ChangeValidator, ControlService};
 use crate::store::{Store, StoreError};
 

@@ -42,10 +42,11 @@ impl JoinTokens {
         let token = format!("sjt_{}", sha256_hex(&secret));
         self.by_digest
             .insert(sha256_hex(token.as_bytes()), workload.to_owned());
-        let json = serde_json::to_vec_pretty(&self.by_digest).map_err(|source| StoreError::Corrupt {
-            path: self.path.clone(),
-            source,
-        })?;
+        let json =
+            serde_json::to_vec_pretty(&self.by_digest).map_err(|source| StoreError::Corrupt {
+                path: self.path.clone(),
+                source,
+            })?;
         write_atomically(&self.path, &json)?;
         Ok(token)
     }

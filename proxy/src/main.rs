@@ -43,6 +43,11 @@ enum Command {
         /// How `sluice status` names this proxy [host name and process id].
         #[arg(long)]
         id: Option<String>,
+        /// A file holding this workload's join token (`sluice join-token`): the proxy gets its
+        /// mesh certificate from the control service (`--control`) and keeps it renewed, for
+        /// `tls: { mesh: ... }` listeners and clusters.
+        #[arg(long)]
+        join_token_file: Option<PathBuf>,
     },
     /// Run the control service: it keeps modules and config versions in its data dir and
     /// pushes them to subscribed proxies.
@@ -226,14 +231,28 @@ async fn run(command: Command) -> Result<(), Failure> {
             config,
             control,
             id,
+            join_token_file,
         } => {
-            let loaded = config::load_file(&config).map_err(Failure::usage)?;
+            let mut loaded = config::load_file(&config).map_err(Failure::usage)?;
+            let renewal = match join_token_file {
+                Some(file) => {
+                    let source = identity_source(control.clone(), &file)?;
+                    let identity = source.obtain().await.map_err(Failure::runtime)?;
+                    loaded.mesh = Some(std::sync::Arc::clone(&identity));
+                    Some(source.keep_renewed(identity))
+                }
+                None => None,
+            };
             let subscription = control.map(|url| SubscriberSettings {
                 url,
                 token: control_token(None),
                 proxy_id: id.unwrap_or_else(default_proxy_id),
             });
-            serve(&loaded, subscription).await
+            let served = serve(&loaded, subscription).await;
+            if let Some(renewal) = renewal {
+                renewal.abort();
+            }
+            served
         }
         Command::Control {
             listen,
@@ -362,6 +381,37 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Demo => demo().await,
     }
+}
+
+/// Where `--join-token-file` gets the workload identity: the control service of `--control`.
+fn identity_source(
+    control: Option<String>,
+    file: &std::path::Path,
+) -> Result<sluice::control::IdentitySource, Failure> {
+    let Some(url) = control else {
+        return Err(Failure::usage(
+            "--join-token-file needs --control: the control service issues the certificates",
+        ));
+    };
+    let token = std::fs::read_to_string(file)
+        .map_err(|e| {
+            Failure::usage(format!(
+                "{}: cannot read the join token: {e}",
+                file.display()
+            ))
+        })?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(Failure::usage(format!(
+            "{}: the file is empty",
+            file.display()
+        )));
+    }
+    Ok(sluice::control::IdentitySource {
+        url,
+        join_token: token,
+    })
 }
 
 /// `1h`, `30m`, `90s`, as in the config file.

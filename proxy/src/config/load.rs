@@ -17,6 +17,8 @@ pub struct LoadedConfig {
     pub file: PathBuf,
     /// What `module: sha256:<hex>` entries name, verified against their digest.
     pub sent_modules: Arc<SentModules>,
+    /// This proxy's workload identity, for `tls: { mesh: ... }`; set by the runtime.
+    pub mesh: Option<Arc<crate::tls::MeshIdentity>>,
 }
 
 /// Module bytes a control service sent, by sha256 (lowercase hex).
@@ -48,6 +50,7 @@ pub fn load_str(text: &str, file: &Path) -> Result<LoadedConfig, ConfigError> {
         config,
         file: file.to_owned(),
         sent_modules: Arc::default(),
+        mesh: None,
     })
 }
 

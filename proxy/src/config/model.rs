@@ -91,9 +91,16 @@ pub struct SniRoute {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
-    /// One or more. A client's server name (SNI) picks the certificate that lists it; the
-    /// first one serves clients without a name or with a name none lists.
+    /// One or more (unless `mesh` is set). A client's server name (SNI) picks the
+    /// certificate that lists it; the first one serves clients without a name or with a name
+    /// none lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<TlsCertificate>,
+    /// Mesh mTLS with this proxy's workload identity (issued by the control service):
+    /// `strict` requires a mesh client certificate; `permissive` also serves clients without
+    /// one and plaintext clients, for migration. Needs `sluice proxy --join-token-file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshMode>,
     /// ALPN protocols offered, in preference order. [h2, http/1.1]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpn: Option<Vec<String>>,
@@ -126,6 +133,13 @@ pub struct TlsCertificate {
     /// The names (`api.example.com`, `*.example.com`) this certificate serves. [its DNS SANs]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshMode {
+    Strict,
+    Permissive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -311,8 +325,17 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterTls {
-    /// PEM bundle of the CAs the endpoints' certificates must chain to.
-    pub ca: String,
+    /// PEM bundle of the CAs the endpoints' certificates must chain to (unless `mesh`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Mesh mTLS with this proxy's workload identity: the endpoints must show a mesh
+    /// certificate, whose SPIFFE ID `peers` may narrow. [false]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh: bool,
+    /// With `mesh`: the SPIFFE IDs the endpoints may have (exact, or a prefix ending in `*`).
+    /// [any mesh identity]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<String>,
     /// The name sent as SNI and required in the endpoints' certificates. [the endpoints'
     /// host name; needed when they are IP addresses]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -114,6 +114,7 @@ pub fn with_overlay(
         config,
         file: base.file.clone(),
         sent_modules: Arc::clone(modules),
+        mesh: base.mesh.clone(),
     })
 }
 

@@ -72,9 +72,10 @@ impl Snapshot {
             // Read every time, even for a kept cluster: its certificate files may be new.
             let tls = match &c.tls {
                 Some(tls) => Some(Arc::new(
-                    crate::tls::ClientTls::load(tls, c, loaded.base_dir()).map_err(|e| {
-                        invalid(format!("clusters[{index}].tls.{}", e.path), e.reason)
-                    })?,
+                    crate::tls::ClientTls::load(tls, c, loaded.base_dir(), loaded.mesh.as_ref())
+                        .map_err(|e| {
+                            invalid(format!("clusters[{index}].tls.{}", e.path), e.reason)
+                        })?,
                 )),
                 None => None,
             };
@@ -156,7 +157,7 @@ impl Snapshot {
                     ));
                 }
                 Some(tls) => Some(Arc::new(
-                    crate::tls::ServerTls::load(tls, loaded.base_dir())
+                    crate::tls::ServerTls::load(tls, loaded.base_dir(), loaded.mesh.as_ref())
                         .map_err(|e| invalid(format!("{path}.tls.{}", e.path), e.reason))?,
                 )),
                 None => None,

@@ -94,8 +94,12 @@ impl ConfigApplier {
     /// anything changes; then one atomic swap. Requests in flight finish on the snapshot they
     /// started with; new requests, even on an open keep-alive or HTTP/2 connection, get the
     /// new one. Returns the new snapshot version.
-    pub async fn apply(&self, loaded: LoadedConfig) -> Result<u64, ApplyError> {
+    pub async fn apply(&self, mut loaded: LoadedConfig) -> Result<u64, ApplyError> {
         let mut sources = self.0.sources.lock().await;
+        // A re-read file knows nothing of the process's workload identity; it stays.
+        if loaded.mesh.is_none() {
+            loaded.mesh = sources.file.mesh.clone();
+        }
         // An overlay refused for want of something in the file may fit this file.
         if let Some(refused) = sources.refused.clone()
             && let Ok(composed) = refused.over(&loaded)

@@ -200,6 +200,18 @@ impl WatchedFiles {
                     .flat_map(|c| [&c.cert, &c.key])
                     .chain(tls.client_ca.as_ref())
             })
+            .chain(
+                loaded
+                    .config
+                    .clusters
+                    .iter()
+                    .filter_map(|c| c.tls.as_ref())
+                    .flat_map(|tls| {
+                        [tls.ca.as_ref(), tls.cert.as_ref(), tls.key.as_ref()]
+                            .into_iter()
+                            .flatten()
+                    }),
+            )
             .map(|path| absolute(&loaded.base_dir().join(path)));
         files.extend(tls_files);
         for folder in files.iter().filter_map(|file| file.parent()) {

@@ -11,6 +11,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::certs;
+use super::mesh::{CurrentCertificate, MeshIdentity, SpiffeServerVerifier};
 use super::server::TlsConfigError;
 use crate::config::{ClusterConfig, ClusterTls, UpstreamProtocol};
 
@@ -41,7 +42,17 @@ impl ClientTls {
         tls: &ClusterTls,
         cluster: &ClusterConfig,
         base: &Path,
+        mesh: Option<&Arc<MeshIdentity>>,
     ) -> Result<Self, TlsConfigError> {
+        if tls.mesh {
+            return Self::mesh(tls, cluster, mesh);
+        }
+        let Some(ca) = &tls.ca else {
+            return Err(problem(
+                "ca",
+                "needed to verify the endpoints (or set mesh: true for mesh mTLS)",
+            ));
+        };
         let name = match &tls.server_name {
             Some(name) => name.clone(),
             None => default_server_name(cluster).ok_or_else(|| {
@@ -53,7 +64,7 @@ impl ClientTls {
         };
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| problem("server_name", format!("{name:?}: {e}")))?;
-        let roots = certs::load_roots(&base.join(&tls.ca)).map_err(|e| problem("ca", e))?;
+        let roots = certs::load_roots(&base.join(ca)).map_err(|e| problem("ca", e))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -73,10 +84,42 @@ impl ClientTls {
             (Some(_), None) => return Err(problem("key", "cert is set, so key is needed too")),
             (None, Some(_)) => return Err(problem("cert", "key is set, so cert is needed too")),
         };
-        config.alpn_protocols = match cluster.protocol {
-            UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
-            UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-        };
+        config.alpn_protocols = alpn(cluster);
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            server_name,
+        })
+    }
+
+    /// Mesh mTLS: present the workload certificate, verify the endpoint's SPIFFE ID.
+    fn mesh(
+        tls: &ClusterTls,
+        cluster: &ClusterConfig,
+        mesh: Option<&Arc<MeshIdentity>>,
+    ) -> Result<Self, TlsConfigError> {
+        let identity = mesh.ok_or_else(super::mesh::no_identity)?;
+        if tls.ca.is_some() || tls.cert.is_some() || tls.key.is_some() {
+            return Err(problem(
+                "mesh",
+                "the mesh brings the certificate and the CA: drop ca, cert and key",
+            ));
+        }
+        // A mesh verifies SPIFFE IDs, not names; SNI still tells a passthrough hop the way.
+        let name = tls
+            .server_name
+            .clone()
+            .or_else(|| default_server_name(cluster))
+            .unwrap_or_else(|| "mesh.sluice".to_owned());
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|e| problem("server_name", format!("{name:?}: {e}")))?;
+        let verifier = SpiffeServerVerifier::new(identity, tls.peers.clone());
+        let mut config = ClientConfig::builder_with_provider(identity.provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| problem("mesh", e))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::new(CurrentCertificate(Arc::clone(identity))));
+        config.alpn_protocols = alpn(cluster);
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
@@ -88,6 +131,13 @@ impl ClientTls {
         self.connector
             .connect(self.server_name.clone(), stream)
             .await
+    }
+}
+
+fn alpn(cluster: &ClusterConfig) -> Vec<Vec<u8>> {
+    match cluster.protocol {
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
     }
 }
 

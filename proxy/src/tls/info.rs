@@ -6,7 +6,6 @@ use std::sync::Arc;
 use rustls::ServerConnection;
 
 use super::certs::{CertificateFacts, facts};
-use super::sni::CertificatesByName;
 
 #[derive(Debug, Clone, Default)]
 pub struct TlsInfo {
@@ -22,7 +21,8 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
-    pub fn of(connection: &ServerConnection, served: &CertificatesByName) -> Self {
+    /// `local`: the facts of the certificate this proxy served.
+    pub fn of(connection: &ServerConnection, local: Option<Arc<CertificateFacts>>) -> Self {
         let server_name = connection.server_name().map(str::to_owned);
         let version = match connection.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
@@ -34,7 +34,7 @@ impl TlsInfo {
             .and_then(|chain| chain.first())
             .and_then(|leaf| facts(leaf).ok());
         Self {
-            local: served.facts_for(server_name.as_deref()),
+            local,
             server_name,
             version,
             alpn: connection.alpn_protocol().map(<[u8]>::to_vec),

@@ -14,13 +14,15 @@ use tokio_rustls::server::TlsStream;
 use super::certs;
 use super::handshake::failure_reason;
 use super::info::TlsInfo;
+use super::mesh::{CurrentCertificate, MeshIdentity};
 use super::sni::CertificatesByName;
-use crate::config::{ClientCertificate, ListenerTls};
+use crate::config::{ClientCertificate, ListenerTls, MeshMode};
 
 /// What a listener needs to accept TLS, built once per config.
 pub struct ServerTls {
     acceptor: TlsAcceptor,
-    certificates: Arc<CertificatesByName>,
+    /// Where the served certificate's facts come from.
+    served: Served,
     pub handshake_timeout: Duration,
     /// Plaintext clients are served too (permissive).
     pub accept_plaintext: bool,
@@ -60,7 +62,7 @@ impl HandshakeError {
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerTls")
-            .field("certificates", &self.certificates)
+            .field("served", &self.served)
             .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
     }
@@ -74,9 +76,17 @@ fn problem(path: impl Into<String>, reason: impl std::fmt::Display) -> TlsConfig
 }
 
 impl ServerTls {
-    /// Reads the certificates, keys and CA of `config` (paths relative to `base`). Errors
-    /// name the field below `tls` (`certificates[1].key`).
-    pub fn load(config: &ListenerTls, base: &Path) -> Result<Self, TlsConfigError> {
+    /// Reads the certificates, keys and CA of `config` (paths relative to `base`); `mesh`
+    /// is this proxy's workload identity, for `mesh:`. Errors name the field below `tls`
+    /// (`certificates[1].key`).
+    pub fn load(
+        config: &ListenerTls,
+        base: &Path,
+        mesh: Option<&Arc<MeshIdentity>>,
+    ) -> Result<Self, TlsConfigError> {
+        if let Some(mode) = config.mesh {
+            return Self::mesh(config, mode, mesh);
+        }
         if config.certificates.is_empty() {
             return Err(problem(
                 "certificates",
@@ -125,17 +135,45 @@ impl ServerTls {
             None => builder.with_no_client_auth(),
         };
         let mut server = builder.with_cert_resolver(Arc::clone(&certificates) as _);
-        server.alpn_protocols = match &config.alpn {
-            Some(protocols) => protocols.iter().map(|p| p.as_bytes().to_vec()).collect(),
-            None => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        };
+        server.alpn_protocols = alpn(config);
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            certificates,
-            handshake_timeout: config
-                .handshake_timeout
-                .map_or(Duration::from_secs(10), |t| t.0),
+            served: Served::ByName(certificates),
+            handshake_timeout: handshake_timeout(config),
             accept_plaintext: config.accept_plaintext,
+        })
+    }
+
+    /// Mesh mTLS: the workload certificate, clients verified against the mesh CA.
+    fn mesh(
+        config: &ListenerTls,
+        mode: MeshMode,
+        mesh: Option<&Arc<MeshIdentity>>,
+    ) -> Result<Self, TlsConfigError> {
+        let identity = mesh.ok_or_else(super::mesh::no_identity)?;
+        if !config.certificates.is_empty() || config.client_ca.is_some() {
+            return Err(problem(
+                "mesh",
+                "the mesh brings the certificate and the CA: drop certificates and client_ca",
+            ));
+        }
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(identity.roots(), identity.provider());
+        let verifier = match mode {
+            MeshMode::Strict => verifier,
+            MeshMode::Permissive => verifier.allow_unauthenticated(),
+        };
+        let mut server = ServerConfig::builder_with_provider(identity.provider())
+            .with_protocol_versions(versions(config.min_version.as_ref())?)
+            .map_err(|e| problem("min_version", e))?
+            .with_client_cert_verifier(verifier.build().map_err(|e| problem("mesh", e))?)
+            .with_cert_resolver(Arc::new(CurrentCertificate(Arc::clone(identity))));
+        server.alpn_protocols = alpn(config);
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            served: Served::Mesh(Arc::clone(identity)),
+            handshake_timeout: handshake_timeout(config),
+            accept_plaintext: mode == MeshMode::Permissive || config.accept_plaintext,
         })
     }
 
@@ -172,9 +210,36 @@ impl ServerTls {
                 reason: failure_reason(&source),
                 source,
             })?;
-        let info = TlsInfo::of(stream.get_ref().1, &self.certificates);
+        let connection = stream.get_ref().1;
+        let local = match &self.served {
+            Served::ByName(certificates) => certificates.facts_for(connection.server_name()),
+            Served::Mesh(identity) => Some(Arc::clone(&identity.current().facts)),
+        };
+        let info = TlsInfo::of(connection, local);
         Ok((stream, info))
     }
+}
+
+/// Where a listener's certificate comes from.
+#[derive(Debug)]
+enum Served {
+    /// Files, chosen by SNI.
+    ByName(Arc<CertificatesByName>),
+    /// The workload identity.
+    Mesh(Arc<MeshIdentity>),
+}
+
+fn alpn(config: &ListenerTls) -> Vec<Vec<u8>> {
+    match &config.alpn {
+        Some(protocols) => protocols.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        None => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    }
+}
+
+fn handshake_timeout(config: &ListenerTls) -> Duration {
+    config
+        .handshake_timeout
+        .map_or(Duration::from_secs(10), |t| t.0)
 }
 
 /// The content type of a TLS handshake record, the first byte a TLS client sends.

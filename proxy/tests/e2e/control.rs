@@ -25,6 +25,7 @@ async fn start_control_on(
         data_dir: data_dir.to_owned(),
         token: token.map(str::to_owned),
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+        identity: sluice_control::IdentitySettings::default(),
     };
     RunningControl::start(settings, ProxyValidator::new())
         .await
@@ -391,6 +392,7 @@ async fn a_guarded_service_refuses_calls_without_its_token() {
         data_dir: temp_folder("control-unguarded"),
         token: None,
         max_module_size: 1 << 20,
+        identity: sluice_control::IdentitySettings::default(),
     };
     let error = RunningControl::start(settings, ProxyValidator::new())
         .await

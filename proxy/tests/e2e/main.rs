@@ -15,6 +15,7 @@ mod file_mode;
 mod forwarding;
 mod hot_swap;
 mod malformed;
+mod mesh;
 mod protocols;
 mod routing;
 mod support;
