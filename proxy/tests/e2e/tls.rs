@@ -653,3 +653,73 @@ async fn a_permissive_listener_serves_plaintext_and_mutual_tls_on_one_port() {
         .await
     );
 }
+
+/// The clients operators reach for: curl and openssl s_client, against a TLS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_and_openssl_see_the_right_certificate_and_get_answers() {
+    for tool in ["curl", "openssl"] {
+        if std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_err()
+            && std::process::Command::new(tool)
+                .arg("version")
+                .output()
+                .is_err()
+        {
+            panic!("{tool} is needed for this test (apt-get install {tool})");
+        }
+    }
+    let app = TestUpstream::start("app").await;
+    let folder = temp_folder("tls-tools");
+    let ca = TestCa::new("tools CA");
+    let (cert, key) = ca.server(&["tools.test"]).write(&folder, "server");
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let tls = format!(
+        "{{ certificates: [{{ cert: {}, key: {} }}] }}",
+        path(&cert),
+        path(&key)
+    );
+    let proxy = start_proxy(&tls_config(&tls), &[&app]).await;
+    let port = proxy.addr.port();
+
+    // Blocking commands, off the runtime threads that serve the proxy.
+    let run = async |mut command: std::process::Command| {
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    };
+    let mut command = std::process::Command::new("curl");
+    command
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&ca_file)
+        .args(["--resolve", &format!("tools.test:{port}:127.0.0.1")])
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("https://tools.test:{port}/tls/curl"));
+    let curl = run(command).await;
+    let out = String::from_utf8_lossy(&curl.stdout);
+    assert!(
+        curl.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert!(out.ends_with("2 200"), "HTTP/2 by ALPN, verified: {out}");
+    assert!(out.contains("x-tls-sni: tools.test"), "{out}");
+
+    let mut command = std::process::Command::new("openssl");
+    command
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args([
+            "-servername",
+            "tools.test",
+            "-verify_return_error",
+            "-CAfile",
+        ])
+        .arg(&ca_file)
+        .stdin(std::process::Stdio::null());
+    let s_client = run(command).await;
+    let out = String::from_utf8_lossy(&s_client.stdout);
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains("TLSv1.3"), "{out}");
+}
