@@ -1,9 +1,12 @@
-//! `sluice demo`: a small mesh on loopback with nothing to install: two instances of a demo
-//! app behind a gateway (round robin, health checks), the standard filters on it (`metrics`
+//! `sluice demo`: a small mesh on loopback with nothing to install. Two instances of a demo
+//! app, each behind its own sidecar, and a gateway in front of them (round robin, health
+//! checks). The gateway and the sidecars talk mutual TLS with workload identities that the
+//! control service issues (it is the mesh CA), and the sidecars let only the gateway's
+//! identity in (`authz` on `peers`). The gateway runs the standard filters: `metrics`
 //! everywhere, `authz` on `/admin`, `ratelimit` on `/limited`, `circuit-breaker` on `/flaky`,
-//! where the app fails, `retry` on `/unsteady`, where each instance fails every other request),
-//! and a control service the gateway subscribes to, so a `sluice push`
-//! hot-swaps a filter while curl runs.
+//! where the app fails, `retry` on `/unsteady`, where each instance fails every other request.
+//! The gateway subscribes to the control service, so a `sluice push` hot-swaps a filter while
+//! curl runs.
 //!
 //! The demo app answers every request with who it is and what it received, which makes the
 //! proxy's work (balancing, `x-forwarded-for`, `x-request-id`) visible with plain curl.
@@ -81,11 +84,12 @@ fn answer(
             .to_owned()
     };
     let body = format!(
-        "hello from {name} at {address}\n{} {}\nx-forwarded-for: {}\nx-request-id: {}\n",
+        "hello from {name} at {address}\n{} {}\nx-forwarded-for: {}\nx-request-id: {}\ncaller (its mTLS identity, checked by the sidecar): {}\n",
         request.method(),
         request.uri(),
         header("x-forwarded-for"),
         header("x-request-id"),
+        header("x-authz-principal"),
     );
     let mut response = Response::new(Full::new(Bytes::from(body)));
     // `/flaky/...` fails, so the circuit breaker has something to do.
@@ -136,17 +140,17 @@ pub fn build_standard_filters() -> Result<PathBuf, String> {
     crate::wasm::build_wasm_packages(&manifest, FILTER_PACKAGES, &target.join("wasm-filters"))
 }
 
-/// The demo's proxy config: a gateway in front of the given app instances, with the metrics
-/// filter on every request, an API key on `/admin`, a tight rate limit on `/limited`, and a
-/// circuit breaker on `/flaky` and retries on `/unsteady`. `listen` is the gateway's
-/// and the admin endpoint's address ([`GATEWAY_ADDRESS`], [`ADMIN_ADDRESS`]).
-pub fn demo_config(
-    apps: &[SocketAddr],
+/// The demo's gateway config: in front of the given sidecars (mesh mTLS to the `hello`
+/// workload), with the metrics filter on every request, an API key on `/admin`, a tight rate
+/// limit on `/limited`, a circuit breaker on `/flaky` and retries on `/unsteady`. `listen` is
+/// the gateway's and the admin endpoint's address ([`GATEWAY_ADDRESS`], [`ADMIN_ADDRESS`]).
+pub fn gateway_config(
+    sidecars: &[SocketAddr],
     filters: &Path,
     listen: (&str, &str),
 ) -> Result<LoadedConfig, crate::config::ConfigError> {
     let (gateway, admin) = listen;
-    let endpoints: Vec<String> = apps.iter().map(|a| format!("\"{a}\"")).collect();
+    let endpoints: Vec<String> = sidecars.iter().map(|a| format!("\"{a}\"")).collect();
     let metrics = filters.join("metrics.wasm");
     let ratelimit = filters.join("ratelimit.wasm");
     let authz = filters.join("authz.wasm");
@@ -198,8 +202,10 @@ clusters:
     endpoints: [{}]
     lb_policy: round_robin
     health_check: {{ path: /healthz, interval: 2s }}
+    tls: {{ mesh: true, peers: ["{hello_id}"] }}
 "#,
         endpoints.join(", "),
+        hello_id = spiffe_id(HELLO_WORKLOAD),
         metrics = metrics.display(),
         ratelimit = ratelimit.display(),
         authz = authz.display(),
@@ -207,4 +213,173 @@ clusters:
         retry = retry.display(),
     );
     load_str(&yaml, Path::new("<sluice demo>"))
+}
+
+/// The mesh's trust domain and the demo's workloads.
+pub const TRUST_DOMAIN: &str = "demo.sluice";
+const GATEWAY_WORKLOAD: &str = "ns/demo/sa/gateway";
+const HELLO_WORKLOAD: &str = "ns/demo/sa/hello";
+
+fn spiffe_id(workload: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/{workload}")
+}
+
+/// A sidecar in front of `app`, on a free port: mesh mTLS (strict) in, and only the gateway's
+/// identity allowed (`authz` on `peers`).
+pub fn sidecar_config(
+    app: SocketAddr,
+    filters: &Path,
+) -> Result<LoadedConfig, crate::config::ConfigError> {
+    let yaml = format!(
+        r#"
+workers: 1
+listeners:
+  - name: inbound
+    address: "127.0.0.1:0"
+    tls: {{ mesh: strict }}
+    filters:
+      - name: authz
+        module: "{authz}"
+        config: {{ rules: [{{ action: allow, paths: ["/*"], peers: ["{gateway}"] }}] }}
+    routes:
+      - match: {{ prefix: / }}
+        cluster: app
+clusters:
+  - name: app
+    endpoints: ["{app}"]
+"#,
+        authz = filters.join("authz.wasm").display(),
+        gateway = spiffe_id(GATEWAY_WORKLOAD),
+    );
+    load_str(&yaml, Path::new("<sluice demo sidecar>"))
+}
+
+/// Where the demo's gateway, admin endpoint and control service listen: the fixed addresses
+/// for `sluice demo`, `127.0.0.1:0` in tests.
+pub struct DemoAddresses<'a> {
+    pub gateway: &'a str,
+    pub admin: &'a str,
+    pub control: &'a str,
+}
+
+/// Everything the demo runs; [`DemoMesh::shutdown`] stops it.
+pub struct DemoMesh {
+    pub control: sluice_control::RunningControl,
+    pub gateway: crate::RunningProxy,
+    pub sidecars: Vec<crate::RunningProxy>,
+    pub apps: Vec<SocketAddr>,
+    renewals: Vec<tokio::task::JoinHandle<()>>,
+    control_dir: PathBuf,
+}
+
+/// Starts the control service (the mesh CA), the two app instances with their sidecars, and
+/// the gateway, each proxy with its workload identity from a join token.
+pub async fn start_mesh(filters: &Path, addresses: &DemoAddresses<'_>) -> Result<DemoMesh, String> {
+    let control_dir = std::env::temp_dir().join(format!(
+        "sluice-demo-control-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let listen = addresses
+        .control
+        .parse()
+        .map_err(|e| format!("{}: {e}", addresses.control))?;
+    let control = sluice_control::RunningControl::start(
+        sluice_control::ControlSettings {
+            listen,
+            data_dir: control_dir.clone(),
+            token: None,
+            max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+            identity: sluice_control::IdentitySettings {
+                trust_domain: TRUST_DOMAIN.to_owned(),
+                cert_ttl: std::time::Duration::from_secs(3600),
+            },
+        },
+        crate::control::ProxyValidator::new(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let url = format!("http://{}", control.address());
+    let mut renewals = Vec::new();
+
+    let mut apps = Vec::new();
+    let mut sidecars = Vec::new();
+    for name in ["hello-1", "hello-2"] {
+        let app = start_demo_app(name).await.map_err(|e| e.to_string())?;
+        let mut loaded = sidecar_config(app, filters).map_err(|e| e.to_string())?;
+        let (identity, renewal) = join(&url, HELLO_WORKLOAD).await?;
+        loaded.mesh = Some(identity);
+        renewals.push(renewal);
+        let sidecar = crate::RunningProxy::start(&loaded)
+            .await
+            .map_err(|e| format!("the sidecar of {name}: {e}"))?;
+        apps.push(app);
+        sidecars.push(sidecar);
+    }
+    let inbound: Vec<SocketAddr> = sidecars
+        .iter()
+        .filter_map(|sidecar| sidecar.listener_address("inbound"))
+        .collect();
+    let mut loaded = gateway_config(&inbound, filters, (addresses.gateway, addresses.admin))
+        .map_err(|e| e.to_string())?;
+    let (identity, renewal) = join(&url, GATEWAY_WORKLOAD).await?;
+    loaded.mesh = Some(identity);
+    renewals.push(renewal);
+    let gateway = crate::RunningProxy::start(&loaded)
+        .await
+        .map_err(|e| format!("the gateway: {e}"))?;
+    Ok(DemoMesh {
+        control,
+        gateway,
+        sidecars,
+        apps,
+        renewals,
+        control_dir,
+    })
+}
+
+/// What `sluice join-token` and `--join-token-file` do: a token for `workload`, then its
+/// identity, kept renewed.
+async fn join(
+    url: &str,
+    workload: &str,
+) -> Result<
+    (
+        std::sync::Arc<crate::tls::MeshIdentity>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+> {
+    let mut admin = sluice_control::connect_identity_admin(url, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = admin
+        .create_join_token(sluice_control::proto::CreateJoinTokenRequest {
+            workload: workload.to_owned(),
+        })
+        .await
+        .map_err(|e| e.message().to_owned())?
+        .into_inner()
+        .token;
+    let source = crate::control::IdentitySource {
+        url: url.to_owned(),
+        join_token: token,
+    };
+    let identity = source.obtain().await.map_err(|e| e.to_string())?;
+    let renewal = source.keep_renewed(std::sync::Arc::clone(&identity));
+    Ok((identity, renewal))
+}
+
+impl DemoMesh {
+    pub async fn shutdown(self) {
+        for renewal in &self.renewals {
+            renewal.abort();
+        }
+        self.gateway.shutdown().await;
+        for sidecar in self.sidecars {
+            sidecar.shutdown().await;
+        }
+        self.control.shutdown().await;
+        let _ = std::fs::remove_dir_all(&self.control_dir);
+    }
 }

@@ -571,38 +571,21 @@ async fn wait_for_shutdown_signal() -> std::io::Result<()> {
 
 async fn demo() -> Result<(), Failure> {
     println!(
-        "Building the standard filters (authz, circuit-breaker, metrics, ratelimit) for wasm32-wasip1; the first time takes a minute or two..."
+        "Building the standard filters (authz, circuit-breaker, metrics, ratelimit, retry) for wasm32-wasip1; the first time takes a minute or two..."
     );
     let filters = tokio::task::spawn_blocking(sluice::demo::build_standard_filters)
         .await
         .map_err(Failure::runtime)?
         .map_err(Failure::runtime)?;
-    let mut apps = Vec::new();
-    for name in ["hello-1", "hello-2"] {
-        apps.push(
-            sluice::demo::start_demo_app(name)
-                .await
-                .map_err(Failure::runtime)?,
-        );
-    }
-    let control_dir =
-        std::env::temp_dir().join(format!("sluice-demo-control-{}", std::process::id()));
+    println!("Starting the control service, two apps with their sidecars, and the gateway...");
     let control_address = sluice::demo::CONTROL_ADDRESS;
-    let control = RunningControl::start(
-        ControlSettings {
-            listen: control_address.parse().map_err(Failure::runtime)?,
-            data_dir: control_dir.clone(),
-            token: None,
-            max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
-            identity: sluice_control::IdentitySettings::default(),
-        },
-        ProxyValidator::new(),
-    )
-    .await
-    .map_err(Failure::runtime)?;
-    let listen = (sluice::demo::GATEWAY_ADDRESS, sluice::demo::ADMIN_ADDRESS);
-    let loaded = sluice::demo::demo_config(&apps, &filters, listen).map_err(Failure::runtime)?;
-    let proxy = RunningProxy::start(&loaded)
+    let (gateway, admin) = (sluice::demo::GATEWAY_ADDRESS, sluice::demo::ADMIN_ADDRESS);
+    let addresses = sluice::demo::DemoAddresses {
+        gateway,
+        admin,
+        control: control_address,
+    };
+    let mesh = sluice::demo::start_mesh(&filters, &addresses)
         .await
         .map_err(Failure::runtime)?;
     let subscription = ControlSubscription::start(
@@ -611,21 +594,32 @@ async fn demo() -> Result<(), Failure> {
             token: None,
             proxy_id: "gateway".to_owned(),
         },
-        proxy.applier(),
+        mesh.gateway.applier(),
     );
-    let gateway = sluice::demo::GATEWAY_ADDRESS;
-    let admin = sluice::demo::ADMIN_ADDRESS;
+    let sidecars: Vec<String> = mesh
+        .sidecars
+        .iter()
+        .filter_map(|s| s.listener_address("inbound"))
+        .map(|a| a.to_string())
+        .collect();
+    let ([sidecar_1, sidecar_2], [app_1, app_2]) = (sidecars.as_slice(), mesh.apps.as_slice())
+    else {
+        return Err(Failure::runtime("the demo's two sidecars did not start"));
+    };
     let ratelimit = filters.join("ratelimit.wasm");
     let api_key = sluice::demo::DEMO_API_KEY;
+    let domain = sluice::demo::TRUST_DOMAIN;
     println!(
         "\nSluice demo is running on loopback:\n  \
-         gateway  http://{gateway}  (filters: metrics and authz everywhere, ratelimit on /limited, circuit-breaker on /flaky, retry on /unsteady)\n  \
-         apps     hello-1 at {}, hello-2 at {} (round robin, health-checked)\n  \
-         admin    http://{admin}\n  \
-         control  http://{control_address}  (the gateway subscribes to it)\n\n\
+         gateway   http://{gateway}  (filters: metrics and authz everywhere, ratelimit on /limited, circuit-breaker on /flaky, retry on /unsteady)\n  \
+         sidecars  {} -> hello-1 at {}, {} -> hello-2 at {}\n            \
+         mutual TLS from the gateway (spiffe://{domain}/ns/demo/sa/gateway); only that identity gets in\n  \
+         admin     http://{admin}\n  \
+         control   http://{control_address}  (the mesh CA; the gateway subscribes to it)\n\n\
          Try:\n  \
-         curl -s http://{gateway}/hello          # run it twice: both instances answer\n  \
+         curl -s http://{gateway}/hello          # run it twice: both instances answer, and name their caller\n  \
          curl -s --http2-prior-knowledge http://{gateway}/h2\n  \
+         curl -s -o /dev/null -w '%{{http_code}}\\n' http://{}/hello   # the sidecar refuses a client without a mesh certificate\n  \
          for i in 1 2 3 4 5; do curl -s -o /dev/null -w '%{{http_code}} ' http://{gateway}/limited; done; echo\n                                          \
          # 3 requests per 10s, then 429 with retry-after\n  \
          curl -s -i http://{gateway}/admin/stats      # 401: needs an API key\n  \
@@ -641,14 +635,15 @@ async fn demo() -> Result<(), Failure> {
          cargo run --release -p sluice -- status\n  \
          cargo run --release -p sluice -- rollback 0     # back to the file's 3 per 10s\n\n\
          Ctrl-C stops everything.",
-        apps[0],
-        apps[1],
+        sidecar_1,
+        app_1,
+        sidecar_2,
+        app_2,
+        sidecar_1,
         ratelimit.display(),
     );
     wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
     drop(subscription);
-    proxy.shutdown().await;
-    control.shutdown().await;
-    let _ = std::fs::remove_dir_all(&control_dir);
+    mesh.shutdown().await;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! What `sluice demo` starts, on free ports: the apps, the standard filters built from this
-//! tree, and the gateway config.
+//! What `sluice demo` starts, on free ports: the control service (the mesh CA), the apps and
+//! their sidecars, the gateway, and the standard filters built from this tree.
 
 use crate::support::*;
 
@@ -9,20 +9,35 @@ async fn the_demo_gateway_balances_and_runs_every_standard_filter() {
         .await
         .unwrap()
         .unwrap_or_else(|error| panic!("{error}"));
-    let apps = vec![
-        sluice::demo::start_demo_app("hello-1").await.unwrap(),
-        sluice::demo::start_demo_app("hello-2").await.unwrap(),
-    ];
-    let loaded =
-        sluice::demo::demo_config(&apps, &filters, ("127.0.0.1:0", "127.0.0.1:0")).unwrap();
-    let proxy = sluice::RunningProxy::start(&loaded).await.unwrap();
-    let gateway = proxy.listener_address("gateway").unwrap();
-    let admin = proxy.admin_address().unwrap();
+    let addresses = sluice::demo::DemoAddresses {
+        gateway: "127.0.0.1:0",
+        admin: "127.0.0.1:0",
+        control: "127.0.0.1:0",
+    };
+    let mesh = sluice::demo::start_mesh(&filters, &addresses)
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
+    let gateway = mesh.gateway.listener_address("gateway").unwrap();
+    let admin = mesh.gateway.admin_address().unwrap();
 
     let first = get(gateway, "/hello").await.body;
     let second = get(gateway, "/hello").await.body;
     assert!(first.starts_with("hello from hello-"), "{first}");
     assert_ne!(first.lines().next(), second.lines().next(), "round robin");
+    // Through the sidecars, over mutual TLS: the app hears who called.
+    assert!(
+        first.contains("caller (its mTLS identity, checked by the sidecar): spiffe://demo.sluice/ns/demo/sa/gateway"),
+        "{first}"
+    );
+    // A client without a mesh certificate does not get past a sidecar.
+    let sidecar = mesh.sidecars[0].listener_address("inbound").unwrap();
+    let refused = raw_exchange(
+        sidecar,
+        b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n",
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    assert!(!refused.contains("200"), "{refused}");
 
     let statuses: Vec<u16> = {
         let mut statuses = Vec::new();
@@ -72,4 +87,5 @@ async fn the_demo_gateway_balances_and_runs_every_standard_filter() {
         metrics.contains(r#"name="requests_total;route=limited;cluster=hello;status_class=4xx",plugin="metrics"} 2"#),
         "{metrics}"
     );
+    mesh.shutdown().await;
 }
