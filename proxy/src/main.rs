@@ -420,7 +420,10 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn check(file: &std::path::Path) -> Result<(), Failure> {
-    let loaded = config::load_file(file).map_err(Failure::usage)?;
+    let mut loaded = config::load_file(file).map_err(Failure::usage)?;
+    // `mesh:` settings are checked against a stand-in identity: the real one comes from the
+    // control service when the proxy runs.
+    loaded.mesh = Some(sluice::tls::MeshIdentity::for_validation().map_err(Failure::runtime)?);
     let snapshot = Snapshot::build(&loaded, 0, &sluice::admin::Metrics::new(), None)
         .map_err(Failure::usage)?;
     println!(

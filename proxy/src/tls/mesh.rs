@@ -101,6 +101,27 @@ impl MeshIdentity {
         }))
     }
 
+    /// A stand-in identity (a throwaway self-signed CA and certificate) for validating a
+    /// config with `mesh:` settings without a control service: `sluice check`. It never
+    /// serves traffic.
+    pub fn for_validation() -> Result<Arc<Self>, UnusableCertificate> {
+        let failed = |e: rcgen::Error| UnusableCertificate(e.to_string());
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().map_err(failed)?;
+        let ca = ca_params.self_signed(&ca_key).map_err(failed)?;
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let spiffe_id = "spiffe://validation.invalid/check".to_owned();
+        let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        leaf.subject_alt_names = vec![rcgen::SanType::URI(
+            spiffe_id.clone().try_into().map_err(failed)?,
+        )];
+        let key = rcgen::KeyPair::generate().map_err(failed)?;
+        let cert = leaf.signed_by(&key, &issuer).map_err(failed)?;
+        let issued = IssuedIdentity::from_pem(&cert.pem(), key.serialize_der())?;
+        Self::new(spiffe_id, issued, &ca.pem())
+    }
+
     pub fn spiffe_id(&self) -> &str {
         &self.spiffe_id
     }
