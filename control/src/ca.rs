@@ -70,39 +70,63 @@ impl MeshCa {
             path: folder.clone(),
             source,
         })?;
-        let (key_path, cert_path) = (folder.join("ca.key"), folder.join("ca.pem"));
+        restrict_to_owner(&folder);
+        let key_path = folder.join("ca.key");
+        let cert_path = folder.join("ca.pem");
+        let domain_path = folder.join("trust-domain");
+        let unusable = |path: &Path, what: String| CaError::Unusable {
+            path: path.to_owned(),
+            what,
+        };
+        // The issuer's name is derived from the trust domain: another domain would sign
+        // certificates that do not chain to the stored CA.
+        match std::fs::read_to_string(&domain_path) {
+            Ok(stored) if stored.trim() != trust_domain => {
+                return Err(unusable(
+                    &domain_path,
+                    format!(
+                        "this CA is for trust domain {:?}, not {trust_domain:?}: start with --trust-domain {} or use another data dir",
+                        stored.trim(),
+                        stored.trim()
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                write_atomically(&domain_path, trust_domain.as_bytes())?;
+            }
+            Err(error) => return Err(unusable(&domain_path, error.to_string())),
+        }
         let params = ca_params(trust_domain);
-        if key_path.exists() {
-            let unusable = |path: &Path, what: String| CaError::Unusable {
-                path: path.to_owned(),
-                what,
-            };
+        let key = if key_path.exists() {
             let key_pem = std::fs::read_to_string(&key_path)
                 .map_err(|e| unusable(&key_path, e.to_string()))?;
-            let key = KeyPair::from_pem(&key_pem)
-                .map_err(|e| unusable(&key_path, format!("not a private key: {e}")))?;
-            let ca_pem = std::fs::read_to_string(&cert_path)
-                .map_err(|e| unusable(&cert_path, e.to_string()))?;
-            // The issuer is rebuilt from the same parameters and key, so what it signs names
-            // the stored certificate as its issuer.
-            return Ok(Self {
-                trust_domain: trust_domain.to_owned(),
-                issuer: Issuer::new(params, key),
-                ca_pem,
-            });
-        }
-        let key = KeyPair::generate().map_err(|e| CaError::Signing(e.to_string()))?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| CaError::Signing(e.to_string()))?;
-        write_atomically(&key_path, key.serialize_pem().as_bytes())?;
-        restrict_to_owner(&key_path);
-        write_atomically(&cert_path, cert.pem().as_bytes())?;
-        tracing::info!(trust_domain, path = %folder.display(), "created the mesh CA");
+            KeyPair::from_pem(&key_pem)
+                .map_err(|e| unusable(&key_path, format!("not a private key: {e}")))?
+        } else {
+            let key = KeyPair::generate().map_err(|e| CaError::Signing(e.to_string()))?;
+            write_private(&key_path, key.serialize_pem().as_bytes())?;
+            let _ = std::fs::remove_file(&cert_path);
+            tracing::info!(trust_domain, path = %folder.display(), "created the mesh CA");
+            key
+        };
+        // The certificate is made from the key and the domain alone, so one lost in a crash
+        // after the key was written is made again, equal for everything that chains to it.
+        let ca_pem = match std::fs::read_to_string(&cert_path) {
+            Ok(pem) => pem,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let cert = params
+                    .self_signed(&key)
+                    .map_err(|e| CaError::Signing(e.to_string()))?;
+                write_atomically(&cert_path, cert.pem().as_bytes())?;
+                cert.pem()
+            }
+            Err(error) => return Err(unusable(&cert_path, error.to_string())),
+        };
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
             issuer: Issuer::new(params, key),
-            ca_pem: cert.pem(),
+            ca_pem,
         })
     }
 
@@ -215,16 +239,40 @@ pub fn check_workload(name: &str) -> Result<(), CaError> {
     }
 }
 
+/// The CA's folder is its owner's alone.
 #[cfg(unix)]
-fn restrict_to_owner(path: &Path) {
+fn restrict_to_owner(folder: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), %error, "could not make the CA key private");
+    if let Err(error) = std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(path = %folder.display(), %error, "could not make the CA folder private");
     }
 }
 
 #[cfg(not(unix))]
-fn restrict_to_owner(_path: &Path) {}
+fn restrict_to_owner(_folder: &Path) {}
+
+/// Writes the CA key readable by its owner only from the first byte: created with mode
+/// 0600, synced, then renamed into place.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
+    use std::io::Write;
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let staged = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&staged).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&staged, path).map_err(io)?;
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -255,6 +303,34 @@ mod tests {
         assert_eq!(issued.spiffe_id, "spiffe://mesh.test/ns/shop/sa/checkout");
         assert!(issued.chain_pem.ends_with(&bundle), "leaf, then the CA");
         assert_eq!(issued.chain_pem.matches("BEGIN CERTIFICATE").count(), 2);
+    }
+
+    #[test]
+    fn another_trust_domain_or_a_lost_certificate_is_handled() {
+        let dir = temp_dir("domain");
+        let first = MeshCa::open(&dir, "mesh.test").unwrap();
+        let error = MeshCa::open(&dir, "other.test")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("this CA is for trust domain \"mesh.test\""),
+            "{error}"
+        );
+        // A crash after the key was written: the certificate is made again from it.
+        std::fs::remove_file(dir.join("ca/ca.pem")).unwrap();
+        let again = MeshCa::open(&dir, "mesh.test").unwrap();
+        assert!(!again.trust_bundle().is_empty());
+        drop(first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("ca/ca.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

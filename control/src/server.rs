@@ -46,6 +46,8 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("mesh CA: {0}")]
     Ca(#[from] crate::ca::CaError),
+    #[error("certificate lifetime {0:?}: more than zero and at most 7 days")]
+    CertTtl(Duration),
 }
 
 /// A control service serving on a socket.
@@ -63,6 +65,10 @@ impl RunningControl {
     ) -> Result<Self, ControlError> {
         if !settings.listen.ip().is_loopback() && settings.token.is_none() {
             return Err(ControlError::Unguarded(settings.listen));
+        }
+        let ttl = settings.identity.cert_ttl;
+        if ttl.is_zero() || ttl > crate::ca::MAX_CERT_TTL {
+            return Err(ControlError::CertTtl(ttl));
         }
         let store = Store::open(&settings.data_dir)?;
         let current = store.current_version();

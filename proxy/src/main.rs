@@ -68,7 +68,7 @@ enum Command {
         trust_domain: String,
         /// How long the workload certificates it issues are valid (proxies renew them at two
         /// thirds of that); at most 7 days.
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = parse_cert_ttl)]
         cert_ttl: std::time::Duration,
     },
     /// Create a join token for WORKLOAD (such as ns/shop/sa/checkout): the proxy given it
@@ -275,7 +275,8 @@ async fn run(command: Command) -> Result<(), Failure> {
             let control = RunningControl::start(settings, ProxyValidator::new())
                 .await
                 .map_err(|e| match e {
-                    sluice_control::ControlError::Unguarded(_) => Failure::usage(e),
+                    sluice_control::ControlError::Unguarded(_)
+                    | sluice_control::ControlError::CertTtl(_) => Failure::usage(e),
                     other => Failure::runtime(other),
                 })?;
             println!("control service listening on http://{}", control.address());
@@ -417,6 +418,16 @@ fn identity_source(
 /// `1h`, `30m`, `90s`, as in the config file.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     config::ConfigDuration::parse(text).map(|d| d.0)
+}
+
+/// `--cert-ttl`: a certificate renewed at two thirds of its life needs at least a minute of
+/// it, or the proxies would do little else.
+fn parse_cert_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < Duration::from_secs(60) {
+        return Err(format!("{text}: at least 1m"));
+    }
+    Ok(ttl)
 }
 
 fn check(file: &std::path::Path) -> Result<(), Failure> {

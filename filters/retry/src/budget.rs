@@ -86,6 +86,13 @@ impl Window {
         self.bucket(second).retries += 1;
         true
     }
+
+    /// Gives back a retry taken at `second` that did not happen (the host refused it).
+    pub fn refund_retry(&mut self, second: u64) {
+        if let Some(bucket) = self.buckets.iter_mut().find(|b| b.second == second) {
+            bucket.retries = bucket.retries.saturating_sub(1);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -111,6 +118,15 @@ mod tests {
         assert!(window.try_retry(&BUDGET, 101));
         assert!(window.try_retry(&BUDGET, 102));
         assert!(!window.try_retry(&BUDGET, 102));
+    }
+
+    #[test]
+    fn a_refunded_retry_is_available_again() {
+        let mut window = Window::decode(None, 5);
+        assert!(window.try_retry(&BUDGET, 100));
+        assert!(!window.try_retry(&BUDGET, 100));
+        window.refund_retry(100);
+        assert!(window.try_retry(&BUDGET, 100));
     }
 
     #[test]

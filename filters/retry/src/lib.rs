@@ -180,11 +180,11 @@ impl RetryFilter {
             log::debug!("retry: Retry-After {asked:?} is past max_retry_after; not retrying");
             return false;
         }
-        if !self.take_from_budget() {
+        let Some(taken_at) = self.take_from_budget() else {
             let _ = proxy_wasm::hostcalls::increment_metric(self.metrics.budget_exhausted, 1);
             log::debug!("retry: the retry budget is spent; not retrying");
             return false;
-        }
+        };
         let backoff = policy::backoff(&self.config, self.retries + 1, self.jitter.next());
         let delay = asked.map_or(backoff, |wait| wait.max(backoff));
         match ext::replay(delay) {
@@ -200,6 +200,7 @@ impl RetryFilter {
             }
             Err(error) => {
                 log::debug!("retry: the host will not replay the request: {error}");
+                self.refund(taken_at);
                 false
             }
         }
@@ -234,14 +235,27 @@ impl RetryFilter {
         }
     }
 
-    fn take_from_budget(&self) -> bool {
+    /// Takes a retry from the budget: the second it was taken at (for a refund), or `None`
+    /// when none is left. Without a budget, `Some(0)`.
+    fn take_from_budget(&self) -> Option<u64> {
         let (Some(budget), Some(key)) = (self.config.budget, &self.budget_key) else {
-            return true;
+            return Some(0);
         };
         let key = key.clone();
         // A budget that cannot be read allows nothing: retries must stay bounded.
-        self.update_budget(&key, |window, second| window.try_retry(&budget, second))
-            .unwrap_or(false)
+        self.update_budget(&key, |window, second| {
+            window.try_retry(&budget, second).then_some(second)
+        })
+        .flatten()
+    }
+
+    /// Returns a retry the host did not make to the budget.
+    fn refund(&self, taken_at: u64) {
+        if let Some(key) = self.budget_key.clone()
+            && self.config.budget.is_some()
+        {
+            self.update_budget(&key, |window, _| window.refund_retry(taken_at));
+        }
     }
 
     /// Writes this worker's unflushed requests for `key` into the shared window and applies
@@ -260,9 +274,20 @@ impl RetryFilter {
             let outcome = change(&mut window, second);
             (window.encode(), outcome)
         });
-        updated
-            .map_err(|error| log::warn!("retry: the budget at {key}: {error}"))
-            .ok()
+        match updated {
+            Ok(outcome) => Some(outcome),
+            Err(error) => {
+                // Not written: the requests stay counted here for the next write.
+                *self
+                    .unflushed
+                    .borrow_mut()
+                    .0
+                    .entry(key.to_owned())
+                    .or_default() += unflushed;
+                log::warn!("retry: the budget at {key}: {error}");
+                None
+            }
+        }
     }
 
     fn cluster(&self) -> String {

@@ -99,7 +99,13 @@ fn http_date(value: &str) -> Option<u64> {
     let month = MONTHS.iter().position(|m| *m == month)? as u64 + 1;
     let mut clock = time.split(':').map(|part| part.parse::<u64>().ok());
     let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if !(1..=31).contains(&day) || year < 1970 || hour > 23 || minute > 59 || second > 60 {
+    // Years past 9999 are not HTTP dates, and would overflow the arithmetic below.
+    if !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
@@ -197,6 +203,10 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after("soon", now), None);
+        assert_eq!(
+            retry_after("Sun, 06 Nov 99999999999999 08:49:37 GMT", now),
+            None
+        );
         assert_eq!(retry_after("Sun, 06 Nov 1994 08:49:37 PST", now), None);
     }
 }

@@ -19,6 +19,8 @@ pub enum IdentityError {
     Unusable(#[from] UnusableCertificate),
     #[error("cannot make a key pair: {0}")]
     Key(String),
+    #[error("the renewed certificate is not one this proxy can use: {0}")]
+    Mismatch(String),
 }
 
 /// Where the identity comes from.
@@ -37,6 +39,7 @@ impl IdentitySource {
     pub async fn obtain(&self) -> Result<Arc<MeshIdentity>, IdentityError> {
         let reply = self.request().await?;
         let issued = IssuedIdentity::from_pem(&reply.0.certificate_chain_pem, reply.1)?;
+        check_valid(&issued)?;
         tracing::info!(spiffe_id = %reply.0.spiffe_id, "workload certificate received");
         Ok(MeshIdentity::new(
             reply.0.spiffe_id,
@@ -53,7 +56,7 @@ impl IdentitySource {
                 tokio::time::sleep(renew_after(current.not_after(), SystemTime::now())).await;
                 let mut retry = FIRST_RETRY;
                 loop {
-                    match self.renewed().await {
+                    match self.renewed(&identity).await {
                         Ok(renewed) => {
                             tracing::info!(spiffe_id = %identity.spiffe_id(), "workload certificate renewed");
                             identity.renew(renewed);
@@ -74,9 +77,26 @@ impl IdentitySource {
         })
     }
 
-    async fn renewed(&self) -> Result<IssuedIdentity, IdentityError> {
+    /// A new certificate for `identity`: the same SPIFFE ID from the same CA, still valid.
+    async fn renewed(&self, identity: &MeshIdentity) -> Result<IssuedIdentity, IdentityError> {
         let (reply, key) = self.request().await?;
-        Ok(IssuedIdentity::from_pem(&reply.certificate_chain_pem, key)?)
+        if reply.spiffe_id != identity.spiffe_id() {
+            return Err(IdentityError::Mismatch(format!(
+                "it is for {}, not {}",
+                reply.spiffe_id,
+                identity.spiffe_id()
+            )));
+        }
+        // Peers trust the bundle this proxy started with; a certificate from another CA
+        // would fail every handshake. Rotating the CA needs a restart today.
+        if reply.trust_bundle_pem != identity.trust_bundle_pem() {
+            return Err(IdentityError::Mismatch(
+                "the control service's CA changed; restart the proxies to trust the new one".into(),
+            ));
+        }
+        let issued = IssuedIdentity::from_pem(&reply.certificate_chain_pem, key)?;
+        check_valid(&issued)?;
+        Ok(issued)
     }
 
     /// One request with a fresh key pair: the reply and the key (PKCS#8).
@@ -98,6 +118,16 @@ impl IdentitySource {
             .into_inner();
         Ok((reply, key.serialize_der()))
     }
+}
+
+/// A certificate that has already expired is refused (a control service with a wrong clock).
+fn check_valid(issued: &IssuedIdentity) -> Result<(), IdentityError> {
+    if issued.not_after() <= SystemTime::now() {
+        return Err(IdentityError::Mismatch(
+            "it has expired already (check the control service's clock)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// How long to wait before renewing a certificate valid until `not_after`: two thirds of

@@ -66,15 +66,25 @@ impl ReplayableBody {
         (first, rest)
     }
 
-    /// The body of the next attempt: `kept` (what earlier ones read), then the rest.
+    /// The body of the next attempt, after [`RestOfBody::supersede`]: `kept` (what earlier
+    /// attempts read), then the rest.
     pub fn again(rest: &Rc<RestOfBody>, kept: Bytes) -> Self {
-        let attempt = rest.current.get() + 1;
-        rest.current.set(attempt);
         Self {
             kept: Some(kept).filter(|bytes| !bytes.is_empty()),
             rest: Rc::clone(rest),
-            attempt,
+            attempt: rest.current.get(),
         }
+    }
+}
+
+// === impl RestOfBody ===
+
+impl RestOfBody {
+    /// Takes the body from the attempts so far, at once: an earlier attempt still sitting in
+    /// a connection task reads no more of it, so what was kept stays whole while the next
+    /// attempt waits out its delay.
+    pub fn supersede(&self) {
+        self.current.set(self.current.get() + 1);
     }
 }
 

@@ -234,6 +234,9 @@ impl Exchange<'_> {
             let (Some(head), Some(chain)) = (&replay_head, &self.chain) else {
                 return Err(Box::new(StreamClosedByFilter));
             };
+            if let Some(rest) = &rest_of_body {
+                rest.supersede();
+            }
             self.conn
                 .worker
                 .state
@@ -282,21 +285,26 @@ impl Exchange<'_> {
     ) -> Answer {
         let cluster = &attempt.target.cluster;
         let stats = &attempt.target.stats;
+        // An attempt counts from here, even one that finds no endpoint: the host's attempt
+        // limit holds whatever the filters ask.
+        let per_try_timeout = self.chain.as_ref().and_then(|chain| {
+            let chain = chain.borrow();
+            let info = chain.info();
+            info.upstream.set(None);
+            info.upstream_failure.set(None);
+            let mut replay = info.replay.borrow_mut();
+            replay.start_attempt();
+            replay.plan().and_then(|plan| plan.per_try_timeout)
+        });
         let Some(endpoint) = cluster.pick_avoiding(tried) else {
             let reply = LocalReply::no_healthy_upstream(&cluster.name);
             return self.upstream_failed(stats, reply, attempt.deadline).await;
         };
         tried.push(endpoint.addr);
         let active = endpoint.begin_request();
-        let per_try_timeout = self.chain.as_ref().and_then(|chain| {
-            let chain = chain.borrow();
-            let info = chain.info();
-            info.upstream.set(Some(endpoint.addr));
-            info.upstream_failure.set(None);
-            let mut replay = info.replay.borrow_mut();
-            replay.start_attempt();
-            replay.plan().and_then(|plan| plan.per_try_timeout)
-        });
+        if let Some(chain) = &self.chain {
+            chain.borrow().info().upstream.set(Some(endpoint.addr));
+        }
 
         let pools = &self.conn.worker.pools;
         let sending = async {

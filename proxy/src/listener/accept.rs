@@ -11,7 +11,7 @@ use crate::config::ListenerProtocol;
 use crate::http::{Activity, ConnectionSettings, DownstreamConn, serve_http};
 use crate::runtime::{ConnectionTracker, DrainWatch, WorkerContext};
 use crate::tcp::{NetworkFilters, proxy_tcp};
-use crate::tls::{NameTable, read_server_name};
+use crate::tls::{Accepted, NameTable, read_server_name};
 use crate::upstream::Cluster;
 use crate::wasm::StreamInfo;
 
@@ -76,19 +76,15 @@ pub async fn accept_loop(
                 tokio::task::spawn_local(async move {
                     match tls {
                         None => serve_http(stream, conn, settings, drain, retired).await,
-                        // Permissive: a client whose first byte is not TLS gets plaintext.
-                        Some(tls)
-                            if tls.accept_plaintext
-                                && !tls.speaks_tls(&stream).await.unwrap_or(true) =>
-                        {
-                            metrics.tls_handshake(&name, "plaintext");
-                            conn.scheme = "http";
-                            serve_http(stream, conn, settings, drain, retired).await;
-                        }
                         // The handshake runs in the connection's own task: a slow or hostile
                         // client delays nobody else.
-                        Some(tls) => match tls.accept(stream).await {
-                            Ok((stream, info)) => {
+                        Some(tls) => match tls.accept_or_plaintext(stream).await {
+                            Ok(Accepted::Plaintext(stream)) => {
+                                metrics.tls_handshake(&name, "plaintext");
+                                conn.scheme = "http";
+                                serve_http(stream, conn, settings, drain, retired).await;
+                            }
+                            Ok(Accepted::Tls(stream, info)) => {
                                 metrics.tls_handshake(&name, "ok");
                                 conn.tls = Some(Rc::new(info));
                                 serve_http(stream, conn, settings, drain, retired).await;

@@ -18,6 +18,14 @@ use crate::config::{ClusterConfig, ClusterTls, UpstreamProtocol};
 pub struct ClientTls {
     connector: TlsConnector,
     server_name: ServerName<'static>,
+    /// Unique per loaded TLS setting: pooled connections are kept apart by it.
+    id: u64,
+}
+
+/// The next [`ClientTls::id`]; 0 means plaintext.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -88,6 +96,7 @@ impl ClientTls {
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
+            id: next_id(),
         })
     }
 
@@ -123,7 +132,13 @@ impl ClientTls {
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
+            id: next_id(),
         })
+    }
+
+    /// Which TLS setting this is: connections made with one are pooled apart from others'.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The client side of a handshake on a fresh connection to an endpoint.

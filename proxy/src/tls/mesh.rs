@@ -30,6 +30,8 @@ pub struct IssuedIdentity {
 
 pub struct MeshIdentity {
     spiffe_id: String,
+    /// As the control service sent it, to notice a CA change at renewal.
+    trust_bundle_pem: String,
     current: ArcSwap<IssuedIdentity>,
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
@@ -95,6 +97,7 @@ impl MeshIdentity {
         }
         Ok(Arc::new(Self {
             spiffe_id,
+            trust_bundle_pem: trust_bundle_pem.to_owned(),
             current: ArcSwap::from_pointee(first),
             roots: Arc::new(roots),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
@@ -124,6 +127,10 @@ impl MeshIdentity {
 
     pub fn spiffe_id(&self) -> &str {
         &self.spiffe_id
+    }
+
+    pub fn trust_bundle_pem(&self) -> &str {
+        &self.trust_bundle_pem
     }
 
     /// Serves `renewed` from the next handshake on.

@@ -18,4 +18,4 @@ pub use info::TlsInfo;
 pub use mesh::{IssuedIdentity, MeshIdentity, UnusableCertificate};
 pub use names::NameTable;
 pub use peek::{PeekError, read_server_name};
-pub use server::{HandshakeError, ServerTls, TlsConfigError};
+pub use server::{Accepted, HandshakeError, ServerTls, TlsConfigError};

@@ -157,6 +157,12 @@ impl ServerTls {
                 "the mesh brings the certificate and the CA: drop certificates and client_ca",
             ));
         }
+        if mode == MeshMode::Strict && config.accept_plaintext {
+            return Err(problem(
+                "accept_plaintext",
+                "strict mesh mode admits only mesh clients: use mesh: permissive to serve plaintext too",
+            ));
+        }
         let verifier =
             WebPkiClientVerifier::builder_with_provider(identity.roots(), identity.provider());
         let verifier = match mode {
@@ -177,11 +183,27 @@ impl ServerTls {
         })
     }
 
+    /// The server side of a handshake, or with `accept_plaintext` the connection as it is
+    /// when its first byte is not a TLS handshake record. One `handshake_timeout` covers
+    /// both the wait for that byte and the handshake.
+    pub async fn accept_or_plaintext(&self, stream: TcpStream) -> Result<Accepted, HandshakeError> {
+        let deadline = tokio::time::Instant::now() + self.handshake_timeout;
+        if self.accept_plaintext && !self.speaks_tls(&stream, deadline).await? {
+            return Ok(Accepted::Plaintext(stream));
+        }
+        let (stream, info) = self.accept_until(stream, deadline).await?;
+        Ok(Accepted::Tls(Box::new(stream), info))
+    }
+
     /// Whether a client on `stream` starts a TLS handshake: its first byte is a TLS
     /// handshake record (0x16). Reads nothing away. `Err` if it sent nothing in time.
-    pub async fn speaks_tls(&self, stream: &TcpStream) -> Result<bool, HandshakeError> {
+    async fn speaks_tls(
+        &self,
+        stream: &TcpStream,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, HandshakeError> {
         let mut first = [0u8; 1];
-        let peeked = tokio::time::timeout(self.handshake_timeout, stream.peek(&mut first))
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first))
             .await
             .map_err(|_elapsed| HandshakeError::Timeout(self.handshake_timeout))?;
         match peeked {
@@ -197,13 +219,14 @@ impl ServerTls {
         }
     }
 
-    /// Completes the server side of a handshake on `stream`, within the handshake timeout.
-    pub async fn accept(
+    /// Completes the server side of a handshake on `stream` by `deadline`.
+    async fn accept_until(
         &self,
         stream: TcpStream,
+        deadline: tokio::time::Instant,
     ) -> Result<(TlsStream<TcpStream>, TlsInfo), HandshakeError> {
         let accepting = self.acceptor.accept(stream);
-        let stream = tokio::time::timeout(self.handshake_timeout, accepting)
+        let stream = tokio::time::timeout_at(deadline, accepting)
             .await
             .map_err(|_elapsed| HandshakeError::Timeout(self.handshake_timeout))?
             .map_err(|source| HandshakeError::Failed {
@@ -218,6 +241,13 @@ impl ServerTls {
         let info = TlsInfo::of(connection, local);
         Ok((stream, info))
     }
+}
+
+/// A connection on a TLS listener, ready to serve.
+pub enum Accepted {
+    Tls(Box<TlsStream<TcpStream>>, TlsInfo),
+    /// A plaintext client of a listener with `accept_plaintext` (or permissive mesh mode).
+    Plaintext(TcpStream),
 }
 
 /// Where a listener's certificate comes from.

@@ -10,6 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Request;
@@ -24,6 +25,7 @@ use super::endpoint::Endpoint;
 use crate::config::UpstreamProtocol;
 use crate::http::ProxyBody;
 use crate::runtime::LocalExec;
+use crate::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -73,14 +75,33 @@ pub struct UpstreamResponse {
 /// An HTTP/1.1 connection waiting for its response body to end before it is reused.
 pub struct ConnReturn {
     pools: Weak<UpstreamPools>,
-    endpoint: SocketAddr,
+    key: PoolKey,
     sender: http1::SendRequest<ProxyBody>,
     max_idle: usize,
 }
 
+/// Connections are pooled per endpoint and per transport: a plaintext connection never
+/// carries a request of a TLS cluster, nor one verified for another cluster's peers, even
+/// when they have an endpoint in common.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PoolKey {
+    endpoint: SocketAddr,
+    /// [`ClientTls::id`]; 0 for plaintext.
+    transport: u64,
+}
+
+impl PoolKey {
+    fn of(endpoint: &Endpoint, tls: Option<&ClientTls>) -> Self {
+        Self {
+            endpoint: endpoint.addr,
+            transport: tls.map_or(0, ClientTls::id),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct UpstreamPools {
-    by_endpoint: RefCell<HashMap<SocketAddr, EndpointConns>>,
+    by_endpoint: RefCell<HashMap<PoolKey, EndpointConns>>,
 }
 
 #[derive(Default)]
@@ -130,7 +151,7 @@ impl UpstreamPools {
         endpoint: &Endpoint,
         request: Request<ProxyBody>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut sender = connect_http1(cluster, endpoint).await?;
+        let mut sender = connect_http1(cluster, endpoint, cluster.tls()).await?;
         sender
             .send_request(request)
             .await
@@ -144,27 +165,28 @@ impl UpstreamPools {
         mut request: Request<ProxyBody>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let addr = endpoint.addr;
+        let tls = cluster.tls();
+        let key = PoolKey::of(endpoint, tls.as_deref());
         // A pooled connection may have been closed by the upstream while idle; hyper hands
         // the request back unsent in that case and we try the next one, then a new one.
-        while let Some(mut sender) = self.take_idle_http1(addr, cluster.settings.pool_idle_timeout)
-        {
+        while let Some(mut sender) = self.take_idle_http1(key, cluster.settings.pool_idle_timeout) {
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pooled_response(response, sender, cluster, addr)),
+                Ok(response) => return Ok(self.pooled_response(response, sender, cluster, key)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(UpstreamError::from_send(addr, error.into_error())),
                 },
             }
         }
-        let mut sender = connect_http1(cluster, endpoint).await?;
+        let mut sender = connect_http1(cluster, endpoint, tls).await?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| UpstreamError::from_send(addr, e))?;
-        Ok(self.pooled_response(response, sender, cluster, addr))
+        Ok(self.pooled_response(response, sender, cluster, key))
     }
 
     fn pooled_response(
@@ -172,13 +194,13 @@ impl UpstreamPools {
         response: http::Response<Incoming>,
         sender: http1::SendRequest<ProxyBody>,
         cluster: &Cluster,
-        endpoint: SocketAddr,
+        key: PoolKey,
     ) -> UpstreamResponse {
         UpstreamResponse {
             response,
             conn_return: Some(ConnReturn {
                 pools: Rc::downgrade(self),
-                endpoint,
+                key,
                 sender,
                 max_idle: cluster.settings.max_idle_connections,
             }),
@@ -187,11 +209,11 @@ impl UpstreamPools {
 
     fn take_idle_http1(
         &self,
-        endpoint: SocketAddr,
+        key: PoolKey,
         max_idle_time: Duration,
     ) -> Option<http1::SendRequest<ProxyBody>> {
         let mut by_endpoint = self.by_endpoint.borrow_mut();
-        let idle = &mut by_endpoint.get_mut(&endpoint)?.idle_http1;
+        let idle = &mut by_endpoint.get_mut(&key)?.idle_http1;
         // Newest first: the most recently used connection is the least likely to be stale.
         while let Some(candidate) = idle.pop() {
             if candidate.idle_since.elapsed() < max_idle_time && !candidate.sender.is_closed() {
@@ -208,10 +230,12 @@ impl UpstreamPools {
         mut request: Request<ProxyBody>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let addr = endpoint.addr;
+        let tls = cluster.tls();
+        let key = PoolKey::of(endpoint, tls.as_deref());
         let shared = self
             .by_endpoint
             .borrow()
-            .get(&addr)
+            .get(&key)
             .and_then(|conns| conns.http2.clone())
             .filter(|sender| !sender.is_closed());
         if let Some(mut sender) = shared
@@ -230,11 +254,11 @@ impl UpstreamPools {
                 },
             }
         }
-        let mut sender = match connect_transport(cluster, endpoint).await? {
+        let mut sender = match connect_transport(cluster, endpoint, tls).await? {
             Transport::Plain(stream) => handshake_http2(addr, stream).await?,
             Transport::Tls(stream) => handshake_http2(addr, stream).await?,
         };
-        self.by_endpoint.borrow_mut().entry(addr).or_default().http2 = Some(sender.clone());
+        self.by_endpoint.borrow_mut().entry(key).or_default().http2 = Some(sender.clone());
         let response = sender
             .send_request(request)
             .await
@@ -281,7 +305,7 @@ impl ConnReturn {
             return;
         }
         let mut by_endpoint = pools.by_endpoint.borrow_mut();
-        let idle = &mut by_endpoint.entry(self.endpoint).or_default().idle_http1;
+        let idle = &mut by_endpoint.entry(self.key).or_default().idle_http1;
         if idle.len() < self.max_idle {
             idle.push(IdleHttp1 {
                 sender: self.sender,
@@ -324,9 +348,10 @@ async fn connect(cluster: &Cluster, endpoint: &Endpoint) -> Result<TcpStream, Up
 async fn connect_transport(
     cluster: &Cluster,
     endpoint: &Endpoint,
+    tls: Option<Arc<ClientTls>>,
 ) -> Result<Transport, UpstreamError> {
     let stream = connect(cluster, endpoint).await?;
-    let Some(tls) = cluster.tls() else {
+    let Some(tls) = tls else {
         return Ok(Transport::Plain(stream));
     };
     match tokio::time::timeout(cluster.settings.connect_timeout, tls.connect(stream)).await {
@@ -357,8 +382,9 @@ enum Transport {
 async fn connect_http1(
     cluster: &Cluster,
     endpoint: &Endpoint,
+    tls: Option<Arc<ClientTls>>,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    match connect_transport(cluster, endpoint).await? {
+    match connect_transport(cluster, endpoint, tls).await? {
         Transport::Plain(stream) => handshake_http1(endpoint.addr, stream).await,
         Transport::Tls(stream) => handshake_http1(endpoint.addr, stream).await,
     }

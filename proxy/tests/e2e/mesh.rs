@@ -146,6 +146,18 @@ async fn sidecars_with_issued_identities_verify_each_other_by_spiffe_id() {
     .await;
     assert!(!plaintext.contains("200"), "{plaintext}");
 
+    // Strict means strict: plaintext cannot be let in beside it.
+    let mut loaded = test_config(&inbound("strict, accept_plaintext: true"), &[&app]);
+    loaded.mesh = Some(Arc::clone(&web));
+    let error = sluice::config::Snapshot::build(&loaded, 1, &sluice::admin::Metrics::new(), None)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains("listeners[0].tls.accept_plaintext: strict mesh mode"),
+        "{error}"
+    );
+
     // Permissive: the same plaintext client is served, with no identity.
     let lenient = proxy_as(&inbound("permissive"), &[&app], &web).await;
     let migrating = get(lenient.addr, "/tls/plain").await;
