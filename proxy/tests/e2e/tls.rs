@@ -721,3 +721,64 @@ async fn curl_and_openssl_see_the_right_certificate_and_get_answers() {
     assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
     assert!(out.contains("TLSv1.3"), "{out}");
 }
+
+/// Two clusters with one endpoint in common, one plaintext and one mutual TLS: pooled
+/// connections are kept apart, so the TLS cluster never rides a plaintext connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_never_reuses_another_clusters_plaintext_connection() {
+    let app = TestUpstream::start("app").await;
+    let folder = temp_folder("tls-pool-keys");
+    let ca = TestCa::new("pool CA");
+    let (cert, key) = ca.server(&["both.test"]).write(&folder, "server");
+    let ca_file = folder.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (client_cert, client_key) = ca
+        .client("spiffe://pool.test/client")
+        .write(&folder, "client");
+    // One port that serves plaintext and mutual TLS alike.
+    let tls = format!(
+        "{{ certificates: [{{ cert: {}, key: {} }}], client_ca: {}, client_certificate: optional, accept_plaintext: true }}",
+        path(&cert),
+        path(&key),
+        path(&ca_file)
+    );
+    let backend = start_proxy(&tls_config(&tls), &[&app]).await;
+    let front = start_proxy(
+        &format!(
+            r#"
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - {{ match: {{ prefix: /tls/secure }}, cluster: secure }}
+      - {{ match: {{ prefix: / }}, cluster: plain }}
+clusters:
+  - {{ name: plain, endpoints: ["{addr}"] }}
+  - name: secure
+    endpoints: ["{addr}"]
+    tls: {{ ca: {ca}, server_name: both.test, cert: {cert}, key: {key} }}
+"#,
+            addr = backend.addr,
+            ca = path(&ca_file),
+            cert = path(&client_cert),
+            key = path(&client_key),
+        ),
+        &[],
+    )
+    .await;
+    for _ in 0..3 {
+        let plain = get(front.addr, "/tls/plain").await;
+        assert_eq!(plain.echoed("x-tls-mtls"), Some("false"));
+        let secure = get(front.addr, "/tls/secure").await;
+        assert_eq!(
+            secure.echoed("x-tls-mtls"),
+            Some("true"),
+            "over TLS every time"
+        );
+        assert_eq!(
+            secure.echoed("x-tls-principal"),
+            Some("spiffe://pool.test/client")
+        );
+    }
+}
