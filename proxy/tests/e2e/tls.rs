@@ -46,6 +46,16 @@ async fn counted(admin: std::net::SocketAddr, lines: &[&str]) -> bool {
     seen
 }
 
+/// A `tls:` flow mapping serving `cert` and `key`, with `extra` fields
+/// (`, client_ca: ...`) after the certificates.
+fn serving(cert: &Path, key: &Path, extra: &str) -> String {
+    format!(
+        "{{ certificates: [{{ cert: {}, key: {} }}]{extra} }}",
+        path(cert),
+        path(key)
+    )
+}
+
 fn path(file: &Path) -> String {
     file.display().to_string()
 }
@@ -117,14 +127,8 @@ async fn mutual_tls_shows_the_client_identity_and_refuses_bad_clients() {
     let ca = TestCa::new("mesh CA");
     let stranger = TestCa::new("someone else's CA");
     let (cert, key) = ca.server(&["web.mesh.test"]).write(&folder, "server");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let tls = format!(
-        "{{ certificates: [{{ cert: {}, key: {} }}], client_ca: {} }}",
-        path(&cert),
-        path(&key),
-        path(&ca_file)
-    );
+    let ca_file = ca.write(&folder);
+    let tls = serving(&cert, &key, &format!(", client_ca: {}", path(&ca_file)));
     let proxy = start_proxy(&tls_config(&tls), &[&app]).await;
     let identity = "spiffe://mesh.test/ns/shop/sa/checkout";
 
@@ -211,20 +215,12 @@ async fn bad_tls_settings_are_refused_with_the_field_and_file() {
             && missing.contains("nope.pem: cannot read"),
         "{missing}"
     );
-    let mismatch = check(format!(
-        "{{ certificates: [{{ cert: {}, key: {} }}] }}",
-        path(&cert),
-        path(&other_key)
-    ));
+    let mismatch = check(serving(&cert, &other_key, ""));
     assert!(
         mismatch.contains("does not belong to the certificate"),
         "{mismatch}"
     );
-    let version = check(format!(
-        "{{ certificates: [{{ cert: {}, key: {} }}], min_version: 1.1 }}",
-        path(&cert),
-        path(&folder.join("a.key"))
-    ));
+    let version = check(serving(&cert, &folder.join("a.key"), ", min_version: 1.1"));
     assert!(
         version.contains("listeners[0].tls.min_version: 1.1 is not a version"),
         "{version}"
@@ -288,14 +284,8 @@ struct Sidecars {
 async fn sidecars(ca: &TestCa, folder: &Path, cluster_tls: &str, cluster_extra: &str) -> Sidecars {
     let app = TestUpstream::start("app").await;
     let (cert, key) = ca.server(&["web.mesh.test"]).write(folder, "inbound");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let tls = format!(
-        "{{ certificates: [{{ cert: {}, key: {} }}], client_ca: {} }}",
-        path(&cert),
-        path(&key),
-        path(&ca_file)
-    );
+    let ca_file = ca.write(folder);
+    let tls = serving(&cert, &key, &format!(", client_ca: {}", path(&ca_file)));
     let inbound = start_proxy(&tls_config(&tls), &[&app]).await;
     let outbound = start_proxy(
         &format!(
@@ -331,8 +321,7 @@ async fn sidecars_talk_mutual_tls_and_the_server_sees_the_client_identity() {
     let ca = TestCa::new("mesh CA");
     let identity = "spiffe://mesh.test/ns/shop/sa/checkout";
     let (client_cert, client_key) = ca.client(identity).write(&folder, "outbound");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.write(&folder);
     for protocol in ["http1", "http2"] {
         let cluster_tls = format!(
             "{{ ca: {}, server_name: web.mesh.test, cert: {}, key: {} }}",
@@ -375,8 +364,7 @@ async fn an_untrusted_or_anonymous_upstream_handshake_is_a_503_with_the_reason()
     let stranger = TestCa::new("other CA");
     let stranger_file = folder.join("stranger.pem");
     std::fs::write(&stranger_file, &stranger.pem).unwrap();
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.write(&folder);
     let (client_cert, client_key) = ca.client("spiffe://mesh.test/x").write(&folder, "client");
 
     // Outbound does not trust inbound's certificate.
@@ -426,8 +414,7 @@ async fn an_untrusted_or_anonymous_upstream_handshake_is_a_503_with_the_reason()
 async fn health_checks_speak_tls_to_a_tls_cluster() {
     let folder = temp_folder("tls-health");
     let ca = TestCa::new("mesh CA");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.write(&folder);
     let (client_cert, client_key) = ca
         .client("spiffe://mesh.test/probe")
         .write(&folder, "client");
@@ -495,8 +482,7 @@ async fn the_authz_filter_allows_by_workload_identity_on_a_permissive_listener()
     let folder = temp_folder("tls-authz");
     let ca = TestCa::new("mesh CA");
     let (cert, key) = ca.server(&["orders.mesh.test"]).write(&folder, "server");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.write(&folder);
     let yaml = format!(
         r#"
 workers: 1
@@ -549,11 +535,7 @@ async fn a_tcp_listener_routes_tls_by_server_name_without_terminating_it() {
     // Two TLS backends, each with its own certificate.
     let backend = async |name: &str, names: &[&str]| {
         let (cert, key) = ca.server(names).write(&folder, name);
-        let tls = format!(
-            "{{ certificates: [{{ cert: {}, key: {} }}] }}",
-            path(&cert),
-            path(&key)
-        );
+        let tls = serving(&cert, &key, "");
         start_proxy(&tls_config(&tls), &[&app]).await
     };
     let api = backend("api", &["api.test"]).await;
@@ -620,13 +602,14 @@ async fn a_permissive_listener_serves_plaintext_and_mutual_tls_on_one_port() {
     let folder = temp_folder("tls-permissive");
     let ca = TestCa::new("mesh CA");
     let (cert, key) = ca.server(&["web.mesh.test"]).write(&folder, "server");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let tls = format!(
-        "{{ certificates: [{{ cert: {}, key: {} }}], client_ca: {}, client_certificate: optional, accept_plaintext: true }}",
-        path(&cert),
-        path(&key),
-        path(&ca_file)
+    let ca_file = ca.write(&folder);
+    let tls = serving(
+        &cert,
+        &key,
+        &format!(
+            ", client_ca: {}, client_certificate: optional, accept_plaintext: true",
+            path(&ca_file)
+        ),
     );
     let proxy = start_proxy(&tls_config(&tls), &[&app]).await;
 
@@ -672,13 +655,8 @@ async fn curl_and_openssl_see_the_right_certificate_and_get_answers() {
     let folder = temp_folder("tls-tools");
     let ca = TestCa::new("tools CA");
     let (cert, key) = ca.server(&["tools.test"]).write(&folder, "server");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
-    let tls = format!(
-        "{{ certificates: [{{ cert: {}, key: {} }}] }}",
-        path(&cert),
-        path(&key)
-    );
+    let ca_file = ca.write(&folder);
+    let tls = serving(&cert, &key, "");
     let proxy = start_proxy(&tls_config(&tls), &[&app]).await;
     let port = proxy.addr.port();
 
@@ -730,17 +708,18 @@ async fn a_tls_cluster_never_reuses_another_clusters_plaintext_connection() {
     let folder = temp_folder("tls-pool-keys");
     let ca = TestCa::new("pool CA");
     let (cert, key) = ca.server(&["both.test"]).write(&folder, "server");
-    let ca_file = folder.join("ca.pem");
-    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let ca_file = ca.write(&folder);
     let (client_cert, client_key) = ca
         .client("spiffe://pool.test/client")
         .write(&folder, "client");
     // One port that serves plaintext and mutual TLS alike.
-    let tls = format!(
-        "{{ certificates: [{{ cert: {}, key: {} }}], client_ca: {}, client_certificate: optional, accept_plaintext: true }}",
-        path(&cert),
-        path(&key),
-        path(&ca_file)
+    let tls = serving(
+        &cert,
+        &key,
+        &format!(
+            ", client_ca: {}, client_certificate: optional, accept_plaintext: true",
+            path(&ca_file)
+        ),
     );
     let backend = start_proxy(&tls_config(&tls), &[&app]).await;
     let front = start_proxy(

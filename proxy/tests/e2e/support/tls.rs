@@ -45,6 +45,13 @@ impl TestCa {
         }
     }
 
+    /// Writes the CA certificate to `<folder>/ca.pem`; returns its path.
+    pub fn write(&self, folder: &Path) -> PathBuf {
+        let file = folder.join("ca.pem");
+        std::fs::write(&file, &self.pem).unwrap();
+        file
+    }
+
     /// A server certificate for DNS `names`.
     pub fn server(&self, names: &[&str]) -> Issued {
         let params =
