@@ -1,6 +1,7 @@
-//! Shared setup for the micro benchmarks: the fixture filters, built once.
+//! Shared by the benchmarks: the fixture filters, built once, and how latencies are reported.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Builds the fixture filters (proxy/tests/fixtures) and returns the `.wasm` path of `name`.
 pub fn fixture(name: &str) -> Result<PathBuf, String> {
@@ -12,4 +13,18 @@ pub fn fixture(name: &str) -> Result<PathBuf, String> {
         &target.join("wasm-fixtures"),
     )?;
     Ok(dir.join(format!("fixture_{name}.wasm")))
+}
+
+/// The `q` quantile (0 to 1) of `sorted`, nearest rank; zero for no samples.
+pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[index]
+}
+
+/// `1.23 ms`.
+pub fn ms(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }

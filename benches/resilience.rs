@@ -31,6 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
+use sluice_benches::{ms, percentile};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -504,18 +505,6 @@ async fn envoy_retry_stats(admin_port: u16) -> String {
         .filter_map(|line| line.strip_prefix("cluster.flaky."))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[index]
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }
 
 fn env_number(name: &str, default: usize) -> usize {

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use sluice::control::{ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings, push};
+use sluice_benches::{ms, percentile};
 use sluice_control::{ControlSettings, RunningControl};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -256,18 +257,6 @@ fn latency_row(label: &str, mut samples: Vec<Duration>) {
         ms(percentile(&samples, 0.99)),
         ms(samples.last().copied().unwrap_or_default())
     );
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[index]
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }
 
 async fn start_upstream() -> SocketAddr {
