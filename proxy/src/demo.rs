@@ -31,7 +31,7 @@ pub const GATEWAY_ADDRESS: &str = "127.0.0.1:10000";
 pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 pub const CONTROL_ADDRESS: &str = "127.0.0.1:9990";
 
-/// The standard filters the demo runs.
+/// The standard filters: what the demo runs and the filters' tests build.
 const FILTER_PACKAGES: &[&str] = &[
     "sluice-filter-authz",
     "sluice-filter-circuit-breaker",

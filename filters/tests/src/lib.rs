@@ -2,33 +2,16 @@
 //! they ship (release, `wasm32-wasip1`), into their own target folder so the build never
 //! waits on the lock of the `cargo test` that runs it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-/// Every standard filter package.
-const PACKAGES: &[&str] = &[
-    "sluice-filter-authz",
-    "sluice-filter-circuit-breaker",
-    "sluice-filter-metrics",
-    "sluice-filter-ratelimit",
-    "sluice-filter-retry",
-];
-
 /// The `.wasm` of standard filter `name` (`authz`, `circuit_breaker`, `metrics`, `ratelimit`,
-/// `retry`), built on first use.
+/// `retry`), built on first use by the same build `sluice demo` runs, into
+/// `target/wasm-filters`.
 pub fn module(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let folder = BUILT
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| root.join("target"), PathBuf::from);
-            sluice::wasm::build_wasm_packages(
-                &root.join("Cargo.toml"),
-                PACKAGES,
-                &target.join("wasm-filters"),
-            )
-        })
+        .get_or_init(sluice::demo::build_standard_filters)
         .as_ref()
         .unwrap_or_else(|error| panic!("{error}"));
     folder.join(format!("{name}.wasm"))
