@@ -14,7 +14,7 @@ use rcgen::{
     KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
 };
 
-use crate::store::{StoreError, write_atomically};
+use crate::store::{StoreError, write_atomically, write_private};
 
 /// How long the CA itself is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -250,29 +250,6 @@ fn restrict_to_owner(folder: &Path) {
 
 #[cfg(not(unix))]
 fn restrict_to_owner(_folder: &Path) {}
-
-/// Writes the CA key readable by its owner only from the first byte: created with mode
-/// 0600, synced, then renamed into place.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CaError> {
-    use std::io::Write;
-    let io = |source| StoreError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let staged = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&staged).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&staged, path).map_err(io)?;
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

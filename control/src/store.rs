@@ -180,12 +180,30 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Writes `bytes` to `path` so that `path` holds either its old contents or all of `bytes`,
 /// whatever happens: a temporary file, synced, renamed over, and the folder synced.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_file(path, bytes, false)
+}
+
+/// As [`write_atomically`], for a secret: readable by its owner only from the first byte.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_file(path, bytes, true)
+}
+
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), StoreError> {
     let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
     };
     let staged = path.with_extension("tmp");
-    let mut file = File::create(&staged).map_err(io)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&staged).map_err(io)?;
     file.write_all(bytes).map_err(io)?;
     file.sync_all().map_err(io)?;
     std::fs::rename(&staged, path).map_err(io)?;
