@@ -56,6 +56,10 @@ fn per_request(c: &mut Criterion) {
         .unwrap();
     let local = tokio::task::LocalSet::new();
     let plugins = WorkerPlugins::new(Default::default());
+    // In the proxy the worker's adopted snapshot keeps each plugin's VM slot. The bench
+    // adopts no snapshot, so it holds the slots itself; otherwise every request would start
+    // and drop a VM, and the bench would measure instantiation.
+    let _slots: Vec<_> = specs.iter().map(|spec| plugins.slot(spec)).collect();
     let request = request_parts();
     let response = http::Response::new(()).into_parts().0;
     let info = Rc::new(StreamInfo::new(
