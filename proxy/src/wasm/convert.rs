@@ -67,53 +67,116 @@ fn append_headers(pairs: &mut Vec<Pair>, headers: &HeaderMap) {
 }
 
 /// Writes what the filters left back into the request: method, path (origin form),
-/// `:authority` as `Host`, and the headers.
+/// `:authority` as `Host`, and the headers. What the filters did not change is not parsed
+/// again (see [`apply_headers`]).
 pub fn apply_request_pairs(parts: &mut request::Parts, pairs: &[Pair]) {
-    let mut headers = HeaderMap::with_capacity(pairs.len());
     let mut authority = None;
-    for (name, value) in pairs {
+    for (name, value) in pairs.iter().filter(|(name, _)| name.starts_with(':')) {
         match name.as_str() {
-            ":method" => {
+            ":method" if parts.method.as_str().as_bytes() != value.as_slice() => {
                 if let Ok(method) = Method::from_bytes(value) {
                     parts.method = method;
                 }
             }
-            ":path" => {
+            ":path" if !path_is(&parts.uri, value) => {
                 if let Ok(uri) = http::Uri::try_from(value.as_slice()) {
                     parts.uri = uri;
                 }
             }
             ":authority" => authority = Some(value),
-            ":scheme" => {}
-            _ => insert(&mut headers, name, value),
+            _ => {}
         }
     }
+    apply_headers(&mut parts.headers, pairs, Some(&http::header::HOST));
     // `:authority` is what the filters see and may change; `Host` follows it.
-    if let Some(host) = authority
+    match authority
         .filter(|a| !a.is_empty())
         .and_then(|a| HeaderValue::from_bytes(a).ok())
     {
-        headers.insert(http::header::HOST, host);
+        Some(host) => {
+            if parts.headers.get(http::header::HOST) != Some(&host) {
+                parts.headers.insert(http::header::HOST, host);
+            }
+        }
+        None => {
+            parts.headers.remove(http::header::HOST);
+        }
     }
-    parts.headers = headers;
+}
+
+/// Whether `uri` is already the origin form `path`. An absolute URI (HTTP/2, or a proxy
+/// request) is rewritten to origin form even when the path is unchanged, so its authority
+/// cannot outlive a filter's change of `:authority`.
+fn path_is(uri: &http::Uri, path: &[u8]) -> bool {
+    uri.authority().is_none()
+        && uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str().as_bytes() == path)
 }
 
 pub fn apply_response_pairs(parts: &mut response::Parts, pairs: &[Pair]) {
-    let mut headers = HeaderMap::with_capacity(pairs.len());
-    for (name, value) in pairs {
-        if name == ":status" {
-            if let Some(status) = std::str::from_utf8(value)
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
-                .and_then(|s| StatusCode::from_u16(s).ok())
-            {
-                parts.status = status;
+    if let Some((_, value)) = pairs.iter().find(|(name, _)| name == ":status")
+        && parts.status.as_str().as_bytes() != value.as_slice()
+        && let Some(status) = std::str::from_utf8(value)
+            .ok()
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+    {
+        parts.status = status;
+    }
+    apply_headers(&mut parts.headers, pairs, None);
+}
+
+/// Makes `headers` what the filters' `pairs` say (pseudo-headers aside), given that the pairs
+/// started as `headers` in iteration order without `excluded`. Filters mostly read, or add a
+/// header or two: when every original header is still there, in order, the map is kept and
+/// only the added pairs are parsed and appended. Otherwise the map is rebuilt without
+/// `excluded` (the caller sets it), and headers that kept their place reuse their parsed name
+/// and value.
+fn apply_headers(headers: &mut HeaderMap, pairs: &[Pair], excluded: Option<&HeaderName>) {
+    let mut originals = headers
+        .iter()
+        .filter(|(name, _)| Some(*name) != excluded)
+        .peekable();
+    let mut added = Vec::new();
+    let mut all_kept = true;
+    for pair in pairs.iter().filter(|(name, _)| !name.starts_with(':')) {
+        match originals.peek() {
+            Some(original) if same_header(*original, pair) => {
+                originals.next();
             }
-        } else if !name.starts_with(':') {
-            insert(&mut headers, name, value);
+            Some(_) => {
+                all_kept = false;
+                break;
+            }
+            None => added.push(pair),
         }
     }
-    parts.headers = headers;
+    if all_kept && originals.peek().is_none() {
+        for (name, value) in added {
+            insert(headers, name, value);
+        }
+        return;
+    }
+    // Something was removed, changed or reordered: rebuild, reusing what matches in order.
+    let previous = std::mem::replace(headers, HeaderMap::with_capacity(pairs.len()));
+    let mut originals = previous
+        .iter()
+        .filter(|(name, _)| Some(*name) != excluded)
+        .peekable();
+    for pair in pairs.iter().filter(|(name, _)| !name.starts_with(':')) {
+        match originals.peek() {
+            Some((name, value)) if same_header((name, value), pair) => {
+                headers.append((*name).clone(), (*value).clone());
+                originals.next();
+            }
+            _ => insert(headers, &pair.0, &pair.1),
+        }
+    }
+}
+
+fn same_header((name, value): (&HeaderName, &HeaderValue), (pair_name, pair_value): &Pair) -> bool {
+    name.as_str() == pair_name && value.as_bytes() == pair_value.as_slice()
 }
 
 pub fn pairs_header_map(pairs: Vec<Pair>) -> HeaderMap {
@@ -213,6 +276,108 @@ mod tests {
         assert_eq!(parts.headers.get_all("x-one").iter().count(), 2);
         assert_eq!(parts.headers["x-added"], "yes");
         assert_eq!(parts.headers.len(), 4);
+    }
+
+    fn response_with(headers: &[(&str, &str)]) -> response::Parts {
+        let mut response = http::Response::builder().status(200);
+        for (name, value) in headers {
+            response = response.header(*name, *value);
+        }
+        response.body(()).unwrap().into_parts().0
+    }
+
+    fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn response_maps_follow_additions_removals_and_changes() {
+        let original = [
+            ("a", "1"),
+            ("set-cookie", "x"),
+            ("set-cookie", "y"),
+            ("b", "2"),
+        ];
+        let cases: [(&str, fn(&mut Vec<Pair>), &[(&str, &str)]); 5] = [
+            ("unchanged", |_| {}, &original),
+            (
+                "added",
+                |p| p.push(("set-cookie".into(), b"z".to_vec())),
+                &[
+                    ("a", "1"),
+                    ("set-cookie", "x"),
+                    ("set-cookie", "y"),
+                    ("set-cookie", "z"),
+                    ("b", "2"),
+                ],
+            ),
+            (
+                "removed in the middle",
+                |p| p.retain(|(_, v)| v.as_slice() != b"x"),
+                &[("a", "1"), ("set-cookie", "y"), ("b", "2")],
+            ),
+            (
+                "removed at the end",
+                |p| {
+                    p.pop();
+                },
+                &[("a", "1"), ("set-cookie", "x"), ("set-cookie", "y")],
+            ),
+            (
+                "changed and added",
+                |p| {
+                    p[1].1 = b"9".to_vec();
+                    p.push(("c".into(), b"3".to_vec()));
+                },
+                &[
+                    ("a", "9"),
+                    ("set-cookie", "x"),
+                    ("set-cookie", "y"),
+                    ("b", "2"),
+                    ("c", "3"),
+                ],
+            ),
+        ];
+        for (case, change, expected) in cases {
+            let mut parts = response_with(&original);
+            let mut pairs = response_pairs(&parts);
+            change(&mut pairs);
+            apply_response_pairs(&mut parts, &pairs);
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect();
+            assert_eq!(header_list(&parts.headers), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn host_follows_authority_and_absolute_uris_become_origin_form() {
+        let request = http::Request::get("http://svc.local/a?b=1")
+            .header("x-one", "1")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        let mut pairs = request_pairs(&parts, "http");
+        pairs[0].1 = b"other.local".to_vec();
+        apply_request_pairs(&mut parts, &pairs);
+        assert_eq!(parts.uri, "/a?b=1");
+        assert_eq!(parts.headers["host"], "other.local");
+
+        let request = http::Request::get("/")
+            .header("host", "svc.local")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = request.into_parts();
+        let pairs = request_pairs(&parts, "http");
+        apply_request_pairs(&mut parts, &pairs);
+        assert_eq!(
+            header_list(&parts.headers),
+            [("host".to_owned(), "svc.local".to_owned())]
+        );
     }
 
     #[test]
