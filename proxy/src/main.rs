@@ -19,6 +19,13 @@ use sluice::control::{
 use sluice_control::{ControlSettings, RunningControl};
 use tracing_subscriber::EnvFilter;
 
+// glibc's malloc showed as the largest userland cost per request under load (every request
+// allocates its header maps, body frames and filter contexts); mimalloc's per-thread free
+// lists suit a thread-per-core proxy. Built without transparent huge pages (`no_thp`): with
+// them, its arenas doubled the proxy's resident memory for no measurable gain.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
