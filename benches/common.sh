@@ -370,6 +370,7 @@ install_debian_tools() {
   command -v taskset >/dev/null || missing+=(util-linux)
   command -v curl >/dev/null || missing+=(curl)
   command -v openssl >/dev/null || missing+=(openssl)
+  [[ ${LOADGEN:-wrk} != h2load ]] || command -v h2load >/dev/null || missing+=(nghttp2-client)
   if ! command -v nginx >/dev/null; then
     # The brief's choice; in bookworm nginx-light is a transitional package pulling in nginx, and
     # later releases drop it, so fall back to nginx when the archive lacks it.
@@ -446,7 +447,24 @@ $temps    keepalive_requests 10000000;
             return 200 "$BODY\n";
         }
     }
+$(nginx_h2c_server)
 }
+EOF
+}
+
+# With NGINX_H2_PORT set, nginx also serves the same body over cleartext HTTP/2 (prior
+# knowledge) there: the direct row of an h2load run.
+nginx_h2c_server() {
+  [[ -n ${NGINX_H2_PORT:-} ]] || return 0
+  cat <<EOF
+    server {
+        listen $HOST:$NGINX_H2_PORT http2 backlog=4096;
+        http2_max_requests 10000000;
+        location = / {
+            default_type text/plain;
+            return 200 "$BODY\n";
+        }
+    }
 EOF
 }
 
@@ -491,10 +509,22 @@ run_wrk() {
   return "$status"
 }
 
-# Reads wrk --latency output on stdin; prints "req/s p50_ms p99_ms non2xx socket_errors",
-# with - for a value wrk did not report.
-parse_wrk() {
-  awk '
+# h2load over cleartext HTTP/2 (prior knowledge): $STREAMS concurrent streams on each of the
+# $CONNECTIONS connections. Same arguments as run_wrk, without extra options.
+run_h2load() {
+  local port=$1 duration=$2 out=$3 url=${4:-http://$HOST:$1/} secs pid status=0
+  secs=$(duration_seconds "$duration")
+  start_bg "$out" timeout --foreground --kill-after=5 $((secs + 30)) "${LOAD_PIN[@]}" \
+    h2load -t "$THREADS" -c "$CONNECTIONS" -m "$STREAMS" -D "$secs" "$url"
+  pid=$LAST_PID
+  wait "$pid" || status=$?
+  forget_pid "$pid"
+  return "$status"
+}
+
+# An awk function for the parsers below: wrk's and h2load's durations (`812us`, `1.58ms`,
+# `2s`, `1m`) in milliseconds, -1 for a unit it does not know.
+readonly AWK_MS='
     function ms(v,   n, unit) {
       n = v + 0; unit = v; sub(/^[0-9.]+/, "", unit)
       if (unit == "us") return n / 1000
@@ -503,7 +533,27 @@ parse_wrk() {
       if (unit == "m")  return n * 60000
       if (unit == "h")  return n * 3600000
       return -1
-    }
+    }'
+
+# Reads h2load output on stdin; prints "req/s mean_ms max_ms non2xx failed", with - for a value
+# h2load did not report (it reports no percentiles). `failed` counts requests that got no
+# response (failed, errored or timed out).
+parse_h2load() {
+  awk "$AWK_MS"'
+    /^finished in/          { rps = $4; sub(/,$/, "", rps); rps = sprintf("%.0f", rps) }
+    /^requests:/            { failed = $10 + $12 + $14 }
+    /^status codes:/        { non2xx = $5 + $7 + $9 }
+    /^time for request:/    { maxv = sprintf("%.3f", ms($5)); mean = sprintf("%.3f", ms($6)) }
+    END {
+      printf "%s %s %s %d %d\n", (rps == "" ? "-" : rps), (mean == "" ? "-" : mean),
+        (maxv == "" ? "-" : maxv), non2xx, failed
+    }'
+}
+
+# Reads wrk --latency output on stdin; prints "req/s p50_ms p99_ms non2xx socket_errors",
+# with - for a value wrk did not report.
+parse_wrk() {
+  awk "$AWK_MS"'
     /Latency Distribution/       { dist = 1; next }
     dist && $1 == "50%"          { p50 = sprintf("%.3f", ms($2)) }
     dist && $1 == "99%"          { p99 = sprintf("%.3f", ms($2)); dist = 0 }

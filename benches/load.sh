@@ -5,13 +5,22 @@
 #
 #   bash benches/load.sh                          # all rows, 10 s each
 #   ROWS="direct envoy envoy-wasm" DURATION=3s bash benches/load.sh
+#   LOADGEN=h2load bash benches/load.sh           # the same rows over cleartext HTTP/2
 set -euo pipefail
 
 # === knobs (environment) ===
-DURATION=${DURATION:-10s}           # measured wrk run per row
-WARMUP=${WARMUP:-2s}                # unmeasured wrk run before each measured one; 0 skips it
-CONNECTIONS=${CONNECTIONS:-50}
+LOADGEN=${LOADGEN:-wrk}             # wrk (HTTP/1.1) or h2load (HTTP/2, prior knowledge)
+DURATION=${DURATION:-10s}           # measured run per row
+WARMUP=${WARMUP:-2s}                # unmeasured run before each measured one; 0 skips it
+if [[ $LOADGEN == h2load ]]; then
+  CONNECTIONS=${CONNECTIONS:-10}
+  STREAMS=${STREAMS:-10}            # concurrent streams per connection (h2load -m)
+else
+  CONNECTIONS=${CONNECTIONS:-50}
+  STREAMS=1
+fi
 THREADS=${THREADS:-1}
+RESULTS_TSV=${RESULTS_TSV:-}        # set: also append each row there, tab-separated (report.sh)
 ROWS=${ROWS:-direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std}
 # SKIP_INSTALL, SLUICE_BIN (set: use this binary instead of `cargo build`), ENVOY_BIN, PYTHON:
 # see common.sh, which also holds the helpers this script shares with envoy_diff.sh.
@@ -19,6 +28,9 @@ ROWS=${ROWS:-direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std}
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 readonly NGINX_PORT=18080
+# nginx's cleartext HTTP/2 port, for the direct row of an h2load run (the proxies' upstream
+# stays HTTP/1.1 on NGINX_PORT, as in the wrk run).
+if [[ $LOADGEN == h2load ]]; then readonly NGINX_H2_PORT=18081; fi
 readonly SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
 readonly ENVOY_PORT=10001 ENVOY_ADMIN_PORT=19902
 readonly ALL_ROWS="direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std sluice-metrics sluice-ratelimit sluice-authz sluice-circuit_breaker sluice-retry sluice-all envoy-metrics envoy-ratelimit envoy-authz envoy-circuit_breaker"
@@ -46,6 +58,17 @@ LOAD_PIN=()                         # command prefix pinning wrk and nginx
 PIN_NOTE=""
 WASM_MODULE=""                      # absolute path of the filter module, set by resolve_wasm_module
 declare -A RPS=() P50=() P99=() ERRORS=() RSS=()
+if [[ $LOADGEN == h2load ]]; then
+  CURL_PROTOCOL=(--http2-prior-knowledge)  # checks that the row speaks cleartext HTTP/2
+  LATENCY_COLUMNS="mean ms | max ms"
+  TAIL_NAME="max latency"
+  FAILURE_KIND="failed"
+else
+  CURL_PROTOCOL=(--http1.1)
+  LATENCY_COLUMNS="p50 ms | p99 ms"
+  TAIL_NAME="p99"
+  FAILURE_KIND="socket"
+fi
 
 # === install ===
 
@@ -62,7 +85,7 @@ resolve_wasm_module() {
 # $WASM_HEADER set to the number of request headers it read, so it must be a positive integer.
 check_wasm_filter() {
   local row=$1 port=$2 headers value
-  headers=$(curl -fsS --max-time 5 -o /dev/null -D - "http://$HOST:$port/") ||
+  headers=$(curl -fsS --max-time 5 "${CURL_PROTOCOL[@]}" -o /dev/null -D - "http://$HOST:$port/") ||
     die "$row: GET http://$HOST:$port/ failed"
   value=$(printf '%s\n' "$headers" | tr -d '\r' |
     awk -v want="$WASM_HEADER" 'index($0, ":") { name = tolower(substr($0, 1, index($0, ":") - 1))
@@ -150,7 +173,7 @@ run_row() {
   local row=$1
   local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock t0=$EPOCHREALTIME
   case $row in
-    direct) port=$NGINX_PORT ;;
+    direct) port=${NGINX_H2_PORT:-$NGINX_PORT} ;;
     sluice) start_sluice "$row"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-wasm) start_sluice "$row" "$WASM_MODULE"; pid=$LAST_PID; port=$SLUICE_PORT ;;
     sluice-std) start_sluice "$row" std; pid=$LAST_PID; port=$SLUICE_PORT ;;
@@ -163,21 +186,26 @@ run_row() {
   esac
   # Start-up cost (a wasm VM compiles the module before the proxy is ready); logged, not measured.
   [[ -z $pid ]] || log "$row: ready after $(elapsed_since "$t0") s"
-  check_route "$row" "$port"
+  check_route "$row" "$port" "http://$HOST:$port/" "${CURL_PROTOCOL[@]}"
   [[ $row != *-wasm ]] || check_wasm_filter "$row" "$port"
   if [[ $WARMUP != 0 ]]; then
     log "$row: warm-up $WARMUP"
-    run_wrk "$port" "$WARMUP" "$WORK/warmup-$row.txt" ||
-      { cat "$WORK/warmup-$row.txt" >&2; die "$row: warm-up wrk failed"; }
+    "run_$LOADGEN" "$port" "$WARMUP" "$WORK/warmup-$row.txt" ||
+      { cat "$WORK/warmup-$row.txt" >&2; die "$row: warm-up $LOADGEN failed"; }
   fi
-  log "$row: measuring $DURATION, $CONNECTIONS connections, $THREADS thread(s)"
-  run_wrk "$port" "$DURATION" "$out" || log "$row: wrk exited non-zero (output kept below)"
+  log "$row: measuring $DURATION, $CONNECTIONS connections x $STREAMS streams, $THREADS thread(s)"
+  "run_$LOADGEN" "$port" "$DURATION" "$out" || log "$row: $LOADGEN exited non-zero (output kept below)"
   RSS[$row]=-
   [[ -n $pid ]] && RSS[$row]=$(rss_mb "$pid")
-  read -r rps p50 p99 non2xx sock < <(parse_wrk <"$out")
+  # wrk: p50 and p99; h2load reports no percentiles: mean and max (see LATENCY_COLUMNS).
+  read -r rps p50 p99 non2xx sock < <("parse_$LOADGEN" <"$out")
   RPS[$row]=$rps P50[$row]=$p50 P99[$row]=$p99
   ERRORS[$row]=$((non2xx + sock))
-  ((non2xx + sock == 0)) || ERRORS[$row]+=" (non-2xx $non2xx, socket $sock)"
+  ((non2xx + sock == 0)) || ERRORS[$row]+=" (non-2xx $non2xx, $FAILURE_KIND $sock)"
+  if [[ -n $RESULTS_TSV ]]; then
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$LOADGEN" "$row" "$rps" "$p50" "$p99" "${RSS[$row]}" \
+      "$((non2xx + sock))" >>"$RESULTS_TSV"
+  fi
   if [[ -n $pid ]]; then
     is_alive "$pid" || log "$row: the proxy exited during the run"
     stop_pid "$pid"
@@ -188,8 +216,13 @@ run_row() {
 
 tool_versions() {
   local v
-  v=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') || true
-  echo "- wrk: ${v:-unknown}"
+  if [[ $LOADGEN == h2load ]]; then
+    v=$(h2load --version 2>&1 | awk 'NR == 1 { print $2 }') || true
+    echo "- h2load: ${v:-unknown}"
+  else
+    v=$(wrk -v 2>&1 | awk 'NR == 1 { print $2 }') || true
+    echo "- wrk: ${v:-unknown}"
+  fi
   v=$(nginx -v 2>&1 | sed -n 's|.*nginx/||p') || true
   echo "- nginx: ${v:-unknown}"
   if [[ -n $ENVOY_BIN ]]; then
@@ -209,17 +242,22 @@ tool_versions() {
 }
 
 machine_facts() {
-  local model
+  local model load
   model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) || model=""
   echo "- nproc: $(nproc); CPU: ${model:-unknown}; kernel $(uname -r)"
   echo "- load average at start: $LOADAVG_AT_START (another busy process skews every row)"
   echo "- pinning: $PIN_NOTE"
-  echo "- load: wrk -t $THREADS -c $CONNECTIONS -d $DURATION (warm-up $WARMUP) per row, GET / with a 100-byte body"
+  if [[ $LOADGEN == h2load ]]; then
+    load="h2load -t $THREADS -c $CONNECTIONS -m $STREAMS -D $DURATION, cleartext HTTP/2 (prior knowledge)"
+  else
+    load="wrk -t $THREADS -c $CONNECTIONS -d $DURATION, HTTP/1.1"
+  fi
+  echo "- load: $load (warm-up $WARMUP) per row, GET / with a 100-byte body; the proxies' upstream is nginx over HTTP/1.1"
 }
 
 table() {
   local row
-  echo "| row | req/s | p50 ms | p99 ms | RSS MB | errors |"
+  echo "| row | req/s | $LATENCY_COLUMNS | RSS MB | errors |"
   echo "|---|---:|---:|---:|---:|---|"
   for row in $ROWS; do
     echo "| $row | ${RPS[$row]} | ${P50[$row]} | ${P99[$row]} | ${RSS[$row]} | ${ERRORS[$row]} |"
@@ -261,7 +299,7 @@ wasm_cost() {
 proxy_comparison() {
   if [[ -n ${RPS[sluice]:-} && -n ${RPS[envoy]:-} ]]; then
     echo "- sluice/envoy req/s: $(ratio "${RPS[sluice]}" "${RPS[envoy]}") (higher is better)"
-    echo "- sluice vs envoy p99: ${P99[sluice]} ms vs ${P99[envoy]} ms ($(ratio "${P99[sluice]}" "${P99[envoy]}"); lower is better)"
+    echo "- sluice vs envoy $TAIL_NAME: ${P99[sluice]} ms vs ${P99[envoy]} ms ($(ratio "${P99[sluice]}" "${P99[envoy]}"); lower is better)"
     echo "- sluice/envoy RSS: $(ratio "${RSS[sluice]}" "${RSS[envoy]}") (${RSS[sluice]} MB vs ${RSS[envoy]} MB)"
   fi
   if [[ -n ${RPS[sluice-wasm]:-} && -n ${RPS[envoy-wasm]:-} ]]; then
@@ -298,7 +336,7 @@ write_results() {
     table
     ratios
     echo
-    echo "## Raw wrk output"
+    echo "## Raw $LOADGEN output"
     for row in $ROWS; do
       printf '\n### %s\n\n```\n' "$row"
       cat "$WORK/wrk-$row.txt"
@@ -316,6 +354,8 @@ validate_knobs() {
   done
   [[ -n ${ROWS// /} ]] || { log "ROWS is empty"; exit 2; }
   [[ $CONNECTIONS =~ ^[0-9]+$ && $THREADS =~ ^[0-9]+$ ]] || { log "CONNECTIONS and THREADS must be integers"; exit 2; }
+  [[ $LOADGEN == wrk || $LOADGEN == h2load ]] || { log "LOADGEN must be wrk or h2load, not '$LOADGEN'"; exit 2; }
+  [[ $STREAMS =~ ^[1-9][0-9]*$ ]] || { log "STREAMS must be a positive integer"; exit 2; }
   valid_duration "$DURATION" || { log "bad DURATION '$DURATION' (use e.g. 10s, 2m)"; exit 2; }
   valid_duration "$WARMUP" || { log "bad WARMUP '$WARMUP' (use e.g. 2s, or 0 to skip)"; exit 2; }
 }
@@ -337,7 +377,7 @@ main() {
     if [[ " $ROWS " == *" envoy"* ]] && [[ -z $ENVOY_BIN ]]; then install_envoy; fi
   fi
   local tool
-  for tool in wrk nginx curl timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
+  for tool in "$LOADGEN" nginx curl timeout; do command -v "$tool" >/dev/null || die "$tool not found"; done
   if [[ " $ROWS " == *" envoy"* ]]; then resolve_envoy; fi
   if [[ " $ROWS " == *" sluice"* ]]; then resolve_sluice; fi
   if wants_any sluice-wasm envoy-wasm; then resolve_wasm_module; fi
@@ -356,7 +396,7 @@ main() {
   for row in $ROWS; do run_row "$row"; done
 
   local results
-  results="$ROOT/benches/results/load-$(date -u +%Y-%m-%dT%H%M%SZ).md"
+  results="$ROOT/benches/results/load-$([[ $LOADGEN == wrk ]] || echo h2-)$(date -u +%Y-%m-%dT%H%M%SZ).md"
   write_results "$results"
   echo
   table
