@@ -1,12 +1,17 @@
-"""The timing half of swap_side_by_side.sh: starts the upstream and each proxy, swaps the
-filter's configuration SWAPS times per row, and prints one table row per proxy.
+"""The timing half of swap_side_by_side.sh: starts each proxy, swaps the filter's
+configuration SWAPS times per row, then LOAD_SWAPS times more while wrk loads the proxy, and
+prints one table row per proxy for each phase.
 
-Environment (set by the .sh): SWAPS, WORK, ENVOY_BIN, SLUICE_BIN, MODULE, ECHO.
+Environment (set by the .sh): SWAPS, LOAD_SWAPS, LOAD_SECONDS, CONNECTIONS, WORK, ENVOY_BIN,
+SLUICE_BIN, MODULE, UPSTREAM_PORT, PROXY_PIN and LOAD_PIN (command prefixes such as
+"taskset -c 0", or empty), PIN_NOTE.
 """
 
 import http.client
 import json
 import os
+import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -15,6 +20,11 @@ import time
 
 HOST = "127.0.0.1"
 SWAPS = int(os.environ["SWAPS"])
+LOAD_SWAPS = int(os.environ["LOAD_SWAPS"])
+LOAD_SECONDS = int(os.environ["LOAD_SECONDS"])
+CONNECTIONS = int(os.environ["CONNECTIONS"])
+PROXY_PIN = os.environ.get("PROXY_PIN", "").split()
+LOAD_PIN = os.environ.get("LOAD_PIN", "").split()
 WORK = os.environ["WORK"]
 MODULE = os.environ["MODULE"]
 ENVOY_BIN = os.environ["ENVOY_BIN"]
@@ -63,8 +73,8 @@ class KeptConnection:
 
 
 def swaps(port, change):
-    """Runs SWAPS swaps; `change(tag)` makes one. Returns the times and how many swaps the
-    kept connection saw right away."""
+    """Runs SWAPS swaps; `change(tag)` makes one. Returns the times, how many swaps the kept
+    connection saw right away, and what the swaps under load cost the traffic."""
     kept = KeptConnection(port)
     kept.tag()
     times, kept_saw = [], 0
@@ -74,7 +84,69 @@ def swaps(port, change):
         change(tag)
         times.append(wait_for_tag(port, tag, since))
         kept_saw += kept.tag() == tag
-    return times, kept_saw
+    return times, kept_saw, swaps_under_load(port, change)
+
+
+def swaps_under_load(port, change):
+    """The same wrk load twice, LOAD_SECONDS each: without swaps, then with LOAD_SWAPS swaps
+    spread over the run (the first and last second without swaps). Returns wrk's numbers of the
+    run with swaps, its req/s without, and the swaps made; None with LOAD_SECONDS=0."""
+    if LOAD_SECONDS == 0:
+        return None
+    calm = run_load(port, lambda started: None)
+
+    def swap_during(started):
+        gap = (LOAD_SECONDS - 2) / LOAD_SWAPS
+        time.sleep(1)
+        for swap in range(1, LOAD_SWAPS + 1):
+            tag = f"load{swap}"
+            since = time.monotonic()
+            change(tag)
+            wait_for_tag(port, tag, since)
+            # Evenly spaced from the first second, however long each swap took.
+            time.sleep(max(0.0, started + 1 + swap * gap - time.monotonic()))
+        return LOAD_SWAPS
+
+    with_swaps = run_load(port, swap_during)
+    return with_swaps | {"calm_rps": calm["rps"]}
+
+
+def run_load(port, during):
+    """Runs wrk for LOAD_SECONDS and `during(start time)` meanwhile; wrk's numbers, and what
+    `during` returned as "swaps"."""
+    wrk = subprocess.Popen(
+        LOAD_PIN + ["wrk", "--latency", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{LOAD_SECONDS}s",
+                    f"http://{HOST}:{port}/"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        made = during(time.monotonic())
+        output, _ = wrk.communicate(timeout=LOAD_SECONDS + 30)
+    finally:
+        if wrk.poll() is None:
+            wrk.send_signal(signal.SIGKILL)
+            wrk.wait()
+    with open(os.path.join(WORK, f"wrk-{port}-{made or 0}.txt"), "w") as f:
+        f.write(output)
+    return parse_wrk(output) | {"swaps": made}
+
+
+def parse_wrk(output):
+    """req/s, p99 (ms), non-2xx responses and socket errors from `wrk --latency` output."""
+    def number(pattern, default=0.0):
+        found = re.search(pattern, output, re.MULTILINE)
+        return float(found.group(1)) if found else default
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    p99 = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)$", output, re.MULTILINE)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if not re.search(r"^Requests/sec:", output, re.MULTILINE):
+        raise SystemExit(f"wrk reported no result:\n{output}")
+    return {
+        "rps": number(r"^Requests/sec:\s+([\d.]+)"),
+        "requests": int(number(r"^\s+(\d+) requests in")),
+        "p99_ms": float(p99.group(1)) * units[p99.group(2)] if p99 else None,
+        "non_2xx": int(number(r"Non-2xx or 3xx responses: (\d+)")),
+        "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
+    }
 
 
 def wait_for_tag(port, tag, since):
@@ -92,9 +164,10 @@ def replace_file(path, text):
     os.rename(staged, path)
 
 
-def start(name, argv):
+def start(name, argv, pinned=True):
+    """Starts a process of the row, on the proxy's CPU unless `pinned` is false."""
     log = open(os.path.join(WORK, f"{name}.log"), "w")
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen((PROXY_PIN if pinned else []) + argv, stdout=log, stderr=subprocess.STDOUT)
 
 
 def wait_port(port, process):
@@ -208,7 +281,7 @@ def sluice_push_row(upstream_port):
     port, control_port = free_port(), free_port()
     url = f"http://{HOST}:{control_port}"
     control = start("sluice-control", [SLUICE_BIN, "control", "--listen", f"{HOST}:{control_port}",
-                                       "--data-dir", os.path.join(WORK, "control")])
+                                       "--data-dir", os.path.join(WORK, "control")], pinned=False)
     config = os.path.join(WORK, "sluice-push.yaml")
     with open(config, "w") as f:
         f.write(sluice_yaml(port, upstream_port, None))
@@ -231,27 +304,35 @@ def sluice_push_row(upstream_port):
 
 
 def row(name, measured):
-    times, kept_saw = measured
+    times, kept_saw, _ = measured
     ms = sorted(t * 1000 for t in times)
     p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
     print(f"| {name} | {len(ms)} | {statistics.median(ms):.1f} | {p99:.1f} | {ms[-1]:.1f} | {kept_saw}/{len(ms)} |")
 
 
+def load_row(name, measured):
+    load = measured[2]
+    failed = load["non_2xx"] + load["socket_errors"]
+    p99 = "-" if load["p99_ms"] is None else f"{load['p99_ms']:.2f}"
+    print(f"| {name} | {load['swaps']} | {load['calm_rps']:.0f} | {load['rps']:.0f} | {p99} | {load['requests']} | {failed} "
+          f"(non-2xx {load['non_2xx']}, socket {load['socket_errors']}) |")
+
+
 def main():
-    upstream_port = free_port()
-    upstream = start("upstream", [sys.executable, os.environ["ECHO"], str(upstream_port)])
-    try:
-        wait_port(upstream_port, upstream)
-        rows = [("envoy 1.40 (LDS file, V8)", envoy_row(upstream_port)),
-                ("sluice (config file)", sluice_file_row(upstream_port)),
-                ("sluice (control, `sluice push`)", sluice_push_row(upstream_port))]
-    finally:
-        upstream.terminate()
-        upstream.wait()
+    upstream_port = int(os.environ["UPSTREAM_PORT"])
+    rows = [("envoy 1.40 (LDS file, V8)", envoy_row(upstream_port)),
+            ("sluice (config file)", sluice_file_row(upstream_port)),
+            ("sluice (control, `sluice push`)", sluice_push_row(upstream_port))]
     print("\n| row | swaps | p50 ms | p99 ms | max ms | kept connection saw it |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, measured in rows:
         row(name, measured)
+    if LOAD_SECONDS:
+        print(f"\nUnder load: wrk -t 1 -c {CONNECTIONS} -d {LOAD_SECONDS}s; {os.environ.get('PIN_NOTE', '')}\n")
+        print("| row | swaps under load | req/s without swaps | req/s with swaps | p99 ms | requests | failed requests |")
+        print("|---|---:|---:|---:|---:|---:|---|")
+        for name, measured in rows:
+            load_row(name, measured)
 
 
 main()
