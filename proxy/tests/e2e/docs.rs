@@ -1,5 +1,6 @@
 //! The docs cannot go stale: every `sluice` command they show must name a subcommand and
-//! flags the binary has, and every self-contained config in `docs/` must pass `sluice check`.
+//! flags the binary has, every self-contained config in `docs/` must pass `sluice check`, and
+//! the configuration reference must list exactly the fields the config accepts.
 
 use std::path::{Path, PathBuf};
 
@@ -189,4 +190,99 @@ fn the_word_splitter_reads_commands_as_a_shell_does() {
         ["status", "--control", "http://x:1"]
     );
     assert!(sluice_arguments("curl -s http://x").is_none());
+}
+
+/// The fields an object of the config accepts, as serde lists them when it meets an unknown
+/// one (`bogus`) in `yaml`.
+fn accepted_fields(yaml: &str) -> Vec<String> {
+    let error = serde_yaml::from_str::<sluice::config::ProxyConfig>(yaml)
+        .err()
+        .unwrap_or_else(|| panic!("the probe was accepted: {yaml}"))
+        .to_string();
+    let listed = error
+        .split_once("unknown field `bogus`, expected ")
+        .unwrap_or_else(|| panic!("not an unknown-field error for {yaml}: {error}"))
+        .1;
+    // serde writes "`a`", "`a` or `b`", or "one of `a`, `b`, `c`": the names are what the
+    // backticks hold.
+    let names: Vec<String> = listed
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    assert!(!names.is_empty(), "no field names in {error}");
+    names
+}
+
+/// The fields a section of the reference lists: its table rows up to the next heading.
+fn documented_fields(page: &str, heading: &str) -> Vec<String> {
+    let start = page
+        .lines()
+        .position(|line| line == heading)
+        .unwrap_or_else(|| panic!("docs/configuration.md has no heading {heading:?}"));
+    page.lines()
+        .skip(start + 1)
+        .take_while(|line| !line.starts_with('#'))
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once("` |"))
+        .map(|(field, _)| field.to_owned())
+        .collect()
+}
+
+#[test]
+fn the_configuration_reference_lists_every_field() {
+    let page = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    let listener = |inner: &str| format!("listeners: [{{ name: a, address: x, {inner} }}]");
+    let route = |inner: &str| listener(&format!("routes: [{{ {inner} }}]"));
+    let filter = |inner: &str| listener(&format!("filters: [{{ name: f, module: m, {inner} }}]"));
+    let cluster = |inner: &str| format!("clusters: [{{ name: c, endpoints: [], {inner} }}]");
+    // Each object of the config, by the heading of its section, with an unknown field in it.
+    let probes = [
+        ("## Top level", "bogus: 1".to_owned()),
+        ("## Admin", "admin: { address: x, bogus: 1 }".to_owned()),
+        ("## Listener", listener("bogus: 1")),
+        (
+            "### SNI route",
+            listener("sni_routes: [{ server_names: [a], cluster: c, bogus: 1 }]"),
+        ),
+        ("### Listener TLS", listener("tls: { bogus: 1 }")),
+        (
+            "#### Certificate",
+            listener("tls: { certificates: [{ cert: a, key: b, bogus: 1 }] }"),
+        ),
+        ("## Route", route("match: {}, bogus: 1")),
+        ("### Match", route("match: { bogus: 1 }")),
+        (
+            "#### Header match",
+            route("match: { headers: [{ name: a, bogus: 1 }] }"),
+        ),
+        (
+            "### Weighted cluster",
+            route("match: {}, weighted_clusters: [{ cluster: c, weight: 1, bogus: 1 }]"),
+        ),
+        ("## Filter", filter("bogus: 1")),
+        ("### Limits", filter("limits: { bogus: 1 }")),
+        (
+            "### Canary",
+            filter("canary: { module: m, percent: 1, bogus: 1 }"),
+        ),
+        ("## Cluster", cluster("bogus: 1")),
+        ("### Health check", cluster("health_check: { bogus: 1 }")),
+        (
+            "### Outlier detection",
+            cluster("outlier_detection: { bogus: 1 }"),
+        ),
+        ("### Cluster TLS", cluster("tls: { bogus: 1 }")),
+    ];
+    for (heading, yaml) in probes {
+        let mut accepted = accepted_fields(&yaml);
+        let mut documented = documented_fields(&page, heading);
+        accepted.sort();
+        documented.sort();
+        assert_eq!(
+            documented, accepted,
+            "docs/configuration.md, section {heading:?}: its table must list exactly the fields the config accepts"
+        );
+    }
 }
