@@ -37,7 +37,9 @@ fuzz_target!(|input: Input| {
             request = request.header(name, value);
         }
     }
-    let Ok(request) = request.body(()) else { return };
+    let Ok(request) = request.body(()) else {
+        return;
+    };
     let (mut parts, ()) = request.into_parts();
     let mut pairs = request_pairs(&parts, "http");
     for edit in input.edits {
@@ -69,7 +71,8 @@ fuzz_target!(|input: Input| {
         .filter(|(name, _)| *name != http::header::HOST)
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
-    let grouped: Vec<(String, Vec<u8>)> = grouped.into_iter().filter(|(n, _)| n != "host").collect();
+    let grouped: Vec<(String, Vec<u8>)> =
+        grouped.into_iter().filter(|(n, _)| n != "host").collect();
     assert_eq!(actual, grouped);
 });
 
