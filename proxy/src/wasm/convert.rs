@@ -305,14 +305,20 @@ mod tests {
 
     #[test]
     fn response_maps_follow_additions_removals_and_changes() {
-        let original = [
+        const ORIGINAL: &[(&str, &str)] = &[
             ("a", "1"),
             ("set-cookie", "x"),
             ("set-cookie", "y"),
             ("b", "2"),
         ];
-        let cases: [(&str, fn(&mut Vec<Pair>), &[(&str, &str)]); 5] = [
-            ("unchanged", |_| {}, &original),
+        /// A case: its name, what the filter does to the pairs, and the headers it leaves.
+        type Case = (
+            &'static str,
+            fn(&mut Vec<Pair>),
+            &'static [(&'static str, &'static str)],
+        );
+        let cases: [Case; 5] = [
+            ("unchanged", |_| {}, ORIGINAL),
             (
                 "added",
                 |p| p.push(("set-cookie".into(), b"z".to_vec())),
@@ -352,7 +358,7 @@ mod tests {
             ),
         ];
         for (case, change, expected) in cases {
-            let mut parts = response_with(&original);
+            let mut parts = response_with(ORIGINAL);
             let mut pairs = response_pairs(&parts);
             change(&mut pairs);
             apply_response_pairs(&mut parts, &pairs);
