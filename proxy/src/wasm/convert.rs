@@ -123,7 +123,8 @@ fn path_is(uri: &http::Uri, path: &[u8]) -> bool {
 }
 
 pub fn apply_response_pairs(parts: &mut response::Parts, pairs: &[Pair]) {
-    if let Some((_, value)) = pairs.iter().find(|(name, _)| name == ":status")
+    // The last `:status` wins, as it did when every pair was applied in turn.
+    if let Some((_, value)) = pairs.iter().rfind(|(name, _)| name == ":status")
         && parts.status.as_str().as_bytes() != value.as_slice()
         && let Some(status) = std::str::from_utf8(value)
             .ok()
