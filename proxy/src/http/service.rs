@@ -103,6 +103,7 @@ pub async fn handle(
         started,
         chain: None,
         filter_idle: Some(IDLE_BEFORE_ROUTE),
+        grpc_request: false,
     };
     exchange.forward(request, guards).await
 }
@@ -116,6 +117,9 @@ struct Exchange<'a> {
     /// How long a paused filter may hold the stream: the route's `idle_timeout` once the route
     /// is known.
     filter_idle: Option<std::time::Duration>,
+    /// Whether the request came in as gRPC (by its content type, before any filter ran): a
+    /// filter's local reply to it is a gRPC reply, as in Envoy.
+    grpc_request: bool,
 }
 
 impl Exchange<'_> {
@@ -135,6 +139,7 @@ impl Exchange<'_> {
         // upstream connection is ready for it.
         parts.headers.remove(header::EXPECT);
         add_request_identity(&mut parts.headers, self.conn.scheme);
+        self.grpc_request = wasm::is_grpc_request(&parts.headers);
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
             let info = Rc::new(
@@ -496,7 +501,7 @@ impl Exchange<'_> {
     ) -> Result<Response<ProxyBody>, BoxError> {
         match interruption {
             Interruption::Local { response, filter } => {
-                let response = wasm::local_response(response);
+                let response = wasm::local_response(response, self.grpc_request);
                 self.count_local(stats, response.status(), Reason::FilterLocalReply);
                 // The reply goes back through the filter that sent it and those before it.
                 self.through_response_filters(response, filter).await
@@ -613,7 +618,7 @@ impl Exchange<'_> {
             }
             // Headers have not left yet: a filter's own reply replaces the response as is.
             Err(Interruption::Local { response, .. }) => {
-                let response = wasm::local_response(response);
+                let response = wasm::local_response(response, self.grpc_request);
                 self.conn
                     .worker
                     .state
