@@ -17,6 +17,7 @@ mod forwarding;
 mod hot_swap;
 mod malformed;
 mod mesh;
+mod other_sdks;
 mod protocols;
 mod routing;
 mod support;

@@ -17,6 +17,12 @@ pub fn legacy_fixture() -> PathBuf {
     built(&BUILT, "fixtures-legacy", "wasm32-unknown-unknown").join("fixture_legacy.wasm")
 }
 
+/// The filter built with the AssemblyScript SDK (`proxy/tests/fixtures-assemblyscript`). It is
+/// committed built, so the tests need no Node.js; its `build.sh` rebuilds it.
+pub fn assemblyscript_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-assemblyscript/as_tag.wasm")
+}
+
 fn built(
     cell: &'static OnceLock<Result<PathBuf, String>>,
     workspace: &str,
