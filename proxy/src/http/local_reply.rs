@@ -6,6 +6,7 @@
 use http::{HeaderValue, Response, StatusCode, header};
 
 use super::body::ProxyBody;
+use super::grpc_reply;
 use crate::upstream::UpstreamError;
 
 pub const REASON_HEADER: &str = "x-sluice-reason";
@@ -164,7 +165,20 @@ impl LocalReply {
         )
     }
 
-    pub fn into_response(self) -> Response<ProxyBody> {
+    /// The reply as a response. To a gRPC request it is a trailers-only gRPC reply (its HTTP
+    /// status mapped to a gRPC status, the message as `grpc-message`), as Envoy answers.
+    pub fn into_response(self, grpc_request: bool) -> Response<ProxyBody> {
+        if grpc_request {
+            let mut response = Response::new(ProxyBody::Empty);
+            let headers = response.headers_mut();
+            let grpc_status = grpc_reply::status_for(self.status);
+            grpc_reply::add_status_headers(headers, grpc_status, self.message.as_bytes());
+            headers.insert(
+                REASON_HEADER,
+                HeaderValue::from_static(self.reason.as_str()),
+            );
+            return response;
+        }
         let has_body = !self.message.is_empty();
         let body = if self.message.is_empty() {
             ProxyBody::Empty

@@ -4,6 +4,7 @@
 mod body;
 mod connection;
 mod deadline;
+pub mod grpc_reply;
 mod headers;
 mod local_reply;
 mod replay;

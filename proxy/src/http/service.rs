@@ -91,7 +91,8 @@ pub async fn handle(
     let snapshot = conn.worker.snapshot();
     // A listener that a new config removed: its connections are closing already.
     let Some(listener) = snapshot.listener(&conn.listener) else {
-        return Ok(LocalReply::no_route(request.method(), request.uri().path()).into_response());
+        let grpc = super::grpc_reply::is_grpc_request(request.headers());
+        return Ok(LocalReply::no_route(request.method(), request.uri().path()).into_response(grpc));
     };
     let guards = (
         InFlight::start(&listener.stats.requests_active),
@@ -139,7 +140,7 @@ impl Exchange<'_> {
         // upstream connection is ready for it.
         parts.headers.remove(header::EXPECT);
         add_request_identity(&mut parts.headers, self.conn.scheme);
-        self.grpc_request = wasm::is_grpc_request(&parts.headers);
+        self.grpc_request = super::grpc_reply::is_grpc_request(&parts.headers);
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
             let info = Rc::new(
@@ -407,7 +408,9 @@ impl Exchange<'_> {
                 .set(Some(reply.reason.as_str()));
         }
         let (status, reason) = (reply.status, reply.reason);
-        let answer = self.answer_attempt(reply.into_response(), deadline).await;
+        let answer = self
+            .answer_attempt(reply.into_response(self.grpc_request), deadline)
+            .await;
         if matches!(answer, Answer::Deliver(_)) {
             self.count_local(stats, status, reason);
         }
@@ -474,7 +477,7 @@ impl Exchange<'_> {
         reply: LocalReply,
     ) -> Result<Response<ProxyBody>, BoxError> {
         self.count_local(stats, reply.status, reply.reason);
-        let response = reply.into_response();
+        let response = reply.into_response(self.grpc_request);
         match &self.chain {
             Some(chain) => {
                 let last = chain.borrow().len().saturating_sub(1);
@@ -511,7 +514,7 @@ impl Exchange<'_> {
                 let reply = LocalReply::wasm_fail_stream();
                 self.count_local(stats, reply.status, reply.reason);
                 self.finish_chain();
-                Ok(reply.into_response())
+                Ok(reply.into_response(self.grpc_request))
             }
             Interruption::Reset => {
                 self.finish_chain();
@@ -635,7 +638,7 @@ impl Exchange<'_> {
                     .metrics
                     .local_reply(&self.listener.name, reply.reason.as_str());
                 self.finish_chain();
-                Ok(reply.into_response())
+                Ok(reply.into_response(self.grpc_request))
             }
             Err(
                 Interruption::Reset | Interruption::BodyTooLarge { .. } | Interruption::TimedOut,

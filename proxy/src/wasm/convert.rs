@@ -7,7 +7,7 @@ use http::{Method, StatusCode, request, response};
 
 use super::pairs::Pair;
 use super::state::LocalResponse;
-use crate::http::ProxyBody;
+use crate::http::{ProxyBody, grpc_reply};
 
 pub fn request_pairs(parts: &request::Parts, scheme: &str) -> Vec<Pair> {
     let authority = parts
@@ -227,17 +227,10 @@ pub fn local_response(local: LocalResponse, grpc_request: bool) -> http::Respons
         insert(&mut headers, name, value);
     }
     let body = if grpc_request {
-        let grpc_status = local.grpc_status.unwrap_or_else(|| grpc_status_for(status));
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from(grpc_status));
-        if !local.body.is_empty()
-            && let Ok(message) = HeaderValue::from_str(&percent_encode_grpc_message(&local.body))
-        {
-            headers.insert("grpc-message", message);
-        }
+        let grpc_status = local
+            .grpc_status
+            .unwrap_or_else(|| grpc_reply::status_for(status));
+        grpc_reply::add_status_headers(&mut headers, grpc_status, &local.body);
         ProxyBody::Empty
     } else {
         if !local.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
@@ -252,46 +245,6 @@ pub fn local_response(local: LocalResponse, grpc_request: bool) -> http::Respons
     *response.status_mut() = if grpc_request { StatusCode::OK } else { status };
     *response.headers_mut() = headers;
     response
-}
-
-/// Whether a request is gRPC, as Envoy decides it for local replies: its content type is
-/// exactly `application/grpc`, or starts with `application/grpc+` (`application/grpc-web` and
-/// parameters such as `;charset=` do not count, as in Envoy).
-pub fn is_grpc_request(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|content_type| {
-            content_type
-                .strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('+'))
-        })
-}
-
-/// Envoy's mapping of an HTTP status to a gRPC status, for a reply that names none.
-fn grpc_status_for(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,                   // INTERNAL
-        401 => 16,                   // UNAUTHENTICATED
-        403 => 7,                    // PERMISSION_DENIED
-        404 => 12,                   // UNIMPLEMENTED
-        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
-        _ => 2,                      // UNKNOWN
-    }
-}
-
-/// `grpc-message` as the gRPC spec encodes it: bytes outside printable ASCII, and `%`, as
-/// `%XX`.
-fn percent_encode_grpc_message(message: &[u8]) -> String {
-    let mut encoded = String::with_capacity(message.len());
-    for &byte in message {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
 }
 
 #[cfg(test)]
@@ -483,23 +436,5 @@ mod tests {
         assert_eq!(plain.status(), 403);
         assert_eq!(plain.headers()["content-type"], "text/plain");
         assert!(!plain.headers().contains_key("grpc-status"));
-    }
-
-    #[test]
-    fn grpc_requests_are_told_by_their_content_type() {
-        let with = |content_type: &str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_str(content_type).unwrap(),
-            );
-            is_grpc_request(&headers)
-        };
-        assert!(with("application/grpc"));
-        assert!(with("application/grpc+proto"));
-        assert!(!with("application/grpc;charset=utf-8"));
-        assert!(!with("application/grpc-web"));
-        assert!(!with("application/json"));
-        assert!(!is_grpc_request(&HeaderMap::new()));
     }
 }

@@ -29,8 +29,7 @@ pub use build::{build_wasm_packages, build_wasm_workspace, build_wasm_workspace_
 pub use callout::{Clusters, GrpcOutcome};
 pub use chain::{BodyStep, FilterChain, Interruption, request_headers, response_headers};
 pub use convert::{
-    apply_request_pairs, apply_response_pairs, is_grpc_request, local_response, request_pairs,
-    response_pairs,
+    apply_request_pairs, apply_response_pairs, local_response, request_pairs, response_pairs,
 };
 pub use error::{VmFailure, WasmError};
 pub use metrics::WasmMetricFamilies;

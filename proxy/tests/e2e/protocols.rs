@@ -135,3 +135,36 @@ clusters:
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_get_the_proxys_own_replies_as_grpc_statuses() {
+    // A dead endpoint: a gRPC client reads 14 UNAVAILABLE, as from Envoy; others a 503.
+    let dead = "\"127.0.0.1:1\"";
+    let proxy = start_proxy(&simple_config(dead, "    protocol: http2", ""), &[]).await;
+    let grpc = || {
+        Request::post("http://svc.example/pkg.Service/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    let reply = send_h2(proxy.addr, grpc()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/grpc"));
+    assert_eq!(reply.header("grpc-status"), Some("14"));
+    assert_eq!(reply.header("x-sluice-reason"), Some("upstream_connect_failure"));
+    assert!(reply.header("grpc-message").is_some());
+    assert_eq!(reply.body, "");
+
+    let plain = get(proxy.addr, "/pkg.Service/Call").await;
+    assert_eq!(plain.status, 503);
+    assert_eq!(plain.header("grpc-status"), None);
+
+    // No route: 12 UNIMPLEMENTED, Envoy's mapping of 404.
+    let yaml = simple_config(dead, "", "").replace("prefix: /", "prefix: /only");
+    let proxy = start_proxy(&yaml, &[]).await;
+    let reply = send_h2(proxy.addr, grpc()).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("grpc-status"), Some("12"));
+    assert_eq!(reply.header("x-sluice-reason"), Some("no_route"));
+}
