@@ -152,7 +152,10 @@ async fn grpc_requests_get_the_proxys_own_replies_as_grpc_statuses() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("content-type"), Some("application/grpc"));
     assert_eq!(reply.header("grpc-status"), Some("14"));
-    assert_eq!(reply.header("x-sluice-reason"), Some("upstream_connect_failure"));
+    assert_eq!(
+        reply.header("x-sluice-reason"),
+        Some("upstream_connect_failure")
+    );
     assert!(reply.header("grpc-message").is_some());
     assert_eq!(reply.body, "");
 
