@@ -118,8 +118,8 @@ struct Exchange<'a> {
     /// How long a paused filter may hold the stream: the route's `idle_timeout` once the route
     /// is known.
     filter_idle: Option<std::time::Duration>,
-    /// Whether the request came in as gRPC (by its content type, before any filter ran): a
-    /// filter's local reply to it is a gRPC reply, as in Envoy.
+    /// Whether the request came in as gRPC (by its content type, before any filter ran):
+    /// local replies to it, the proxy's and the filters', are gRPC replies, as in Envoy.
     grpc_request: bool,
 }
 
