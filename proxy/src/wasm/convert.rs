@@ -144,27 +144,25 @@ pub fn apply_response_pairs(parts: &mut response::Parts, pairs: &[Pair]) {
 /// and value.
 fn apply_headers(headers: &mut HeaderMap, pairs: &[Pair], excluded: Option<Excluded<'_>>) {
     let excluded_name = excluded.map(|e| e.name);
+    let regular = || pairs.iter().filter(|(name, _)| !name.starts_with(':'));
     let mut originals = headers
         .iter()
         .filter(|(name, _)| Some(*name) != excluded_name)
         .peekable();
-    let mut added = Vec::new();
-    let mut all_kept = true;
-    for pair in pairs.iter().filter(|(name, _)| !name.starts_with(':')) {
+    // How many pairs, from the first, are the original headers unchanged.
+    let mut kept = 0;
+    for pair in regular() {
         match originals.peek() {
             Some(original) if same_header(*original, pair) => {
                 originals.next();
+                kept += 1;
             }
-            Some(_) => {
-                all_kept = false;
-                break;
-            }
-            None => added.push(pair),
+            _ => break,
         }
     }
     let must_drop = excluded.is_some_and(|e| !e.keep && headers.contains_key(e.name));
-    if all_kept && originals.peek().is_none() && !must_drop {
-        for (name, value) in added {
+    if originals.peek().is_none() && !must_drop {
+        for (name, value) in regular().skip(kept) {
             insert(headers, name, value);
         }
         return;
@@ -175,7 +173,7 @@ fn apply_headers(headers: &mut HeaderMap, pairs: &[Pair], excluded: Option<Exclu
         .iter()
         .filter(|(name, _)| Some(*name) != excluded_name)
         .peekable();
-    for pair in pairs.iter().filter(|(name, _)| !name.starts_with(':')) {
+    for pair in regular() {
         match originals.peek() {
             Some((name, value)) if same_header((name, value), pair) => {
                 headers.append((*name).clone(), (*value).clone());
