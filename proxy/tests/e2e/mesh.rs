@@ -58,10 +58,7 @@ async fn proxy_as(
 ) -> TestProxy {
     let mut loaded = test_config(yaml, upstreams);
     loaded.mesh = Some(Arc::clone(identity));
-    let proxy = sluice::RunningProxy::start(&loaded).await.unwrap();
-    let addr = proxy.listener_address("main").unwrap();
-    let admin = proxy.admin_address().unwrap();
-    TestProxy { proxy, addr, admin }
+    start_loaded(&loaded).await
 }
 
 /// The server's sidecar: mesh mTLS (`mode`) in front of `{app}`, through the headers

@@ -28,9 +28,12 @@ pub struct TestProxy {
 /// Starts the proxy from YAML. Listeners and admin should use port 0; `{name}` placeholders are
 /// replaced by the address of the upstream of that name.
 pub async fn start_proxy(yaml: &str, upstreams: &[&TestUpstream]) -> TestProxy {
-    let proxy = RunningProxy::start(&test_config(yaml, upstreams))
-        .await
-        .unwrap();
+    start_loaded(&test_config(yaml, upstreams)).await
+}
+
+/// Starts the proxy from a config already loaded (and perhaps adjusted) by [`test_config`].
+pub async fn start_loaded(loaded: &LoadedConfig) -> TestProxy {
+    let proxy = RunningProxy::start(loaded).await.unwrap();
     let addr = proxy
         .listener_address("main")
         .expect("a listener named main");
