@@ -76,7 +76,7 @@ async fn run() {
     ];
     let dead = closed_port().await;
     let endpoints = [live[0], live[1], dead];
-    let filters = build_filters();
+    let filters = sluice::demo::build_standard_filters().expect("the standard filters build");
 
     let mut rows = Vec::new();
     let load = |targets: Vec<SocketAddr>| run_load(targets, requests, connections, &served);
@@ -312,18 +312,6 @@ async fn start_flaky_upstream(served: Arc<AtomicU64>) -> SocketAddr {
 async fn closed_port() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
-}
-
-fn build_filters() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    sluice::wasm::build_wasm_packages(
-        &root.join("Cargo.toml"),
-        &["sluice-filter-retry", "sluice-filter-circuit-breaker"],
-        &target.join("wasm-filters"),
-    )
-    .expect("the standard filters build")
 }
 
 fn sluice_config(endpoints: &[SocketAddr], filters: Option<&Path>) -> String {
