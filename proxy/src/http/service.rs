@@ -227,10 +227,12 @@ impl Exchange<'_> {
             deadline,
             guards: Rc::new(guards),
         };
+        // Endpoints earlier attempts went to; filled only when a replay happens, so a request
+        // that is never replayed allocates nothing for it.
         let mut tried = Vec::new();
         loop {
             let answer = self
-                .attempt(&attempt, request, &mut tried, downstream_upgrade.take())
+                .attempt(&attempt, request, &tried, downstream_upgrade.take())
                 .await;
             let delay = match answer {
                 Answer::Deliver(result) => return result,
@@ -240,6 +242,7 @@ impl Exchange<'_> {
             let (Some(head), Some(chain)) = (&replay_head, &self.chain) else {
                 return Err(Box::new(StreamClosedByFilter));
             };
+            tried.extend(chain.borrow().info().upstream.get());
             if let Some(rest) = &rest_of_body {
                 rest.supersede();
             }
@@ -286,7 +289,7 @@ impl Exchange<'_> {
         &self,
         attempt: &Attempt<'_>,
         request: Request<ProxyBody>,
-        tried: &mut Vec<SocketAddr>,
+        tried: &[SocketAddr],
         downstream_upgrade: Option<OnUpgrade>,
     ) -> Answer {
         let cluster = &attempt.target.cluster;
@@ -306,7 +309,6 @@ impl Exchange<'_> {
             let reply = LocalReply::no_healthy_upstream(&cluster.name);
             return self.upstream_failed(stats, reply, attempt.deadline).await;
         };
-        tried.push(endpoint.addr);
         let active = endpoint.begin_request();
         if let Some(chain) = &self.chain {
             chain.borrow().info().upstream.set(Some(endpoint.addr));
