@@ -64,13 +64,10 @@ impl LoadBalancer {
         if !avoid.contains(&picked.addr) {
             return Some(picked);
         }
-        let count = endpoints.len();
-        let start = fastrand::usize(..count);
-        (0..count)
-            .map(|offset| &endpoints[(start + offset) % count])
-            .find(|endpoint| endpoint.is_available(now_ms) && !avoid.contains(&endpoint.addr))
-            .cloned()
-            .or(Some(picked))
+        first_matching(endpoints, fastrand::usize(..endpoints.len()), |endpoint| {
+            endpoint.is_available(now_ms) && !avoid.contains(&endpoint.addr)
+        })
+        .or(Some(picked))
     }
 }
 
@@ -80,10 +77,19 @@ fn first_available(
     start: usize,
     now_ms: u64,
 ) -> Option<Arc<Endpoint>> {
+    first_matching(endpoints, start, |endpoint| endpoint.is_available(now_ms))
+}
+
+/// The first endpoint at or after `start` (wrapping around) that `accept` takes.
+fn first_matching(
+    endpoints: &[Arc<Endpoint>],
+    start: usize,
+    accept: impl Fn(&Endpoint) -> bool,
+) -> Option<Arc<Endpoint>> {
     let count = endpoints.len();
     (0..count)
         .map(|offset| &endpoints[(start + offset) % count])
-        .find(|endpoint| endpoint.is_available(now_ms))
+        .find(|endpoint| accept(endpoint))
         .cloned()
 }
 
