@@ -14,18 +14,41 @@ use super::certs;
 use super::mesh::{CurrentCertificate, MeshIdentity, SpiffeServerVerifier};
 use super::server::TlsConfigError;
 use crate::config::{ClusterConfig, ClusterTls, UpstreamProtocol};
+use crate::upstream::EndpointTarget;
 
 pub struct ClientTls {
     connector: TlsConnector,
     server_name: ServerName<'static>,
-    /// Unique per loaded TLS setting: pooled connections are kept apart by it.
+    /// What the setting is made of (see [`fingerprint`]): pooled connections are kept apart
+    /// by it.
     id: u64,
 }
 
-/// The next [`ClientTls::id`]; 0 means plaintext.
-fn next_id() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+/// A [`ClientTls::id`]: the same for the same settings, files and mesh identity, so pooled
+/// connections stay in use across config changes that leave a cluster's TLS as it was, and
+/// different otherwise. Never 0, which means plaintext.
+fn fingerprint(tls: &ClusterTls, server_name: &str, alpn: &[Vec<u8>], inputs: &[&[u8]]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    format!("{tls:?}").hash(&mut hasher);
+    server_name.hash(&mut hasher);
+    alpn.hash(&mut hasher);
+    inputs.hash(&mut hasher);
+    hasher.finish().max(1)
+}
+
+/// The bytes of the files a setting was made from, for its [`fingerprint`]. They were just
+/// read and parsed; a file that cannot be read again now gives a fingerprint of its own.
+fn file_bytes(base: &Path, paths: &[Option<&String>]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for path in paths.iter().flatten() {
+        match std::fs::read(base.join(path)) {
+            Ok(contents) => bytes.extend_from_slice(&contents),
+            Err(error) => bytes.extend_from_slice(error.to_string().as_bytes()),
+        }
+        bytes.push(0);
+    }
+    bytes
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -93,10 +116,12 @@ impl ClientTls {
             (None, Some(_)) => return Err(problem("cert", "key is set, so cert is needed too")),
         };
         config.alpn_protocols = alpn(cluster);
+        let files = file_bytes(base, &[Some(ca), tls.cert.as_ref(), tls.key.as_ref()]);
+        let id = fingerprint(tls, &name, &config.alpn_protocols, &[&files]);
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
-            id: next_id(),
+            id,
         })
     }
 
@@ -129,10 +154,13 @@ impl ClientTls {
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(CurrentCertificate(Arc::clone(identity))));
         config.alpn_protocols = alpn(cluster);
+        // The identity renews its certificate in place; a new identity is a new setting.
+        let identity_address = (Arc::as_ptr(identity) as usize).to_le_bytes();
+        let id = fingerprint(tls, &name, &config.alpn_protocols, &[&identity_address]);
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
-            id: next_id(),
+            id,
         })
     }
 
@@ -158,17 +186,56 @@ fn alpn(cluster: &ClusterConfig) -> Vec<Vec<u8>> {
 
 /// The host name of the endpoints, when they all have the same one.
 fn default_server_name(cluster: &ClusterConfig) -> Option<String> {
-    let mut hosts = cluster.endpoints.iter().map(|endpoint| {
-        let host = endpoint
-            .rsplit_once(':')
-            .map_or(endpoint.as_str(), |(host, _)| host);
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned()
-    });
-    let first = hosts.next()?;
-    if first.parse::<std::net::IpAddr>().is_ok() || hosts.any(|host| host != first) {
-        return None;
+    let mut names =
+        cluster
+            .endpoints
+            .iter()
+            .map(|endpoint| match EndpointTarget::parse(endpoint) {
+                Ok(EndpointTarget::Host { name, .. }) => Some(name),
+                Ok(EndpointTarget::Address(_)) | Err(_) => None,
+            });
+    let first = names.next()??;
+    names
+        .all(|name| name.as_deref() == Some(first.as_str()))
+        .then_some(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        rcgen::CertificateParams::new(vec![name.to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert")
+            .pem()
     }
-    Some(first)
+
+    #[test]
+    fn the_same_setting_and_files_keep_their_pool_id_and_a_new_ca_gets_another() {
+        let folder = std::env::temp_dir().join(format!("sluice-client-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&folder).expect("folder");
+        std::fs::write(folder.join("ca.pem"), self_signed_pem("web.test")).expect("ca");
+        let cluster: ClusterConfig =
+            serde_yaml::from_str(r#"{ name: web, endpoints: ["web.test:443"] }"#).expect("yaml");
+        let tls: ClusterTls = serde_yaml::from_str("{ ca: ca.pem }").expect("yaml");
+        let load = || {
+            ClientTls::load(&tls, &cluster, &folder, None)
+                .expect("loads")
+                .id()
+        };
+
+        let first = load();
+        assert_eq!(
+            load(),
+            first,
+            "a reload with nothing changed keeps the pooled connections"
+        );
+        std::fs::write(folder.join("ca.pem"), self_signed_pem("web.test")).expect("ca");
+        assert_ne!(load(), first, "a new CA file is a new setting");
+        assert_ne!(first, 0, "0 means plaintext");
+        std::fs::remove_dir_all(&folder).expect("cleanup");
+    }
 }
