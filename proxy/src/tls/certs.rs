@@ -7,7 +7,6 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use sha2::{Digest, Sha256};
 use x509_cert::der::Decode;
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
@@ -115,7 +114,7 @@ pub fn facts(der: &CertificateDer<'_>) -> Result<CertificateFacts, String> {
     let tbs = &cert.tbs_certificate;
     let mut facts = CertificateFacts {
         subject: tbs.subject.to_string(),
-        sha256: hex(&Sha256::digest(der.as_ref())),
+        sha256: sluice_control::store::sha256_hex(der.as_ref()),
         not_after: tbs.validity.not_after.to_unix_duration().as_secs(),
         ..CertificateFacts::default()
     };
@@ -129,8 +128,4 @@ pub fn facts(der: &CertificateDer<'_>) -> Result<CertificateFacts, String> {
         }
     }
     Ok(facts)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

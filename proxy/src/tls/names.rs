@@ -50,14 +50,6 @@ impl<T> NameTable<T> {
     pub fn entry(&self, index: usize) -> Option<&T> {
         self.entries.get(index)
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 #[cfg(test)]
