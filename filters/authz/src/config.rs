@@ -177,12 +177,12 @@ impl Config {
                 if keys.is_empty() {
                     return Err(invalid("jwt.jwks", "has no keys"));
                 }
-                let leeway = match &jwt.leeway {
-                    Some(text) => sluice_sdk::duration::parse(text)
-                        .map_err(|e| invalid("jwt.leeway", e))?
-                        .as_secs(),
-                    None => 60,
-                };
+                let leeway = sluice_sdk::config::duration_or(
+                    jwt.leeway.as_ref(),
+                    "jwt.leeway",
+                    std::time::Duration::from_secs(60),
+                )?
+                .as_secs();
                 Some(JwtSettings {
                     header: jwt
                         .header
@@ -210,11 +210,11 @@ impl Config {
                 if external.cluster.is_empty() {
                     return Err(invalid("external.cluster", "must name a cluster"));
                 }
-                let timeout = match &external.timeout {
-                    Some(text) => sluice_sdk::duration::parse(text)
-                        .map_err(|e| invalid("external.timeout", e))?,
-                    None => std::time::Duration::from_millis(200),
-                };
+                let timeout = sluice_sdk::config::duration_or(
+                    external.timeout.as_ref(),
+                    "external.timeout",
+                    std::time::Duration::from_millis(200),
+                )?;
                 Some(External {
                     authority: external
                         .authority

@@ -208,7 +208,12 @@ impl AuthzFilter {
         let normalized = path::normalize(&raw_path);
         let path = normalized.as_str();
         let source = self.source_ip();
-        let peer = self.peer_identity();
+        // A host call and a copy, made only when some rule is about peers.
+        let peer = if self.config.rules.iter().any(|rule| !rule.peers.is_empty()) {
+            self.peer_identity()
+        } else {
+            None
+        };
         for (index, rule) in self.config.rules.iter().enumerate() {
             if !self.matches(rule, &method, path, source, peer.as_deref()) {
                 continue;
