@@ -81,7 +81,7 @@ struct Raw {
     attempts_header: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBackoff {
     #[serde(default)]
@@ -98,7 +98,7 @@ enum RawBudget {
     Settings(RawBudgetSettings),
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawBudgetSettings {
     #[serde(default)]
@@ -126,10 +126,7 @@ impl Config {
             Some(methods) => methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
             None => IDEMPOTENT.map(String::from).to_vec(),
         };
-        let backoff = raw.backoff.unwrap_or(RawBackoff {
-            base: None,
-            max: None,
-        });
+        let backoff = raw.backoff.unwrap_or_default();
         let backoff_base = duration_or(
             backoff.base.as_ref(),
             "backoff.base",
@@ -227,11 +224,7 @@ fn grpc_status(name: &str) -> Option<u32> {
 fn budget(raw: Option<RawBudget>) -> Result<Option<BudgetConfig>, ConfigError> {
     let settings = match raw {
         Some(RawBudget::Switch(false)) => return Ok(None),
-        Some(RawBudget::Switch(true)) | None => RawBudgetSettings {
-            ratio: None,
-            min_per_second: None,
-            window: None,
-        },
+        Some(RawBudget::Switch(true)) | None => RawBudgetSettings::default(),
         Some(RawBudget::Settings(settings)) => settings,
     };
     let ratio = settings.ratio.unwrap_or(0.2);

@@ -40,6 +40,9 @@ struct RetryRoot {
     prefix: String,
     metrics: Metrics,
     unflushed: Rc<RefCell<UnflushedRequests>>,
+    /// Seeds each request's jitter with its context id: read from the clock once, at
+    /// configuration, rather than with a host call per request.
+    jitter_seed: u64,
 }
 
 /// Requests this worker counted toward a budget (by shared-data key) but has not written
@@ -71,6 +74,10 @@ impl RootContext for RetryRoot {
                     budget_exhausted: sluice_sdk::host::counter("retry_budget_exhausted"),
                     exhausted: sluice_sdk::host::counter("retry_attempts_exhausted"),
                 };
+                self.jitter_seed = self
+                    .get_current_time()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::from(d.subsec_nanos()));
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -83,15 +90,11 @@ impl RootContext for RetryRoot {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
-        let nanos = self
-            .get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
         Some(Box::new(RetryFilter {
             config,
             prefix: self.prefix.clone(),
             metrics: self.metrics,
-            jitter: Jitter::new(u64::from(nanos) ^ (u64::from(context_id) << 32)),
+            jitter: Jitter::new(self.jitter_seed ^ (u64::from(context_id) << 32)),
             unflushed: Rc::clone(&self.unflushed),
             budget_key: None,
             armed: false,
@@ -135,9 +138,18 @@ impl HttpContext for RetryFilter {
             let key = format!("{}budget/{}", self.prefix, self.cluster());
             let due = {
                 let mut unflushed = self.unflushed.borrow_mut();
-                let count = unflushed.0.entry(key.clone()).or_default();
-                *count += 1;
-                *count >= FLUSH_EVERY
+                // The key is new once per cluster and worker: no copy of it per request.
+                let count = match unflushed.0.get_mut(&key) {
+                    Some(count) => {
+                        *count += 1;
+                        *count
+                    }
+                    None => {
+                        unflushed.0.insert(key.clone(), 1);
+                        1
+                    }
+                };
+                count >= FLUSH_EVERY
             };
             if due {
                 self.update_budget(&key, |_, _| ());
@@ -241,9 +253,8 @@ impl RetryFilter {
         let (Some(budget), Some(key)) = (self.config.budget, &self.budget_key) else {
             return Some(0);
         };
-        let key = key.clone();
         // A budget that cannot be read allows nothing: retries must stay bounded.
-        self.update_budget(&key, |window, second| {
+        self.update_budget(key, |window, second| {
             window.try_retry(&budget, second).then_some(second)
         })
         .flatten()
@@ -251,10 +262,9 @@ impl RetryFilter {
 
     /// Returns a retry the host did not make to the budget.
     fn refund(&self, taken_at: u64) {
-        if let Some(key) = self.budget_key.clone()
-            && self.config.budget.is_some()
-        {
-            self.update_budget(&key, |window, _| window.refund_retry(taken_at));
+        // A request counts in a budget (`budget_key`) only when there is one.
+        if let Some(key) = &self.budget_key {
+            self.update_budget(key, |window, _| window.refund_retry(taken_at));
         }
     }
 
