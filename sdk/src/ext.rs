@@ -52,13 +52,13 @@ impl std::fmt::Display for ExtError {
 /// The endpoint the request went to (`ip:port`), once one was picked. Envoy has this property
 /// too.
 pub fn upstream_address() -> Option<String> {
-    text(vec!["upstream", "address"])
+    crate::host::text_property(vec!["upstream", "address"])
 }
 
 /// Why there is no upstream response, in the response phase; `None` when the upstream
 /// answered (look at the status) or the host cannot tell.
 pub fn upstream_failure() -> Option<UpstreamFailure> {
-    let reason = text(vec!["sluice", "upstream_failure"])?;
+    let reason = crate::host::text_property(vec!["sluice", "upstream_failure"])?;
     Some(match reason.as_str() {
         "upstream_connect_failure" => UpstreamFailure::ConnectFailure,
         "upstream_connect_timeout" => UpstreamFailure::ConnectTimeout,
@@ -136,12 +136,4 @@ fn call(function: &str, args: &str, success: &[u8]) -> Result<(), ExtError> {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn text(path: Vec<&str>) -> Option<String> {
-    hostcalls::get_property(path)
-        .ok()
-        .flatten()
-        .filter(|bytes| !bytes.is_empty())
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -20,3 +20,14 @@ pub fn cluster_name() -> Option<String> {
         .filter(|name| !name.is_empty())
         .map(|name| String::from_utf8_lossy(&name).into_owned())
 }
+
+/// A property as text (lossy UTF-8); `None` when it is missing, null or empty. The host call
+/// is made directly: the SDK's `get_property` panics on a null property (Envoy's
+/// SERIALIZATION_FAILURE), which connection properties are without a client certificate.
+pub fn text_property(path: Vec<&str>) -> Option<String> {
+    hostcalls::get_property(path)
+        .ok()
+        .flatten()
+        .filter(|bytes| !bytes.is_empty())
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+}

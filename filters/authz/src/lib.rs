@@ -265,15 +265,9 @@ impl AuthzFilter {
 
     /// The mTLS client's identity: Envoy's `connection.uri_san_peer_certificate`, which Sluice
     /// has too. Without a client certificate the property is null (SERIALIZATION_FAILURE), on
-    /// plaintext NOT_FOUND; both mean no identity. (The SDK's `get_property` would panic on
-    /// the first, so the host call is made directly.)
+    /// plaintext NOT_FOUND; both mean no identity.
     fn peer_identity(&self) -> Option<String> {
-        match proxy_wasm::hostcalls::get_property(vec!["connection", "uri_san_peer_certificate"]) {
-            Ok(Some(bytes)) if !bytes.is_empty() => {
-                Some(String::from_utf8_lossy(&bytes).into_owned())
-            }
-            _ => None,
-        }
+        sluice_sdk::host::text_property(vec!["connection", "uri_san_peer_certificate"])
     }
 
     fn authenticate(&self, rule: &Rule) -> Verdict {
