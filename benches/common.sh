@@ -493,29 +493,32 @@ duration_seconds() {
   esac
 }
 
-# Runs wrk for $2 against port $1, output to file $3. wrk's -d bounds it; `timeout` only guards
-# against a wedged wrk. wrk runs in the background and we `wait` for it because wrk catches
-# SIGINT and exits 0, and bash skips its INT trap when a foreground child did that; `wait`
-# instead returns at once on a trapped signal, so Ctrl-C ends the script (and cleanup ends wrk).
-# $4, if set, is the URL to load instead of http://$HOST:$port/; the rest are more wrk options.
+# Runs wrk for $2 against port $1, output to file $3. $4, if set, is the URL to load instead
+# of http://$HOST:$port/; the rest are more wrk options.
 run_wrk() {
-  local port=$1 duration=$2 out=$3 url=${4:-http://$HOST:$1/} secs pid status=0
-  secs=$(duration_seconds "$duration")
-  start_bg "$out" timeout --foreground --kill-after=5 $((secs + 30)) "${LOAD_PIN[@]}" \
+  local port=$1 duration=$2 out=$3 url=${4:-http://$HOST:$1/}
+  run_load_tool "$(duration_seconds "$duration")" "$out" \
     wrk --latency -t "$THREADS" -c "$CONNECTIONS" -d "$duration" "${@:5}" "$url"
-  pid=$LAST_PID
-  wait "$pid" || status=$?
-  forget_pid "$pid"
-  return "$status"
 }
 
 # h2load over cleartext HTTP/2 (prior knowledge): $STREAMS concurrent streams on each of the
 # $CONNECTIONS connections. Same arguments as run_wrk, without extra options.
 run_h2load() {
-  local port=$1 duration=$2 out=$3 url=${4:-http://$HOST:$1/} secs pid status=0
+  local port=$1 duration=$2 out=$3 url=${4:-http://$HOST:$1/} secs
   secs=$(duration_seconds "$duration")
-  start_bg "$out" timeout --foreground --kill-after=5 $((secs + 30)) "${LOAD_PIN[@]}" \
+  run_load_tool "$secs" "$out" \
     h2load -t "$THREADS" -c "$CONNECTIONS" -m "$STREAMS" -D "$secs" "$url"
+}
+
+# Runs a load generator (the rest of the arguments) that should finish in $1 seconds, on the
+# load CPU, its output in $2. Its own duration bounds it; `timeout` only guards against a
+# wedged one. It runs in the background and we `wait` for it because wrk catches SIGINT and
+# exits 0, and bash skips its INT trap when a foreground child did that; `wait` instead
+# returns at once on a trapped signal, so Ctrl-C ends the script (and cleanup ends the tool).
+run_load_tool() {
+  local secs=$1 out=$2 pid status=0
+  shift 2
+  start_bg "$out" timeout --foreground --kill-after=5 $((secs + 30)) "${LOAD_PIN[@]}" "$@"
   pid=$LAST_PID
   wait "$pid" || status=$?
   forget_pid "$pid"
