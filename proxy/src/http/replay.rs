@@ -8,7 +8,6 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 
 use super::body::{BoxError, ProxyBody};
@@ -39,14 +38,6 @@ pub struct RestOfBody {
 #[derive(Debug, thiserror::Error)]
 #[error("the request body was handed to a newer attempt")]
 struct Superseded;
-
-/// What a replayed request is built from: the request as the first attempt sent it.
-pub struct RequestHead {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
 
 // === impl ReplayableBody ===
 
@@ -139,28 +130,5 @@ impl Body for ReplayableBody {
             hint.set_upper(upper + kept);
         }
         hint
-    }
-}
-
-// === impl RequestHead ===
-
-impl RequestHead {
-    pub fn copy(parts: &http::request::Parts) -> Self {
-        Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-        }
-    }
-
-    /// The request again, with `body`.
-    pub fn rebuild(&self, body: ProxyBody) -> Request<ProxyBody> {
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
-        request
     }
 }

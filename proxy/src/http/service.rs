@@ -22,7 +22,7 @@ use super::headers::{
     shape_for_upstream,
 };
 use super::local_reply::{LocalReply, Reason};
-use super::replay::{ReplayableBody, RequestHead};
+use super::replay::ReplayableBody;
 use super::route::ClusterTarget;
 use super::upgrade::spawn_tunnel;
 use crate::admin::RouteStats;
@@ -259,7 +259,7 @@ impl Exchange<'_> {
                 }
                 None => ProxyBody::Empty,
             };
-            request = head.rebuild(body);
+            request = Request::from_parts(head.clone(), body);
         }
     }
 
@@ -269,7 +269,7 @@ impl Exchange<'_> {
         parts: &http::request::Parts,
         is_upgrade: bool,
         end_of_stream: bool,
-    ) -> Option<RequestHead> {
+    ) -> Option<http::request::Parts> {
         let chain = self.chain.as_ref()?.borrow();
         let mut replay = chain.info().replay.borrow_mut();
         replay.plan()?;
@@ -280,7 +280,10 @@ impl Exchange<'_> {
         if end_of_stream {
             replay.record_end();
         }
-        Some(RequestHead::copy(parts))
+        // Extensions (hyper's connection state) belong to the first attempt only.
+        let mut head = parts.clone();
+        head.extensions.clear();
+        Some(head)
     }
 
     /// One attempt: pick an endpoint (one not tried yet, when there is one), send, and run
