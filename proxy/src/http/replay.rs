@@ -98,19 +98,11 @@ impl Body for ReplayableBody {
         let polled = Pin::new(&mut *body).poll_frame(cx);
         let mut replay = this.rest.info.replay.borrow_mut();
         match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                match frame.data_ref() {
-                    Some(data) => replay.record_chunk(data),
-                    None => replay.lose("request trailers are not replayed"),
-                }
-                if body.is_end_stream() {
-                    replay.record_end();
-                }
-            }
-            Poll::Ready(None) => {
-                replay.record_end();
-                *body = ProxyBody::Empty;
-            }
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(data) => replay.record_chunk(data),
+                None => replay.lose("request trailers are not replayed"),
+            },
+            Poll::Ready(None) => *body = ProxyBody::Empty,
             Poll::Ready(Some(Err(_))) => replay.lose("the request body broke off"),
             Poll::Pending => {}
         }

@@ -199,7 +199,7 @@ impl Exchange<'_> {
         let mut downstream_upgrade = upgrade
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
-        let replay_head = self.replay_head(&parts, downstream_upgrade.is_some(), end_of_stream);
+        let replay_head = self.replay_head(&parts, downstream_upgrade.is_some());
         let mut rest_of_body = None;
         let request_body = match &self.chain {
             Some(chain) if !end_of_stream => {
@@ -268,7 +268,6 @@ impl Exchange<'_> {
         &self,
         parts: &http::request::Parts,
         is_upgrade: bool,
-        end_of_stream: bool,
     ) -> Option<http::request::Parts> {
         let chain = self.chain.as_ref()?.borrow();
         let mut replay = chain.info().replay.borrow_mut();
@@ -276,9 +275,6 @@ impl Exchange<'_> {
         if is_upgrade {
             replay.lose("an upgrade request cannot be replayed");
             return None;
-        }
-        if end_of_stream {
-            replay.record_end();
         }
         // Extensions (hyper's connection state) belong to the first attempt only.
         let mut head = parts.clone();

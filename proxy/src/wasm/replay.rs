@@ -47,17 +47,8 @@ pub struct Replay {
 struct BodyCopy {
     chunks: Vec<Bytes>,
     size: usize,
-    state: CopyState,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum CopyState {
-    /// The body is still arriving.
-    #[default]
-    Open,
-    Complete,
-    /// Why this request cannot be sent again.
-    Lost(&'static str),
+    /// Why this request cannot be sent again, once it cannot.
+    lost: Option<&'static str>,
 }
 
 // === impl Replay ===
@@ -78,14 +69,14 @@ impl Replay {
 
     /// The request cannot be replayed at all (an upgrade); a later `sluice_replay` says why.
     pub fn lose(&mut self, why: &'static str) {
-        self.body.state = CopyState::Lost(why);
+        self.body.lost = Some(why);
         self.body.chunks.clear();
     }
 
     /// A chunk of request body on its way upstream.
     pub fn record_chunk(&mut self, chunk: &Bytes) {
         let Some(plan) = self.plan else { return };
-        if self.body.state != CopyState::Open {
+        if self.body.lost.is_some() {
             return;
         }
         self.body.size += chunk.len();
@@ -94,12 +85,6 @@ impl Replay {
             return;
         }
         self.body.chunks.push(chunk.clone());
-    }
-
-    pub fn record_end(&mut self) {
-        if self.body.state == CopyState::Open {
-            self.body.state = CopyState::Complete;
-        }
     }
 
     /// The body of the request to send again, in one piece.
@@ -145,7 +130,7 @@ impl Replay {
             return Err("replay was not prepared in the request phase (sluice_prepare_replay)");
         }
         // A body still arriving is fine: the next attempt sends what was read, then the rest.
-        if let CopyState::Lost(why) = self.body.state {
+        if let Some(why) = self.body.lost {
             return Err(why);
         }
         if self.attempts >= MAX_ATTEMPTS {
@@ -181,7 +166,6 @@ mod tests {
         replay.arm(PLAN).expect("armed");
         replay.record_chunk(&Bytes::from_static(b"abc"));
         replay.record_chunk(&Bytes::from_static(b"def"));
-        replay.record_end();
         replay.start_attempt();
         replay
     }
@@ -214,7 +198,6 @@ mod tests {
         replay.arm(PLAN).expect("armed");
         replay.record_chunk(&Bytes::from_static(b"12345"));
         replay.record_chunk(&Bytes::from_static(b"6789"));
-        replay.record_end();
         replay.open_window(None);
         assert_eq!(
             replay.request(Duration::ZERO, Instant::now()),
