@@ -199,7 +199,7 @@ impl Exchange<'_> {
         let mut downstream_upgrade = upgrade
             .then(|| parts.extensions.remove::<OnUpgrade>())
             .flatten();
-        let replay_head = self.replay_head(&parts, downstream_upgrade.is_some());
+        let replay_head = self.replay_head(&parts, downstream_upgrade.is_some(), deadline);
         let mut rest_of_body = None;
         let request_body = match &self.chain {
             Some(chain) if !end_of_stream => {
@@ -268,10 +268,12 @@ impl Exchange<'_> {
         &self,
         parts: &http::request::Parts,
         is_upgrade: bool,
+        deadline: Option<Instant>,
     ) -> Option<http::request::Parts> {
         let chain = self.chain.as_ref()?.borrow();
         let mut replay = chain.info().replay.borrow_mut();
         replay.plan()?;
+        replay.set_deadline(deadline);
         if is_upgrade {
             replay.lose("an upgrade request cannot be replayed");
             return None;
@@ -306,7 +308,7 @@ impl Exchange<'_> {
         });
         let Some(endpoint) = cluster.pick_avoiding(tried) else {
             let reply = LocalReply::no_healthy_upstream(&cluster.name);
-            return self.upstream_failed(stats, reply, attempt.deadline).await;
+            return self.upstream_failed(stats, reply).await;
         };
         let active = endpoint.begin_request();
         if let Some(chain) = &self.chain {
@@ -367,7 +369,7 @@ impl Exchange<'_> {
                         LocalReply::from_upstream(&cluster.name, &error)
                     }
                 };
-                return self.upstream_failed(stats, reply, attempt.deadline).await;
+                return self.upstream_failed(stats, reply).await;
             }
         };
 
@@ -390,17 +392,12 @@ impl Exchange<'_> {
             active,
         );
         let response = Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)));
-        self.answer_attempt(response, attempt.deadline).await
+        self.answer_attempt(response).await
     }
 
     /// An attempt that got no response: the proxy's reply goes through the response filters,
     /// which may replay the request; it is counted only if it is the answer.
-    async fn upstream_failed(
-        &self,
-        stats: &RouteStats,
-        reply: LocalReply,
-        deadline: Option<Instant>,
-    ) -> Answer {
+    async fn upstream_failed(&self, stats: &RouteStats, reply: LocalReply) -> Answer {
         if let Some(chain) = &self.chain {
             chain
                 .borrow()
@@ -410,7 +407,7 @@ impl Exchange<'_> {
         }
         let (status, reason) = (reply.status, reply.reason);
         let answer = self
-            .answer_attempt(reply.into_response(self.grpc_request), deadline)
+            .answer_attempt(reply.into_response(self.grpc_request))
             .await;
         if matches!(answer, Answer::Deliver(_)) {
             self.count_local(stats, status, reason);
@@ -419,16 +416,12 @@ impl Exchange<'_> {
     }
 
     /// An attempt's answer through every response filter, which may replay the request.
-    async fn answer_attempt(
-        &self,
-        response: Response<ProxyBody>,
-        deadline: Option<Instant>,
-    ) -> Answer {
+    async fn answer_attempt(&self, response: Response<ProxyBody>) -> Answer {
         let Some(chain) = &self.chain else {
             return Answer::Deliver(Ok(response));
         };
         let last = chain.borrow().len().saturating_sub(1);
-        self.answer(response, last, Some(deadline)).await
+        self.answer(response, last, true).await
     }
 
     /// Request headers through `specs` (appended to the chain), written back into `parts`.
@@ -543,21 +536,16 @@ impl Exchange<'_> {
         response: Response<ProxyBody>,
         upto: usize,
     ) -> Result<Response<ProxyBody>, BoxError> {
-        match self.answer(response, upto, None).await {
+        match self.answer(response, upto, false).await {
             Answer::Deliver(result) => result,
             // Refused by the host outside an attempt's window; never reached.
             Answer::Replay(_) => Err(Box::new(StreamClosedByFilter)),
         }
     }
 
-    /// `through_response_filters`, where `replay_window` (the request's deadline) is given
-    /// for an upstream attempt's answer, which a filter may replay instead.
-    async fn answer(
-        &self,
-        response: Response<ProxyBody>,
-        upto: usize,
-        replay_window: Option<Option<Instant>>,
-    ) -> Answer {
+    /// `through_response_filters`; `replayable` for an upstream attempt's answer, which a
+    /// filter may replay instead.
+    async fn answer(&self, response: Response<ProxyBody>, upto: usize, replayable: bool) -> Answer {
         let Some(chain) = &self.chain else {
             return Answer::Deliver(Ok(response));
         };
@@ -569,8 +557,8 @@ impl Exchange<'_> {
         let end_of_stream = body.is_end_stream();
         chain.borrow_mut().set_response_code(parts.status.as_u16());
         let info = Rc::clone(chain.borrow().info());
-        if let Some(deadline) = replay_window {
-            info.replay.borrow_mut().open_window(deadline);
+        if replayable {
+            info.replay.borrow_mut().open_window();
         }
         let pairs = wasm::response_pairs(&parts);
         let filtering = wasm::response_headers(chain, pairs, end_of_stream, upto);

@@ -35,9 +35,10 @@ pub struct ReplayPlan {
 pub struct Replay {
     plan: Option<ReplayPlan>,
     body: BodyCopy,
-    /// Open while the response filters see an upstream attempt's answer; holds the request's
-    /// deadline (the route timeout spans all attempts).
-    window: Option<Option<Instant>>,
+    /// The request's deadline: the route timeout spans all attempts.
+    deadline: Option<Instant>,
+    /// Open while the response filters see an upstream attempt's answer.
+    window: bool,
     requested: Option<Duration>,
     attempts: u32,
 }
@@ -112,20 +113,25 @@ impl Replay {
         self.attempts
     }
 
+    /// The request's deadline, which no replay may reach; set when the request is routed.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
     /// The response filters are about to see an upstream attempt's answer.
-    pub fn open_window(&mut self, deadline: Option<Instant>) {
-        self.window = Some(deadline);
+    pub fn open_window(&mut self) {
+        self.window = true;
     }
 
     pub fn close_window(&mut self) {
-        self.window = None;
+        self.window = false;
     }
 
     /// `sluice_replay`: send the request again after `delay`, if it can be.
     pub fn request(&mut self, delay: Duration, now: Instant) -> Result<(), &'static str> {
-        let Some(deadline) = self.window else {
+        if !self.window {
             return Err("not in the response phase of an upstream attempt");
-        };
+        }
         if self.plan.is_none() {
             return Err("replay was not prepared in the request phase (sluice_prepare_replay)");
         }
@@ -136,7 +142,7 @@ impl Replay {
         if self.attempts >= MAX_ATTEMPTS {
             return Err("the request made the most attempts the host allows (16)");
         }
-        if deadline.is_some_and(|at| now + delay >= at) {
+        if self.deadline.is_some_and(|at| now + delay >= at) {
             return Err("the route timeout ends before the delay");
         }
         self.requested = Some(delay);
@@ -173,7 +179,7 @@ mod tests {
     #[test]
     fn a_kept_body_comes_back_whole() {
         let mut replay = armed_and_complete();
-        replay.open_window(None);
+        replay.open_window();
         assert_eq!(replay.request(Duration::ZERO, Instant::now()), Ok(()));
         assert_eq!(replay.take_requested(), Some(Duration::ZERO));
         assert_eq!(replay.body(), Bytes::from_static(b"abcdef"));
@@ -187,7 +193,7 @@ mod tests {
             refused,
             Err("not in the response phase of an upstream attempt")
         );
-        replay.open_window(None);
+        replay.open_window();
         replay.close_window();
         assert!(replay.request(Duration::ZERO, Instant::now()).is_err());
     }
@@ -198,7 +204,7 @@ mod tests {
         replay.arm(PLAN).expect("armed");
         replay.record_chunk(&Bytes::from_static(b"12345"));
         replay.record_chunk(&Bytes::from_static(b"6789"));
-        replay.open_window(None);
+        replay.open_window();
         assert_eq!(
             replay.request(Duration::ZERO, Instant::now()),
             Err("the request body is larger than the replay buffer")
@@ -208,7 +214,7 @@ mod tests {
     #[test]
     fn an_unarmed_stream_is_not_replayable_and_an_unfinished_body_is() {
         let mut replay = Replay::default();
-        replay.open_window(None);
+        replay.open_window();
         assert!(
             replay
                 .request(Duration::ZERO, Instant::now())
@@ -231,7 +237,8 @@ mod tests {
     fn the_deadline_and_the_attempt_limit_bound_replays() {
         let now = Instant::now();
         let mut replay = armed_and_complete();
-        replay.open_window(Some(now + Duration::from_millis(100)));
+        replay.set_deadline(Some(now + Duration::from_millis(100)));
+        replay.open_window();
         assert_eq!(
             replay.request(Duration::from_millis(100), now),
             Err("the route timeout ends before the delay")
