@@ -34,6 +34,9 @@ pub enum ProxyBody {
     Filtered(Box<crate::wasm::FilteredBody>),
     /// A request body also kept for replay.
     Replayable(Box<super::replay::ReplayableBody>),
+    /// A body the proxy sends piece by piece as it is handed the pieces (a filter's gRPC
+    /// stream); it ends when the sender is dropped.
+    Sent(tokio::sync::mpsc::UnboundedReceiver<Bytes>),
 }
 
 /// What to record once a request is finished, whichever way it finishes.
@@ -90,6 +93,9 @@ impl Body for ProxyBody {
             Self::Upstream(upstream) => Pin::new(upstream.as_mut()).poll_frame(cx),
             Self::Filtered(filtered) => Pin::new(filtered.as_mut()).poll_frame(cx),
             Self::Replayable(replayable) => Pin::new(replayable.as_mut()).poll_frame(cx),
+            Self::Sent(pieces) => pieces
+                .poll_recv(cx)
+                .map(|piece| piece.map(|p| Ok(Frame::data(p)))),
         }
     }
 
@@ -101,6 +107,7 @@ impl Body for ProxyBody {
             Self::Upstream(upstream) => upstream.inner.is_end_stream(),
             Self::Filtered(filtered) => filtered.is_end_stream(),
             Self::Replayable(replayable) => replayable.is_end_stream(),
+            Self::Sent(pieces) => pieces.is_closed() && pieces.is_empty(),
         }
     }
 
@@ -112,6 +119,7 @@ impl Body for ProxyBody {
             Self::Upstream(upstream) => upstream.inner.size_hint(),
             Self::Filtered(filtered) => filtered.size_hint(),
             Self::Replayable(replayable) => replayable.size_hint(),
+            Self::Sent(_) => SizeHint::default(),
         }
     }
 }

@@ -9,14 +9,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request};
+use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 
-use super::convert::{header_pairs, pairs_header_map};
+use super::convert::{header_pairs, pairs_header_map, response_pairs};
 use super::pairs::Pair;
 use crate::http::{ProxyBody, shape_for_upstream};
-use crate::upstream::{Cluster, UpstreamPools};
+use crate::upstream::{Cluster, UpstreamError, UpstreamPools};
 
 /// The clusters a callout may target, by name (the snapshot's).
 pub type Clusters = Arc<HashMap<String, Arc<Cluster>>>;
@@ -39,6 +38,8 @@ pub struct PendingCall {
     pub headers: Vec<Pair>,
     pub body: Vec<u8>,
     pub timeout: Option<Duration>,
+    /// Fires (or closes) when the guest cancels a gRPC call; HTTP calls cannot be cancelled.
+    pub cancelled: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +47,10 @@ pub struct CallResponse {
     pub headers: Vec<Pair>,
     pub body: Vec<u8>,
     pub trailers: Vec<Pair>,
+    /// Envoy's response code details of the exchange: `via_upstream` when the upstream
+    /// answered, else why the proxy answered itself. Envoy's gRPC client adds them to a
+    /// close message.
+    pub details: String,
 }
 
 pub enum CallOutcome {
@@ -54,8 +59,10 @@ pub enum CallOutcome {
     Reset,
 }
 
-/// Performs one callout.
+/// Performs one callout. A gRPC call gets the proxy's own answers shaped as gRPC replies, as
+/// Envoy's router shapes them for a gRPC request.
 pub async fn perform(pools: Rc<UpstreamPools>, call: PendingCall) -> CallOutcome {
+    let grpc = call.kind == CallKind::Grpc;
     let cluster = Arc::clone(&call.cluster);
     let exchange = exchange(&pools, &cluster, call.headers, call.body);
     let outcome = match call.timeout {
@@ -63,8 +70,9 @@ pub async fn perform(pools: Rc<UpstreamPools>, call: PendingCall) -> CallOutcome
         None => Ok(exchange.await),
     };
     match outcome {
-        Ok(outcome) => outcome,
-        Err(_elapsed) => synthesized(504, "upstream request timeout"),
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(failure)) => failure.reply(grpc),
+        Err(_elapsed) => LocalFailure::timeout().reply(grpc),
     }
 }
 
@@ -73,16 +81,179 @@ async fn exchange(
     cluster: &Cluster,
     headers: Vec<Pair>,
     body: Vec<u8>,
-) -> CallOutcome {
-    let Some(endpoint) = cluster.pick() else {
-        return synthesized(503, "no healthy upstream");
-    };
+) -> Result<CallOutcome, LocalFailure> {
+    let endpoint = cluster
+        .pick()
+        .ok_or_else(LocalFailure::no_healthy_upstream)?;
     let _active = endpoint.begin_request();
-    let mut request = Request::new(if body.is_empty() {
+    let body = if body.is_empty() {
         ProxyBody::Empty
     } else {
         ProxyBody::full(body)
-    });
+    };
+    let request = upstream_request(headers, body, cluster);
+    let response = pools
+        .send(cluster, &endpoint, request)
+        .await
+        .map_err(|error| {
+            tracing::debug!(cluster = %cluster.name, %error, "callout failed before a response");
+            LocalFailure::connect(&error)
+        })?;
+    let (parts, body) = response.response.into_parts();
+    let headers = response_pairs(&parts);
+    let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BODY);
+    Ok(match limited.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().map(header_pairs).unwrap_or_default();
+            let body = collected.to_bytes().to_vec();
+            if let Some(conn) = response.conn_return {
+                conn.give_back();
+            }
+            CallOutcome::Response(CallResponse {
+                headers,
+                body,
+                trailers,
+                details: VIA_UPSTREAM.to_owned(),
+            })
+        }
+        Err(error) => {
+            tracing::debug!(cluster = %cluster.name, %error, "callout response broke off");
+            CallOutcome::Reset
+        }
+    })
+}
+
+/// Envoy's response code details of an exchange the upstream answered.
+pub const VIA_UPSTREAM: &str = "via_upstream";
+
+/// Why the proxy answered a callout itself, in Envoy's router's words: the status, the text
+/// of the reply, and the response code details.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalFailure {
+    pub status: StatusCode,
+    pub text: String,
+    pub details: String,
+}
+
+impl LocalFailure {
+    pub fn no_healthy_upstream() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            text: "no healthy upstream".into(),
+            details: "no_healthy_upstream".into(),
+        }
+    }
+
+    pub fn timeout() -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            text: "upstream request timeout".into(),
+            details: "upstream_response_timeout".into(),
+        }
+    }
+
+    /// No response came: the connection failed, or the stream was reset before headers.
+    /// Envoy names the reset reason, and for a failed connect the transport's reason too
+    /// (`delayed connect error: Connection refused`).
+    pub fn connect(error: &UpstreamError) -> Self {
+        let (reason, transport) = match error {
+            UpstreamError::ConnectFailed { source, .. } => (
+                "remote connection failure",
+                Some(format!("delayed connect error: {}", os_error_text(source))),
+            ),
+            UpstreamError::ConnectTimeout { .. } => ("connection timeout", None),
+            UpstreamError::Tls { .. } | UpstreamError::Handshake { .. } => {
+                ("connection failure", None)
+            }
+            _ => ("connection termination", None),
+        };
+        let mut details = format!(
+            "upstream_reset_before_response_started{{{}",
+            reason.replace(' ', "_")
+        );
+        if let Some(transport) = transport {
+            details.push('|');
+            details.push_str(&transport.replace(' ', "_"));
+        }
+        details.push('}');
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            text: format!("{CONNECT_FAILURE}. reset reason: {reason}"),
+            details,
+        }
+    }
+
+    /// The reply the guest gets: plain text for an HTTP call; for a gRPC call the
+    /// trailers-only reply Envoy's router gives a gRPC request.
+    pub fn reply(self, grpc: bool) -> CallOutcome {
+        CallOutcome::Response(self.response(grpc))
+    }
+
+    pub fn response(self, grpc: bool) -> CallResponse {
+        let (headers, body) = if grpc {
+            (grpc_reply_pairs(self.grpc_status(), &self.text), Vec::new())
+        } else {
+            let headers = vec![
+                (
+                    ":status".to_owned(),
+                    self.status.as_str().as_bytes().to_vec(),
+                ),
+                (
+                    "content-length".to_owned(),
+                    self.text.len().to_string().into_bytes(),
+                ),
+                ("content-type".to_owned(), b"text/plain".to_vec()),
+            ];
+            (headers, self.text.into_bytes())
+        };
+        CallResponse {
+            headers,
+            body,
+            trailers: Vec::new(),
+            details: self.details,
+        }
+    }
+
+    /// A timeout is DEADLINE_EXCEEDED; anything else the HTTP status mapped (UNAVAILABLE).
+    fn grpc_status(&self) -> u32 {
+        if self.status == StatusCode::GATEWAY_TIMEOUT {
+            4
+        } else {
+            crate::http::grpc_reply::status_for(self.status)
+        }
+    }
+}
+
+/// The headers of a trailers-only gRPC reply from the proxy itself.
+pub fn grpc_reply_pairs(grpc_status: u32, text: &str) -> Vec<Pair> {
+    let mut headers = http::HeaderMap::new();
+    crate::http::grpc_reply::add_status_headers(&mut headers, grpc_status, text.as_bytes());
+    let mut pairs = vec![(":status".to_owned(), b"200".to_vec())];
+    pairs.extend(header_pairs(&headers));
+    pairs
+}
+
+/// An OS error as `strerror` words it, without Rust's ` (os error N)`.
+fn os_error_text(error: &std::io::Error) -> String {
+    let text = error.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+/// What Envoy's router answers when the upstream could not be reached or reset before
+/// headers; the reset reason follows it.
+const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before headers";
+
+/// The upstream request of a callout to `cluster`: the guest's pseudo-headers become the
+/// method, the path and the Host, and the rest are shaped as any request to that cluster.
+pub fn upstream_request(
+    headers: Vec<Pair>,
+    body: ProxyBody,
+    cluster: &Cluster,
+) -> Request<ProxyBody> {
+    let mut request = Request::new(body);
     let mut plain = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         match name.as_str() {
@@ -109,47 +280,11 @@ async fn exchange(
         &mut parts.headers,
         cluster.settings.protocol,
     );
-    let response = match pools
-        .send(cluster, &endpoint, Request::from_parts(parts, body))
-        .await
-    {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::debug!(cluster = %cluster.name, %error, "callout failed before a response");
-            return synthesized(
-                503,
-                "upstream connect error or disconnect/reset before headers",
-            );
-        }
-    };
-    let (parts, body) = response.response.into_parts();
-    let mut headers = vec![(
-        ":status".to_owned(),
-        parts.status.as_str().as_bytes().to_vec(),
-    )];
-    headers.extend(header_pairs(&parts.headers));
-    let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BODY);
-    match limited.collect().await {
-        Ok(collected) => {
-            let trailers = collected.trailers().map(header_pairs).unwrap_or_default();
-            let body = collected.to_bytes().to_vec();
-            if let Some(conn) = response.conn_return {
-                conn.give_back();
-            }
-            CallOutcome::Response(CallResponse {
-                headers,
-                body,
-                trailers,
-            })
-        }
-        Err(error) => {
-            tracing::debug!(cluster = %cluster.name, %error, "callout response broke off");
-            CallOutcome::Reset
-        }
-    }
+    Request::from_parts(parts, body)
 }
 
 /// A unary gRPC call's result, from the HTTP exchange that carried it.
+#[derive(Debug, PartialEq, Eq)]
 pub enum GrpcOutcome {
     Message(Vec<u8>),
     /// A gRPC status other than OK (or a failed exchange), with its message.
@@ -198,70 +333,4 @@ pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(message);
     framed
-}
-
-/// Reads a unary call's answer: the status from the trailers (or the headers of a
-/// trailers-only reply), and the one message of the body.
-pub fn grpc_outcome(outcome: CallOutcome) -> GrpcOutcome {
-    let response = match outcome {
-        CallOutcome::Response(response) => response,
-        CallOutcome::Reset => {
-            return GrpcOutcome::Closed {
-                status: 14,
-                message: b"reset".to_vec(),
-            };
-        }
-    };
-    let find = |name: &str| {
-        response
-            .trailers
-            .iter()
-            .chain(response.headers.iter())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let http_status = find(":status").unwrap_or_default();
-    let Some(status) =
-        find("grpc-status").and_then(|s| String::from_utf8(s).ok()?.parse::<u32>().ok())
-    else {
-        // No gRPC status: the exchange failed at the HTTP level (Envoy maps these the same way).
-        let status = if http_status == b"504" { 4 } else { 14 };
-        return GrpcOutcome::Closed {
-            status,
-            message: response.body,
-        };
-    };
-    if status != 0 {
-        return GrpcOutcome::Closed {
-            status,
-            message: find("grpc-message").unwrap_or_default(),
-        };
-    }
-    match response.body.get(5..) {
-        Some(message) if response.body[0] == 0 => GrpcOutcome::Message(message.to_vec()),
-        _ => GrpcOutcome::Closed {
-            status: 13,
-            message: b"malformed gRPC message".to_vec(),
-        },
-    }
-}
-
-/// The response Envoy's async client makes up when the upstream never answered.
-fn synthesized(status: u16, text: &'static str) -> CallOutcome {
-    let body = Bytes::from_static(text.as_bytes());
-    CallOutcome::Response(CallResponse {
-        headers: vec![
-            (":status".to_owned(), status.to_string().into_bytes()),
-            (
-                "content-length".to_owned(),
-                body.len().to_string().into_bytes(),
-            ),
-            (
-                "content-type".to_owned(),
-                HeaderValue::from_static("text/plain").as_bytes().to_vec(),
-            ),
-        ],
-        body: body.to_vec(),
-        trailers: Vec::new(),
-    })
 }

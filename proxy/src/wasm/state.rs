@@ -226,6 +226,17 @@ pub struct HostState {
     pub call_response: Option<super::callout::CallResponse>,
     /// gRPC call tokens are 5, 9, 13, … (low two bits 01).
     pub last_grpc_token: u32,
+    /// Unary gRPC calls not answered yet; dropping the sender cancels the call.
+    pub grpc_calls: HashMap<u32, tokio::sync::oneshot::Sender<()>>,
+    /// gRPC stream tokens are 6, 10, 14, … (low two bits 10).
+    pub last_grpc_stream_token: u32,
+    /// The guest's ends of its open gRPC streams.
+    pub grpc_streams: HashMap<u32, super::grpc_stream::StreamHandle>,
+    /// Streams opened in the callback in progress, started when it returns.
+    pub pending_streams: Vec<super::grpc_stream::PendingStream>,
+    /// The metadata being delivered by `proxy_on_grpc_receive_initial_metadata` (map 4) or
+    /// `_trailing_metadata` (map 5): the map type and its pairs.
+    pub grpc_metadata: Option<(u32, Vec<Pair>)>,
     /// The message being delivered by `proxy_on_grpc_receive` (buffer 5).
     pub grpc_message: Option<Vec<u8>>,
     /// What `proxy_get_status` reports: the last callout's outcome.
@@ -308,6 +319,11 @@ impl HostState {
             call_response: None,
             call_status: (0, Vec::new()),
             last_grpc_token: 1,
+            grpc_calls: HashMap::new(),
+            last_grpc_stream_token: 2,
+            grpc_streams: HashMap::new(),
+            pending_streams: Vec::new(),
+            grpc_metadata: None,
             grpc_message: None,
             logged_once: HashSet::new(),
         }

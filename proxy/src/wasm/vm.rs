@@ -10,6 +10,9 @@ use wasmtime::{Instance, Store, StoreLimitsBuilder, TypedFunc, WasmParams, WasmR
 
 use super::callout::{CallOutcome, GrpcOutcome, PendingCall};
 use super::error::{FailureKind, VmFailure, WasmError};
+use super::grpc_stream::{
+    GRPC_INITIAL_METADATA, GRPC_TRAILING_METADATA, PendingStream, StreamEvent,
+};
 use super::metrics::VmMetrics;
 use super::plugin::PluginSpec;
 use super::state::{HostState, StreamInfo, StreamState};
@@ -55,6 +58,8 @@ struct Callbacks {
     http_call_response: Option<CallResponseCallback>,
     grpc_receive: Option<TypedFunc<(i32, i32, i32), ()>>,
     grpc_close: Option<TypedFunc<(i32, i32, i32), ()>>,
+    grpc_initial_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
+    grpc_trailing_metadata: Option<TypedFunc<(i32, i32, i32), ()>>,
     new_connection: Option<TypedFunc<i32, i32>>,
     downstream_data: Option<DataCallback>,
     upstream_data: Option<DataCallback>,
@@ -585,6 +590,10 @@ impl PluginVm {
     /// the message in buffer 5, or `proxy_on_grpc_close` with the status (message via
     /// `proxy_get_status`), as Envoy does.
     pub fn on_grpc_response(&mut self, token: u32, outcome: GrpcOutcome) -> Result<(), VmFailure> {
+        // A call the guest cancelled (or closed) meanwhile has nobody to hear it.
+        if self.store.data_mut().grpc_calls.remove(&token).is_none() {
+            return Ok(());
+        }
         let root = self.root_id;
         let ticks = self.spec.callback_deadline_ticks;
         let outcome = match outcome {
@@ -622,6 +631,90 @@ impl PluginVm {
         };
         self.store.data_mut().grpc_message = None;
         outcome
+    }
+
+    /// Gets a gRPC stream's next event to the root context, as Envoy does: the metadata in
+    /// map 4 or 5 and a message in buffer 5, readable only during their callback; the close
+    /// with its status and message via `proxy_get_status`. Returns whether the stream should
+    /// go on: not after the close, nor once the guest cancelled it.
+    pub fn on_grpc_stream_event(
+        &mut self,
+        token: u32,
+        event: StreamEvent,
+    ) -> Result<bool, VmFailure> {
+        let state = self.store.data_mut();
+        let Some(stream) = state.grpc_streams.get_mut(&token) else {
+            return Ok(false);
+        };
+        let (root, ticks) = (self.root_id, self.spec.callback_deadline_ticks);
+        let closed = matches!(event, StreamEvent::Close { .. });
+        let (callback, name, count) = match event {
+            StreamEvent::InitialMetadata(pairs) => {
+                let count = pairs.len();
+                state.grpc_metadata = Some((GRPC_INITIAL_METADATA, pairs));
+                (
+                    &self.callbacks.grpc_initial_metadata,
+                    "proxy_on_grpc_receive_initial_metadata",
+                    count,
+                )
+            }
+            StreamEvent::Message(message) => {
+                let size = message.len();
+                state.grpc_message = Some(message);
+                (&self.callbacks.grpc_receive, "proxy_on_grpc_receive", size)
+            }
+            StreamEvent::TrailingMetadata(pairs) => {
+                let count = pairs.len();
+                state.grpc_metadata = Some((GRPC_TRAILING_METADATA, pairs));
+                (
+                    &self.callbacks.grpc_trailing_metadata,
+                    "proxy_on_grpc_receive_trailing_metadata",
+                    count,
+                )
+            }
+            StreamEvent::Close { status, message } => {
+                stream.remote_closed = true;
+                state.call_status = (status, message);
+                (
+                    &self.callbacks.grpc_close,
+                    "proxy_on_grpc_close",
+                    status as usize,
+                )
+            }
+        };
+        let outcome = match callback {
+            Some(f) => invoke(
+                &mut self.store,
+                ticks,
+                f,
+                root,
+                (root as i32, token as i32, count as i32),
+                name,
+            ),
+            None => Ok(()),
+        };
+        let state = self.store.data_mut();
+        state.grpc_metadata = None;
+        state.grpc_message = None;
+        outcome?;
+        if closed {
+            // Forgotten once both sides closed; a guest that has not closed its side still
+            // may, and gets OK.
+            if state
+                .grpc_streams
+                .get(&token)
+                .is_some_and(|s| s.local_closed)
+            {
+                state.grpc_streams.remove(&token);
+            }
+            return Ok(false);
+        }
+        Ok(state.grpc_streams.contains_key(&token))
+    }
+
+    /// Streams the guest opened since the last look.
+    pub fn take_pending_streams(&mut self) -> Vec<PendingStream> {
+        std::mem::take(&mut self.store.data_mut().pending_streams)
     }
 
     /// The tick period if the guest changed it since the last look.
@@ -742,6 +835,12 @@ fn resolve_callbacks(
         http_call_response: optional(store, instance, "proxy_on_http_call_response")?,
         grpc_receive: optional(store, instance, "proxy_on_grpc_receive")?,
         grpc_close: optional(store, instance, "proxy_on_grpc_close")?,
+        grpc_initial_metadata: optional(store, instance, "proxy_on_grpc_receive_initial_metadata")?,
+        grpc_trailing_metadata: optional(
+            store,
+            instance,
+            "proxy_on_grpc_receive_trailing_metadata",
+        )?,
         new_connection: optional(store, instance, "proxy_on_new_connection")?,
         downstream_data: optional(store, instance, "proxy_on_downstream_data")?,
         upstream_data: optional(store, instance, "proxy_on_upstream_data")?,

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::callout::{CallKind, grpc_outcome, perform};
+use super::callout::{CallKind, perform};
 use super::error::VmFailure;
+use super::grpc_stream;
 use super::plugin::PluginSpec;
 use super::state::{ResumeSignals, StreamInfo};
 use super::vm::PluginVm;
@@ -278,7 +279,7 @@ impl WorkerVm {
             .as_mut()
             .map(PluginVm::take_pending_calls)
             .unwrap_or_default();
-        for call in calls {
+        for mut call in calls {
             let (slot, generation, pools) = (
                 Rc::downgrade(self),
                 self.generation.get(),
@@ -286,14 +287,49 @@ impl WorkerVm {
             );
             tokio::task::spawn_local(async move {
                 let (token, kind) = (call.token, call.kind);
-                let outcome = perform(pools, call).await;
+                let outcome = match call.cancelled.take() {
+                    Some(cancelled) => tokio::select! {
+                        outcome = perform(pools, call) => outcome,
+                        // The guest cancelled the call, or its VM is gone.
+                        _ = cancelled => return,
+                    },
+                    None => perform(pools, call).await,
+                };
                 // The VM may have been rebuilt meanwhile: its successor never made this call.
                 if let Some(slot) = slot.upgrade() {
                     let _ = slot.with_vm(generation, |vm| match kind {
                         CallKind::Http => vm.on_http_call_response(token, outcome),
-                        CallKind::Grpc => vm.on_grpc_response(token, grpc_outcome(outcome)),
+                        CallKind::Grpc => {
+                            vm.on_grpc_response(token, grpc_stream::unary_outcome(outcome))
+                        }
                     });
                 }
+            });
+        }
+        let streams = self
+            .vm
+            .borrow_mut()
+            .as_mut()
+            .map(PluginVm::take_pending_streams)
+            .unwrap_or_default();
+        for stream in streams {
+            let (slot, generation, pools) = (
+                Rc::downgrade(self),
+                self.generation.get(),
+                Rc::clone(&self.pools),
+            );
+            tokio::task::spawn_local(async move {
+                let token = stream.token;
+                grpc_stream::run(pools, stream, |event| {
+                    // A rebuilt VM never opened this stream; a failed callback ends it.
+                    slot.upgrade().is_some_and(|slot| {
+                        matches!(
+                            slot.with_vm(generation, |vm| vm.on_grpc_stream_event(token, event)),
+                            Ok(true)
+                        )
+                    })
+                })
+                .await;
             });
         }
         let change = self

@@ -494,6 +494,15 @@ async fn callouts_hold_the_request_until_the_answer() {
         "{}",
         unreachable.body
     );
+    // Envoy 1.40's router words it so, and the filter passes its text on.
+    assert!(
+        unreachable.body.ends_with(
+            "upstream connect error or disconnect/reset before headers. \
+             reset reason: remote connection failure"
+        ),
+        "{}",
+        unreachable.body
+    );
 
     // An unknown cluster is BAD_ARGUMENT, which the SDK reports as an error.
     let unknown = ask(&[("x-check-cluster", "nope")]).await;
@@ -662,15 +671,23 @@ async fn http2_requests_pass_filters_with_authority_from_the_uri() {
     assert_eq!(reply.header("x-wasm-tag"), Some("h2"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unary_grpc_callouts_answer_with_a_message_or_a_status() {
+/// A proxy running the `grpc` fixture in front of `app`, with the cluster `grpc` (our gRPC
+/// upstream, over HTTP/2) and the `extra_clusters` (YAML list entries).
+async fn start_grpc_caller(extra_clusters: &str) -> (TestUpstream, TestUpstream, TestProxy) {
     let (app, grpc) = (
         TestUpstream::start("app").await,
         TestUpstream::start("grpc").await,
     );
     let yaml = wasm_config(&format!("[{}]", filter("caller", "grpc", "")), "")
-        + "  - name: grpc\n    endpoints: [\"{grpc}\"]\n    protocol: http2\n";
+        + "  - name: grpc\n    endpoints: [\"{grpc}\"]\n    protocol: http2\n"
+        + extra_clusters;
     let proxy = start_proxy(&yaml, &[&app, &grpc]).await;
+    (app, grpc, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_grpc_callouts_answer_with_a_message_or_a_status() {
+    let (app, _grpc, proxy) = start_grpc_caller("").await;
     let ask = |headers: &'static [(&'static str, &'static str)]| {
         get_with(proxy.addr, "/resource", headers)
     };
@@ -685,7 +702,8 @@ async fn unary_grpc_callouts_answer_with_a_message_or_a_status() {
     let denied = ask(&[("x-grpc-method", "Refuse")]).await;
     assert_eq!(
         (denied.status.as_u16(), denied.body.as_str()),
-        (403, "grpc failed: 7 denied")
+        // Envoy's gRPC client adds the response code details to the message.
+        (403, "grpc failed: 7 denied{via_upstream}")
     );
 
     // Envoy answers an unknown cluster with PARSE_FAILURE, which the SDK reports as an error.
@@ -695,6 +713,129 @@ async fn unary_grpc_callouts_answer_with_a_message_or_a_status() {
         (500, "grpc refused: ParseFailure")
     );
     assert_eq!(app.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_grpc_calls_can_be_cancelled_before_their_answer() {
+    let (_app, _grpc, proxy) = start_grpc_caller("").await;
+    let cancelled = get_with(proxy.addr, "/resource", &[("x-grpc-cancel", "1")]).await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    // Envoy forgets a cancelled call: cancelling it again is NOT_FOUND.
+    assert_eq!(
+        cancelled.echoed("x-grpc-cancelled"),
+        Some("Ok(()) then Err(NotFound)")
+    );
+    // Had the answer been delivered anyway, the filter would resume a finished request and
+    // the SDK would look up a context it has deleted; the requests after show the VM is fine.
+    for _ in 0..4 {
+        let ok = get_with(proxy.addr, "/resource", &[]).await;
+        assert_eq!(ok.echoed("x-grpc-reply"), Some("ping"), "{}", ok.body);
+    }
+}
+
+/// The `grpc` fixture's log of one stream: its callbacks, in order.
+async fn stream_log(proxy: &TestProxy, headers: &[(&'static str, &'static str)]) -> String {
+    let reply = get_with(proxy.addr, "/resource", headers).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply
+        .echoed("x-grpc-stream-log")
+        .unwrap_or_else(|| panic!("no stream log in {}", reply.body))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_streams_carry_messages_both_ways_with_envoys_callbacks_and_statuses() {
+    let (app, _grpc, proxy) = start_grpc_caller(
+        "  - name: dead\n    endpoints: [\"127.0.0.1:1\"]\n    protocol: http2\n",
+    )
+    .await;
+
+    // The statuses Envoy gives (the SDK panics on any other). The first stream of a VM is 6.
+    let probe = get_with(proxy.addr, "/resource", &[("x-grpc-probe", "1")]).await;
+    assert_eq!(
+        probe.echoed("x-grpc-probe"),
+        Some(
+            "unknown-cluster=Err(ParseFailure) token=6 send-to-call=Err(BadArgument) \
+             send-to-unknown=Err(NotFound) cancel-unknown=Err(NotFound) close=Ok(()) \
+             cancel=Ok(()) close-again=Err(NotFound)"
+        ),
+        "{}",
+        probe.body
+    );
+
+    // Each message is sent only after the answer to the last one arrived: both directions
+    // are open at once. Then the filter closes its side and the server ends with trailers.
+    let log = stream_log(&proxy, &[("x-grpc-stream", "a,b,c")]).await;
+    let parts: Vec<&str> = log.split(" | ").collect();
+    assert!(
+        parts[0].starts_with("initial ")
+            && parts[0].contains(":status,content-type,x-chat,x-caller-seen")
+            && parts[0].ends_with("x-caller-seen=wasm"),
+        "initial metadata, with the filter's own metadata seen by the server: {log}"
+    );
+    let count = parts[0].split(' ').nth(1).unwrap();
+    let names = parts[0]
+        .split('[')
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap();
+    assert_eq!(count, names.split(',').count().to_string(), "{log}");
+    assert_eq!(
+        parts[1..],
+        [
+            "message echo:a",
+            "message echo:b",
+            "message echo:c",
+            "closed",
+            "trailing 3 [grpc-status,grpc-message,x-count]",
+            "close 0 bye{via_upstream}",
+        ],
+        "{log}"
+    );
+
+    // A trailers-only reply: no initial metadata, the headers as trailing metadata.
+    let refused = stream_log(
+        &proxy,
+        &[("x-grpc-stream", "a"), ("x-grpc-method", "Refuse")],
+    )
+    .await;
+    let parts: Vec<&str> = refused.split(" | ").collect();
+    assert_eq!(parts[0], "initial 0 [] x-caller-seen=", "{refused}");
+    assert!(
+        parts[1].starts_with("trailing ") && parts[1].contains("grpc-status,grpc-message"),
+        "{refused}"
+    );
+    assert_eq!(parts[2..], ["close 7 denied{via_upstream}"], "{refused}");
+
+    // An unreachable upstream is UNAVAILABLE, as Envoy's router reports it to gRPC.
+    let dead = stream_log(
+        &proxy,
+        &[("x-grpc-stream", "a"), ("x-grpc-cluster", "dead")],
+    )
+    .await;
+    assert_eq!(
+        dead,
+        "initial 0 [] x-caller-seen= | \
+         trailing 4 [:status,content-type,grpc-status,grpc-message] | \
+         close 14 upstream connect error or disconnect/reset before headers. \
+         reset reason: remote connection failure{upstream_reset_before_response_started\
+         {remote_connection_failure|delayed_connect_error:_Connection_refused}}"
+    );
+
+    // Cancelled at the first answer: no callback follows (the SDK would panic on one, and
+    // the VM would fail the requests after).
+    let cancelled = stream_log(&proxy, &[("x-grpc-stream", "a,b"), ("x-grpc-cancel", "1")]).await;
+    assert!(
+        cancelled.ends_with("message echo:a | cancelled"),
+        "{cancelled}"
+    );
+    for _ in 0..4 {
+        let log = stream_log(&proxy, &[("x-grpc-stream", "z")]).await;
+        assert!(log.ends_with("message echo:z | closed | trailing 3 [grpc-status,grpc-message,x-count] | close 0 bye{via_upstream}"), "{log}");
+    }
+    assert_eq!(app.requests(), 9);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use wasmtime::{Caller, Linker};
 
+use crate::wasm::grpc_stream::{GRPC_INITIAL_METADATA, GRPC_TRAILING_METADATA};
 use crate::wasm::guest::{CallResult, finish, read, read_string, return_bytes, write_u32};
 use crate::wasm::pairs::{self, Pair};
 use crate::wasm::state::{HostState, MapSlot};
@@ -142,13 +143,25 @@ fn check_kind(kind: i32) -> Result<(), Status> {
     Ok(())
 }
 
-/// Runs `f` on map `kind` of the acting stream. Maps 4–7 (gRPC metadata, callout responses)
-/// and streamless contexts have no maps: BAD_ARGUMENT, as Envoy answers.
+/// Runs `f` on map `kind`: the gRPC metadata (4, 5) and callout response maps (6, 7) while
+/// their callback runs, read-only; the others of the acting stream. A map that does not
+/// exist now, or a streamless context, is BAD_ARGUMENT, as Envoy answers.
 fn with_map<T>(
     caller: &mut Caller<'_, HostState>,
     kind: u32,
     f: impl FnOnce(&mut MapSlot) -> Result<T, Status>,
 ) -> Result<T, Status> {
+    if kind == GRPC_INITIAL_METADATA || kind == GRPC_TRAILING_METADATA {
+        let pairs = match &caller.data().grpc_metadata {
+            Some((delivered, pairs)) if *delivered == kind => pairs.clone(),
+            _ => return Err(Status::BadArgument),
+        };
+        let mut slot = MapSlot {
+            pairs: Some(pairs),
+            writable: false,
+        };
+        return f(&mut slot);
+    }
     if kind == CALL_RESPONSE_HEADERS || kind == CALL_RESPONSE_TRAILERS {
         // Readable from any context during `proxy_on_http_call_response`, never writable.
         let response = caller

@@ -9,6 +9,7 @@
 //! | `/stall-body` | headers and one chunk, then silence |
 //! | `/trailers` | body plus `grpc-status: 0` trailers |
 //! | `/grpc.Echo/Say` | unary gRPC: echoes the message; `/grpc.Echo/<other>`: status 7 |
+//! | `/grpc.Chat/Echo` | bidirectional gRPC: echoes each message as it arrives; `/grpc.Chat/<other>`: status 7, trailers-only |
 //! | `/upgrade` | `101` then echoes bytes on the raw connection |
 //! | `/healthz` | the status set with [`TestUpstream::set_health`] |
 //! | anything else | 200 echo: method, URI, version, headers, body (read fully) |
@@ -192,6 +193,8 @@ async fn respond(state: &State, mut request: Request<Incoming>) -> Response<Test
             .headers_mut()
             .insert("content-type", "application/grpc".parse().unwrap());
         response
+    } else if let Some(method) = path.strip_prefix("/grpc.Chat/") {
+        grpc_chat(method, request)
     } else if path == "/upgrade" {
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -245,6 +248,65 @@ async fn echo(request: Request<Incoming>) -> Response<TestBody> {
             .map_err(|e| match e {})
             .boxed(),
     )
+}
+
+/// Bidirectional gRPC. `Echo` answers at once with initial metadata (`x-chat: open`), then
+/// each message as it arrives with `echo:<message>`, and when the client ends its side,
+/// trailers with status 0, `bye` and `x-count`. Any other method is a trailers-only reply
+/// with status 7.
+fn grpc_chat(method: &str, request: Request<Incoming>) -> Response<TestBody> {
+    if method != "Echo" {
+        let mut response = full("");
+        for (name, value) in [
+            ("content-type", "application/grpc"),
+            ("grpc-status", "7"),
+            ("grpc-message", "denied"),
+        ] {
+            response.headers_mut().insert(name, value.parse().unwrap());
+        }
+        return response;
+    }
+    let caller = request.headers().get("x-caller").cloned();
+    let (tx, body) = ChannelBody::new();
+    tokio::spawn(async move {
+        let mut incoming = request.into_body();
+        let mut buffered = Vec::new();
+        let mut count = 0;
+        while let Some(Ok(frame)) = incoming.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buffered.extend_from_slice(&data);
+            while buffered.len() >= 5 {
+                let length = u32::from_be_bytes(buffered[1..5].try_into().unwrap()) as usize;
+                if buffered.len() < 5 + length {
+                    break;
+                }
+                let message: Vec<u8> = buffered.drain(..5 + length).skip(5).collect();
+                count += 1;
+                let reply = [b"echo:".as_slice(), &message].concat();
+                let mut framed = vec![0];
+                framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&reply);
+                if tx.send(Ok(Frame::data(Bytes::from(framed)))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        trailers.insert("grpc-message", "bye".parse().unwrap());
+        trailers.insert("x-count", count.to_string().parse().unwrap());
+        tx.send(Ok(Frame::trailers(trailers))).await.ok();
+    });
+    let mut response = Response::new(body.boxed());
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/grpc".parse().unwrap());
+    headers.insert("x-chat", "open".parse().unwrap());
+    if let Some(caller) = caller {
+        headers.insert("x-caller-seen", caller);
+    }
+    response
 }
 
 fn full(text: &'static str) -> Response<TestBody> {
