@@ -241,9 +241,10 @@ wait_http_200() {
 # are errors); Envoy's bootstrap is the equivalent static config.
 
 # Sluice. $1 admin port, $2 listener port, $3 upstream port; $4, if set, is the listener's
-# `filters:` value (a YAML flow sequence, e.g. from sluice_wasm_filter).
+# `filters:` value (a YAML flow sequence, e.g. from sluice_wasm_filter); $5, if set, more
+# clusters a filter calls: `name:port` words, each an HTTP/2 cluster on $HOST.
 sluice_config() {
-  local filters=""
+  local filters="" extra
   [[ -z ${4:-} ]] || filters="    filters: $4"$'\n'
   cat <<EOF
 admin: { address: $HOST:$1 }
@@ -259,6 +260,9 @@ clusters:
   - name: upstream
     endpoints: ["$HOST:$3"]
 EOF
+  for extra in ${5:-}; do
+    printf '  - name: %s\n    endpoints: ["%s:%s"]\n    protocol: http2\n' "${extra%%:*}" "$HOST" "${extra#*:}"
+  done
 }
 
 # One Sluice wasm filter as a YAML flow mapping: $1 name (the plugin_name), $2 module; optional
@@ -310,9 +314,9 @@ EOF
 # (none is configured), and circuit breakers raised so more than Envoy's default 1024
 # connections measure proxying rather than 503 overflow. $1 admin port, $2 listener port,
 # $3 upstream port; $4, if set, is http_filters entries (from envoy_wasm_filter) that go before
-# the router.
+# the router; $5, if set, more clusters as for sluice_config (HTTP/2 to $HOST:port).
 envoy_config() {
-  local filters=""
+  local filters="" extra
   [[ -z ${4:-} ]] || filters="$4"$'\n'
   cat <<EOF
 admin:
@@ -357,6 +361,24 @@ ${filters}                  - name: envoy.filters.http.router
                   address:
                     socket_address: { address: $HOST, port_value: $3 }
 EOF
+  for extra in ${5:-}; do
+    cat <<EOF
+    - name: ${extra%%:*}
+      type: STATIC
+      connect_timeout: 5s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: { http2_protocol_options: {} }
+      load_assignment:
+        cluster_name: ${extra%%:*}
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: { address: $HOST, port_value: ${extra#*:} }
+EOF
+  done
 }
 
 # === load: the tools, CPU pinning, nginx, wrk (load.sh, mtls.sh) ===

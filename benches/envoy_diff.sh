@@ -20,6 +20,10 @@ die() { log "error: $*"; exit 2; }
 RUNS=${RUNS:-}                      # a subset of the runs below, by name; empty: all
 
 readonly ECHO_PORT=18090
+readonly GRPC_PORT=18091            # benches/grpc_upstream.py, for the grpc run
+# The clusters filters call besides `upstream`, in both proxies (HTTP/2): the gRPC upstream, and
+# a port nothing listens on.
+readonly EXTRA_CLUSTERS="grpc:$GRPC_PORT dead:1"
 readonly SLUICE_PORT=10010 SLUICE_ADMIN_PORT=19911
 readonly ENVOY_PORT=10011 ENVOY_ADMIN_PORT=19912
 readonly REQUEST_HOST=diff.test     # the Host of every request, so the upstream sees one name
@@ -46,11 +50,13 @@ readonly ALL_RUNS=(
   "ratelimit           filter:ratelimit {\"key\":\"header:x-user\",\"rate\":2,\"per\":\"1m\"} closed"
   "metrics             filter:metrics   -     closed"
   "authz               filter:authz     @authz_diff/config.json closed"
+  "grpc                grpc    -     closed"
 )
 
 # Cases that must differ, and why. A case listed here that comes out the same fails the run too,
 # so this list stays true.
 declare -A EXPECTED=(
+  [headers/upstream-headers]="Sluice's header maps (the http crate's, which hyper writes) keep all values of a name together, so the filter's second x-wasm-order lands next to the upstream's instead of after x-wasm-tag. Envoy keeps the order of every entry. The same headers with the same values, in the same order per name, arrive in both; only the position of different names relative to each other differs, which HTTP gives no meaning (RFC 9110, 5.3)."
   [hostile/after-panic]="A trap does not poison the plugin forever in Sluice: the request that trapped gets the fail policy, then the VM is rebuilt, so this request is served normally. Envoy's default keeps the failed VM and answers 503 to every later request (../shared/design/architecture.md, \"Where Sluice deliberately differs from Envoy 1.40\")."
   [hostile-open/bad-pointers-after-panic]="The same deliberate difference with fail_open: after the trap Sluice rebuilds the VM, so the filter runs again and sets x-log-status/x-map-status; Envoy's failed VM stays failed and fail-open skips the filter for every later request."
   [hostile-open-legacy/bad-pointers-after-panic]="As hostile-open/bad-pointers-after-panic: Sluice rebuilds the trapped VM, Envoy skips the failed filter from then on."
@@ -177,6 +183,26 @@ cases_authz() {
   req spoofed-principal GET /health -H 'x-authz-principal: root'
 }
 
+# grpc: gRPC calls and streams to benches/grpc_upstream.py from the request path; the filter
+# writes what it heard into request headers the echo upstream shows (x-grpc-reply,
+# x-grpc-stream-log: every stream callback in order, with its metadata names and the close's
+# status and message). See the fixture's doc comment for the x-grpc-* headers.
+cases_grpc() {
+  req probe GET /grpc -H 'x-grpc-probe: 1'
+  req unary GET /grpc
+  req unary-unimplemented GET /grpc -H 'x-grpc-method: Nope'
+  req unary-unreachable GET /grpc -H 'x-grpc-cluster: dead'
+  req unary-unknown-cluster GET /grpc -H 'x-grpc-cluster: nope'
+  req unary-cancelled GET /grpc -H 'x-grpc-cancel: 1'
+  req stream GET /grpc -H 'x-grpc-stream: a,b,c'
+  req stream-refused GET /grpc -H 'x-grpc-stream: a' -H 'x-grpc-method: Refuse'
+  req stream-unimplemented GET /grpc -H 'x-grpc-stream: a' -H 'x-grpc-method: Nope'
+  req stream-unreachable GET /grpc -H 'x-grpc-stream: a' -H 'x-grpc-cluster: dead'
+  req stream-unknown-cluster GET /grpc -H 'x-grpc-stream: a' -H 'x-grpc-cluster: nope'
+  req stream-cancelled GET /grpc -H 'x-grpc-stream: a,b' -H 'x-grpc-cancel: 1'
+  req stream-after-cancel GET /grpc -H 'x-grpc-stream: z'
+}
+
 authz_token() { awk -v name="$1" '$1 == name { print $2 }' "$BENCHES/authz_diff/tokens.txt"; }
 
 # The standard metrics filter (filters/metrics) counts and passes everything through as it is.
@@ -238,6 +264,19 @@ start_echo() {
   wait_port "$ECHO_PORT" "$LAST_PID" "$WORK/echo.log"
 }
 
+# The gRPC upstream, needed by the grpc run only; grpcio comes from PyPI unless SKIP_INSTALL=1.
+start_grpc_upstream() {
+  if ! "$PYTHON" -c 'import grpc' 2>/dev/null; then
+    [[ $SKIP_INSTALL != 1 ]] || die "the grpc run needs grpcio (run without SKIP_INSTALL=1)"
+    log "installing grpcio (pip), for the gRPC upstream"
+    PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check grpcio >&2 ||
+      die "pip install grpcio failed"
+  fi
+  require_free_port "$GRPC_PORT"
+  start_bg "$WORK/grpc.log" "$PYTHON" "$BENCHES/grpc_upstream.py" "$GRPC_PORT"
+  wait_port "$GRPC_PORT" "$LAST_PID" "$WORK/grpc.log"
+}
+
 # The module of a run's fixture: `filter:<name>` is a standard filter (filters/<name>), built
 # for wasm32-wasip1 where its tests build it; anything else is a fixture of the e2e tests.
 module_path() {
@@ -272,7 +311,7 @@ start_proxy() {
       local fail_open=false
       [[ $policy == closed ]] || fail_open=true
       sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$ECHO_PORT" \
-        "[$(sluice_wasm_filter "$fixture" "$module" "$config" "$fail_open")]" >"$conf"
+        "[$(sluice_wasm_filter "$fixture" "$module" "$config" "$fail_open")]" "$EXTRA_CLUSTERS" >"$conf"
       require_free_port "$SLUICE_PORT"
       require_free_port "$SLUICE_ADMIN_PORT"
       start_bg "$log" "$SLUICE_BIN" proxy --config "$conf"
@@ -288,7 +327,7 @@ start_proxy() {
         *) die "unknown fail policy '$policy'" ;;
       esac
       envoy_config "$ENVOY_ADMIN_PORT" "$ENVOY_PORT" "$ECHO_PORT" \
-        "$(envoy_wasm_filter "$fixture" "$module" "" "$config" "$failure_policy")" >"$conf"
+        "$(envoy_wasm_filter "$fixture" "$module" "" "$config" "$failure_policy")" "$EXTRA_CLUSTERS" >"$conf"
       require_free_port "$ENVOY_PORT"
       require_free_port "$ENVOY_ADMIN_PORT"
       # --disable-hot-restart: no shared-memory segment in /dev/shm, so no clash with another
@@ -435,6 +474,7 @@ main() {
   trap 'exit 143' TERM
   make_bodies
   start_echo
+  [[ " ${SELECTED[*]} " != *" grpc "* ]] || start_grpc_upstream
   local proxy
   for proxy in envoy sluice; do
     for run in "${SELECTED[@]}"; do
