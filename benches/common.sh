@@ -266,10 +266,12 @@ EOF
 }
 
 # One Sluice wasm filter as a YAML flow mapping: $1 name (the plugin_name), $2 module; optional
-# $3 plugin config string (omitted when empty), $4 fail_open (true|false, omitted when empty).
+# $3 plugin config string (omitted when empty), $4 fail_open (true|false, omitted when empty),
+# $5 root_id (omitted when empty).
 # The config goes into a double-quoted scalar with its double quotes escaped (JSON is fine).
 sluice_wasm_filter() {
   local out="{ name: $1, module: \"$2\""
+  [[ -z ${5:-} ]] || out+=", root_id: $5"
   [[ -z ${3:-} ]] || out+=", config: \"${3//\"/\\\"}\""
   [[ -z ${4:-} ]] || out+=", fail_open: $4"
   printf '%s }\n' "$out"
@@ -280,8 +282,8 @@ sluice_wasm_filter() {
 # Sluice's default is ""), $4 the plugin configuration as a StringValue (what Sluice's string
 # `config:` is; omitted when empty), $5 failure_policy (FAIL_CLOSED, FAIL_OPEN, ...; or
 # `fail_open` for the deprecated `fail_open: true`; omitted when empty, which is Envoy's
-# fail-closed default, so a module that does not load stops Envoy instead of being skipped).
-# root_id "" matches the Rust SDK's single root context.
+# fail-closed default, so a module that does not load stops Envoy instead of being skipped),
+# $6 root_id (default "", which matches the Rust SDK's single root context).
 envoy_wasm_filter() {
   cat <<EOF
                   - name: envoy.filters.http.wasm
@@ -289,7 +291,7 @@ envoy_wasm_filter() {
                       "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
                       config:
                         name: $1
-                        root_id: ""
+                        root_id: "${6:-}"
 EOF
   [[ -z ${4:-} ]] || cat <<EOF
                         configuration:

@@ -51,6 +51,8 @@ readonly ALL_RUNS=(
   "metrics             filter:metrics   -     closed"
   "authz               filter:authz     @authz_diff/config.json closed"
   "grpc                grpc    -     closed"
+  "cpp                 sdk:cpp_tag v1 closed"
+  "assemblyscript      sdk:as_tag  v1 closed"
 )
 
 # Cases that must differ, and why. A case listed here that comes out the same fails the run too,
@@ -203,6 +205,27 @@ cases_grpc() {
   req stream-after-cancel GET /grpc -H 'x-grpc-stream: z'
 }
 
+# cpp: the C++ SDK module proxy/tests/fixtures-cpp/cpp_tag.wasm (see its source): headers both
+# ways, the plugin_name property, a shared-data counter, a note on response bodies under /note
+# (whose size must not depend on the headers each proxy adds), and /deny answered with 403 and
+# gRPC status 7.
+cases_cpp() {
+  req plain GET /hello
+  req second GET /again
+  req note-post POST /note -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
+  req note-chunked-response GET /note/chunks -H 'x-echo-size: 3000' -H 'x-echo-chunks: 3'
+  req deny GET /deny
+  req deny-grpc POST /deny -H 'content-type: application/grpc' --data-binary @"$WORK/small.txt"
+}
+
+# assemblyscript: the AssemblyScript SDK module proxy/tests/fixtures-assemblyscript/as_tag.wasm:
+# headers both ways and /deny answered with 403 and gRPC status 2.
+cases_assemblyscript() {
+  req plain GET /hello
+  req deny GET /deny
+  req deny-grpc POST /deny -H 'content-type: application/grpc' --data-binary @"$WORK/small.txt"
+}
+
 authz_token() { awk -v name="$1" '$1 == name { print $2 }' "$BENCHES/authz_diff/tokens.txt"; }
 
 # The standard metrics filter (filters/metrics) counts and passes everything through as it is.
@@ -282,6 +305,8 @@ start_grpc_upstream() {
 module_path() {
   case $1 in
     filter:*) standard_filter_path "${1#filter:}" ;;
+    sdk:cpp_tag) printf '%s\n' "$ROOT/proxy/tests/fixtures-cpp/cpp_tag.wasm" ;;
+    sdk:as_tag) printf '%s\n' "$ROOT/proxy/tests/fixtures-assemblyscript/as_tag.wasm" ;;
     *) wasm_fixture_path "$1" ;;
   esac
 }
@@ -298,9 +323,12 @@ ensure_standard_filters_for() {
 # Starts proxy $1 (envoy|sluice) for a run: $2 run name, $3 fixture, $4 config (- none),
 # $5 fail policy (see ALL_RUNS). Leaves its pid in LAST_PID.
 start_proxy() {
-  local proxy=$1 run=$2 fixture=$3 config=$4 policy=$5 module conf log
+  local proxy=$1 run=$2 fixture=$3 config=$4 policy=$5 module conf log root_id=""
   module=$(module_path "$fixture")
+  # A module of another SDK registers its root context under its own name.
+  [[ $fixture != sdk:* ]] || root_id=${fixture#sdk:}
   fixture=${fixture#filter:}
+  fixture=${fixture#sdk:}
   [[ $config != - ]] || config=""
   # @file: the config is that file's text (under benches/).
   [[ $config != @* ]] || config=$(<"$BENCHES/${config#@}")
@@ -311,7 +339,8 @@ start_proxy() {
       local fail_open=false
       [[ $policy == closed ]] || fail_open=true
       sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$ECHO_PORT" \
-        "[$(sluice_wasm_filter "$fixture" "$module" "$config" "$fail_open")]" "$EXTRA_CLUSTERS" >"$conf"
+        "[$(sluice_wasm_filter "$fixture" "$module" "$config" "$fail_open" "$root_id")]" \
+        "$EXTRA_CLUSTERS" >"$conf"
       require_free_port "$SLUICE_PORT"
       require_free_port "$SLUICE_ADMIN_PORT"
       start_bg "$log" "$SLUICE_BIN" proxy --config "$conf"
@@ -327,7 +356,8 @@ start_proxy() {
         *) die "unknown fail policy '$policy'" ;;
       esac
       envoy_config "$ENVOY_ADMIN_PORT" "$ENVOY_PORT" "$ECHO_PORT" \
-        "$(envoy_wasm_filter "$fixture" "$module" "" "$config" "$failure_policy")" "$EXTRA_CLUSTERS" >"$conf"
+        "$(envoy_wasm_filter "$fixture" "$module" "" "$config" "$failure_policy" "$root_id")" \
+        "$EXTRA_CLUSTERS" >"$conf"
       require_free_port "$ENVOY_PORT"
       require_free_port "$ENVOY_ADMIN_PORT"
       # --disable-hot-restart: no shared-memory segment in /dev/shm, so no clash with another
@@ -462,7 +492,7 @@ main() {
   done
   local plain=() fixture_name
   for fixture_name in "${fixtures[@]}"; do
-    [[ $fixture_name == filter:* ]] || plain+=("$fixture_name")
+    [[ $fixture_name == filter:* || $fixture_name == sdk:* ]] || plain+=("$fixture_name")
   done
   ((${#plain[@]} == 0)) || ensure_wasm_fixtures "${plain[@]}"
   ensure_standard_filters_for "${fixtures[@]}"

@@ -1,5 +1,6 @@
 //! Filters built with Proxy-Wasm SDKs other than Rust's run unmodified, and answer as Envoy
-//! 1.40 answers for the same module and requests (checked by running the module in Envoy).
+//! 1.40 answers for the same module and requests (`benches/envoy_diff.sh` runs both modules
+//! through Envoy and Sluice: runs `assemblyscript` and `cpp`).
 
 use bytes::Bytes;
 use http::Request;
@@ -7,14 +8,16 @@ use http_body_util::Full;
 
 use crate::support::*;
 
-fn as_tag_config() -> String {
+/// One listener with the module `module` as the filter `name`, whose root id is its name too,
+/// configured with "v1".
+fn sdk_filter_config(name: &str, module: &std::path::Path) -> String {
     format!(
         r#"
 listeners:
   - name: main
     address: 127.0.0.1:0
     filters:
-      - {{ name: as_tag, module: "{}", root_id: as_tag, config: "v1" }}
+      - {{ name: {name}, module: "{}", root_id: {name}, config: "v1" }}
     routes:
       - match: {{ prefix: / }}
         cluster: backend
@@ -22,14 +25,24 @@ clusters:
   - name: backend
     endpoints: ["{{app}}"]
 "#,
-        assemblyscript_fixture().display()
+        module.display()
     )
+}
+
+/// A gRPC request to `/deny`, over HTTP/2.
+fn grpc_deny() -> Request<Full<Bytes>> {
+    Request::post("/deny")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assemblyscript_filter_runs_as_in_envoy() {
     let upstream = TestUpstream::start("app").await;
-    let proxy = start_proxy(&as_tag_config(), &[&upstream]).await;
+    let config = sdk_filter_config("as_tag", &assemblyscript_fixture());
+    let proxy = start_proxy(&config, &[&upstream]).await;
 
     // Headers both ways, and the plugin configuration by root id.
     let reply = get(proxy.addr, "/hello").await;
@@ -46,12 +59,7 @@ async fn an_assemblyscript_filter_runs_as_in_envoy() {
     assert_eq!(upstream.requests(), 1);
 
     // The same reply to a gRPC request: trailers-only, with the message percent-encoded.
-    let grpc = Request::post("/deny")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
-        .unwrap();
-    let denied = send_h2(proxy.addr, grpc).await;
+    let denied = send_h2(proxy.addr, grpc_deny()).await;
     assert_eq!(denied.status, 200);
     assert_eq!(denied.header("content-type"), Some("application/grpc"));
     assert_eq!(denied.header("grpc-status"), Some("2"));
@@ -61,4 +69,47 @@ async fn an_assemblyscript_filter_runs_as_in_envoy() {
     let json: serde_json::Value =
         serde_json::from_str(&get(proxy.admin, "/config").await.body).unwrap();
     assert_eq!(json["modules"][0]["abi"], "0.2.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpp_filter_runs_as_in_envoy() {
+    let upstream = TestUpstream::start("app").await;
+    let config = sdk_filter_config("cpp_tag", &cpp_fixture());
+    let proxy = start_proxy(&config, &[&upstream]).await;
+
+    // Headers both ways, the configuration, a property, and a shared-data counter. The C++
+    // SDK ends property paths with a NUL, which Envoy ignores.
+    let reply = get(proxy.addr, "/hello").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("x-cpp-tag"), Some("v1"));
+    assert_eq!(reply.header("x-cpp-hits"), Some("1"));
+    assert_eq!(reply.echoed("x-cpp-seen"), Some("/hello"));
+    assert_eq!(reply.echoed("x-cpp-plugin"), Some("cpp_tag"));
+    let again = get(proxy.addr, "/again").await;
+    assert_eq!(again.header("x-cpp-hits"), Some("2"));
+
+    // A note on the whole response body, buffered across its chunks.
+    let noted = get(proxy.addr, "/note").await;
+    let (echo, note) = noted
+        .body
+        .rsplit_once("-- cpp saw ")
+        .unwrap_or_else(|| panic!("no note in {}", noted.body));
+    assert_eq!(note, format!("{} bytes\n", echo.len()));
+    assert_eq!(noted.header("content-length"), None);
+
+    // Its local reply with gRPC status 7: plain to a plain request, gRPC to a gRPC request.
+    let denied = get(proxy.addr, "/deny").await;
+    assert_eq!(
+        (denied.status.as_u16(), denied.body.as_str()),
+        (403, "no entry\n")
+    );
+    let denied = send_h2(proxy.addr, grpc_deny()).await;
+    assert_eq!(denied.status, 200);
+    assert_eq!(denied.header("grpc-status"), Some("7"));
+    assert_eq!(denied.header("grpc-message"), Some("no entry%0A"));
+    assert_eq!(upstream.requests(), 3);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin, "/config").await.body).unwrap();
+    assert_eq!(json["modules"][0]["abi"], "0.2.1");
 }

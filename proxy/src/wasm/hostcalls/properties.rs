@@ -30,8 +30,8 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          size_out: i32| {
             let result: CallResult = (|| {
                 let path = read(&caller, path_ptr, path_len)?;
-                let segments: Vec<&[u8]> = path.split(|b| *b == 0).collect();
-                let value = lookup(caller.data_mut(), &segments).ok_or(Status::NotFound)?;
+                let value =
+                    lookup(caller.data_mut(), &path_segments(&path)).ok_or(Status::NotFound)?;
                 if matches!(value, Value::Null) {
                     return Err(Status::SerializationFailure.into());
                 }
@@ -133,6 +133,14 @@ fn tls_property(info: &crate::wasm::StreamInfo, name: &[u8]) -> Option<Value> {
 
 fn text(value: impl Into<String>) -> Value {
     Value::Bytes(value.into().into_bytes())
+}
+
+/// The segments of a property path: NUL-separated. The C++ SDK ends every segment with a
+/// NUL, the Rust and Go SDKs only separate them; Envoy reads both, ignoring one NUL at the
+/// end.
+fn path_segments(path: &[u8]) -> Vec<&[u8]> {
+    let path = path.strip_suffix(&[0]).unwrap_or(path);
+    path.split(|b| *b == 0).collect()
 }
 
 fn lookup(state: &mut HostState, segments: &[&[u8]]) -> Option<Value> {
@@ -241,4 +249,25 @@ fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
         }
     };
     Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segments;
+
+    #[test]
+    fn paths_split_at_nul_with_or_without_one_at_the_end() {
+        let expected: Vec<&[u8]> = vec![b"request", b"headers", b"x-a"];
+        assert_eq!(path_segments(b"request\0headers\0x-a"), expected);
+        assert_eq!(path_segments(b"request\0headers\0x-a\0"), expected);
+        assert_eq!(
+            path_segments(b"plugin_name\0"),
+            vec![b"plugin_name".as_slice()]
+        );
+        // Only one: an empty last segment written out stays.
+        assert_eq!(
+            path_segments(b"a\0\0"),
+            vec![b"a".as_slice(), b"".as_slice()]
+        );
+    }
 }

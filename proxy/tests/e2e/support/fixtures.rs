@@ -23,6 +23,12 @@ pub fn assemblyscript_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-assemblyscript/as_tag.wasm")
 }
 
+/// The filter built with the C++ SDK and Emscripten (`proxy/tests/fixtures-cpp`), committed
+/// built like the AssemblyScript one; its `build.sh` rebuilds it.
+pub fn cpp_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-cpp/cpp_tag.wasm")
+}
+
 fn built(
     cell: &'static OnceLock<Result<PathBuf, String>>,
     workspace: &str,
