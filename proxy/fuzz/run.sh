@@ -6,13 +6,15 @@
 #   FUZZ_SECONDS=600 bash proxy/fuzz/run.sh headers
 #
 # Targets: pairs (the pairs wire format guests hand the host), headers (header maps to the
-# pairs a filter edits and back). Corpora grow in proxy/fuzz/corpus/<target>, and a crashing
-# input is saved in proxy/fuzz/artifacts/<target>/ with the command that replays it.
+# pairs a filter edits and back), hostcalls (every host call, made by a real guest in a real
+# VM with arbitrary pointers, lengths, types and tokens). Corpora grow in
+# proxy/fuzz/corpus/<target>, and a crashing input is saved in proxy/fuzz/artifacts/<target>/
+# with the command that replays it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 targets=("$@")
-((${#targets[@]})) || targets=(pairs headers)
+((${#targets[@]})) || targets=(pairs headers hostcalls)
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/../../target/fuzz}

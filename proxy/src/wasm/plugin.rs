@@ -14,6 +14,7 @@ use super::error::WasmError;
 use super::hostcalls;
 use super::metrics::WasmMetricFamilies;
 use super::runtime::{EPOCH_TICK, MAX_MEMORY_LIMIT, ModuleBytes, WasmRuntime};
+use super::shared::VmIdHold;
 use super::state::{HostState, PluginInfo};
 use super::status::AbiVersion;
 use super::vm::PluginVm;
@@ -53,6 +54,8 @@ pub struct PluginSpec {
     /// Where `proxy_http_call` may send (the clusters of the plugin's snapshot).
     pub clusters: Clusters,
     _module: Arc<Module>,
+    /// Keeps the shared data and queues of the plugin's vm_id while the plugin lives.
+    _shared: VmIdHold,
 }
 
 // === impl PluginSpec ===
@@ -123,6 +126,7 @@ impl PluginSpec {
             health,
             clusters,
             _module: module,
+            _shared: VmIdHold::new(filter.vm_id.as_deref().unwrap_or_default()),
         });
         spec.canary()?;
         tracing::info!(plugin = %filter.name, digest = %spec.digest, abi = spec.abi.as_str(), "plugin loaded");

@@ -1,6 +1,8 @@
 //! Process-wide shared data (with compare-and-swap) and shared queues, keyed by `vm_id`:
 //! the only channel between the VMs of different workers. They live in the host, so a VM
-//! rebuilt after a trap finds them as it left them.
+//! rebuilt after a trap finds them as it left them. As in Envoy, a vm_id's data and queues
+//! go when nothing uses the vm_id any more: here, when the last plugin naming it is dropped
+//! (see [`VmIdHold`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -18,6 +20,54 @@ struct SharedData {
     entries: HashMap<String, HashMap<Vec<u8>, Entry>>,
     /// One process-wide CAS counter; 0 is never handed out.
     last_cas: u32,
+    /// How many plugins hold each vm_id.
+    holders: HashMap<String, usize>,
+}
+
+/// A plugin's hold on its vm_id's shared data and queues. A config change that keeps the
+/// vm_id loads the new plugin before it drops the old one, so the data carries over; when the
+/// last plugin of a vm_id goes, so do its data and queues, as Envoy drops them with the last
+/// VM of the vm_id.
+pub struct VmIdHold {
+    vm_id: String,
+}
+
+impl VmIdHold {
+    pub fn new(vm_id: &str) -> Self {
+        *data().holders.entry(vm_id.to_owned()).or_default() += 1;
+        Self {
+            vm_id: vm_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for VmIdHold {
+    fn drop(&mut self) {
+        {
+            let mut data = data();
+            let Some(holders) = data.holders.get_mut(&self.vm_id) else {
+                return;
+            };
+            *holders -= 1;
+            if *holders > 0 {
+                return;
+            }
+            data.holders.remove(&self.vm_id);
+            data.entries.remove(&self.vm_id);
+        }
+        let mut queues = queues();
+        let mut gone = Vec::new();
+        queues.by_name.retain(|(vm_id, _), token| {
+            let keep = *vm_id != self.vm_id;
+            if !keep {
+                gone.push(*token);
+            }
+            keep
+        });
+        for token in gone {
+            queues.by_token.remove(&token);
+        }
+    }
 }
 
 struct Queue {
@@ -131,6 +181,24 @@ pub fn dequeue(token: u32) -> Result<Vec<u8>, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_ids_data_and_queues_go_with_its_last_plugin() {
+        let vm = "hold-test-vm";
+        let first = VmIdHold::new(vm);
+        set(vm, b"k", b"v".to_vec(), 0).unwrap();
+        let queue = register_queue(vm, b"q", None);
+        enqueue(queue, b"item".to_vec()).unwrap();
+        // A config change: the new plugin holds the vm_id before the old one goes.
+        let second = VmIdHold::new(vm);
+        drop(first);
+        assert_eq!(get(vm, b"k").unwrap().0, b"v");
+        assert_eq!(resolve_queue(vm, b"q"), Ok(queue));
+        drop(second);
+        assert_eq!(get(vm, b"k"), Err(Status::NotFound));
+        assert_eq!(resolve_queue(vm, b"q"), Err(Status::NotFound));
+        assert_eq!(enqueue(queue, b"late".to_vec()), Err(Status::NotFound));
+    }
 
     #[test]
     fn compare_and_swap_follows_envoy() {
