@@ -146,7 +146,7 @@ async fn exchange(
 ) {
     // Without a response, Envoy's router answers the gRPC request itself.
     let Some(endpoint) = cluster.pick() else {
-        replay(&LocalFailure::no_healthy_upstream().response(true), deliver);
+        replay(LocalFailure::no_healthy_upstream().response(true), deliver);
         return;
     };
     let _active = endpoint.begin_request();
@@ -155,7 +155,7 @@ async fn exchange(
         Ok(response) => response,
         Err(error) => {
             tracing::debug!(cluster = %cluster.name, %error, "gRPC stream failed before a response");
-            replay(&LocalFailure::connect(&error).response(true), deliver);
+            replay(LocalFailure::connect(&error).response(true), deliver);
             return;
         }
     };
@@ -222,7 +222,7 @@ pub fn unary_outcome(outcome: CallOutcome) -> GrpcOutcome {
         }
     };
     let (mut last_message, mut close) = (None, None);
-    replay(&response, &mut |event| {
+    replay(response, &mut |event| {
         match event {
             StreamEvent::Message(message) => last_message = Some(message),
             StreamEvent::Close { status, message } => close = Some((status, message)),
@@ -242,32 +242,30 @@ pub fn unary_outcome(outcome: CallOutcome) -> GrpcOutcome {
 
 /// Delivers a whole response (a unary call's, or the proxy's own reply) as the events of a
 /// stream that received it.
-fn replay(response: &CallResponse, deliver: &mut impl FnMut(StreamEvent) -> bool) {
-    let status = response
-        .headers
+fn replay(response: CallResponse, deliver: &mut impl FnMut(StreamEvent) -> bool) {
+    let CallResponse {
+        headers,
+        body,
+        trailers,
+        details,
+    } = response;
+    let status = headers
         .iter()
         .find(|(name, _)| name == ":status")
         .and_then(|(_, value)| StatusCode::from_bytes(value).ok())
         .unwrap_or(StatusCode::OK);
-    let end_stream = response.body.is_empty() && response.trailers.is_empty();
-    let details = response.details.as_str();
-    let Some(mut frames) = start(
-        status,
-        response.headers.clone(),
-        end_stream,
-        details,
-        deliver,
-    ) else {
+    let end_stream = body.is_empty() && trailers.is_empty();
+    let Some(mut frames) = start(status, headers, end_stream, &details, deliver) else {
         return;
     };
-    frames.push(&response.body);
-    if !deliver_messages(&mut frames, details, deliver) {
+    frames.push(&body);
+    if !deliver_messages(&mut frames, &details, deliver) {
         return;
     }
-    if response.trailers.is_empty() {
-        stream_error(deliver, UNKNOWN, details);
+    if trailers.is_empty() {
+        stream_error(deliver, UNKNOWN, &details);
     } else {
-        close_with(deliver, response.trailers.clone(), details);
+        close_with(deliver, trailers, &details);
     }
 }
 
@@ -410,6 +408,7 @@ impl MessageFrames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wasm::pairs::test_pairs as pairs;
 
     fn frame(message: &[u8]) -> Vec<u8> {
         super::super::callout::grpc_frame(message)
@@ -462,12 +461,6 @@ mod tests {
             events.push(StreamEvent::Message(b"(messages may follow)".to_vec()));
         }
         events
-    }
-
-    fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
-        list.iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
-            .collect()
     }
 
     #[test]

@@ -76,15 +76,18 @@ fn take_terminated(data: &[u8], len: usize) -> Option<(&[u8], &[u8])> {
     (chunk[len] == 0).then(|| (&chunk[..len], &data[end..]))
 }
 
+/// Pairs from text, for tests.
+#[cfg(test)]
+pub fn test_pairs(list: &[(&str, &str)]) -> Vec<Pair> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pairs(list: &[(&str, &str)]) -> Vec<Pair> {
-        list.iter()
-            .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
-            .collect()
-    }
+    use test_pairs as pairs;
 
     #[test]
     fn matches_the_reference_example_byte_for_byte() {

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::callout::{CallKind, perform};
+use super::callout::{CallKind, PendingCall, perform};
 use super::error::VmFailure;
-use super::grpc_stream;
+use super::grpc_stream::{self, PendingStream};
 use super::plugin::PluginSpec;
 use super::state::{ResumeSignals, StreamInfo};
 use super::vm::PluginVm;
@@ -270,73 +270,23 @@ impl WorkerVm {
         }
     }
 
-    /// After every guest call: send the callouts it asked for, and re-arm the tick timer if the
-    /// guest changed its period.
+    /// After every guest call: send the callouts and open the gRPC streams it asked for, and
+    /// re-arm the tick timer if the guest changed its period.
     fn after_call(self: &Rc<Self>) {
-        let calls = self
-            .vm
-            .borrow_mut()
-            .as_mut()
-            .map(PluginVm::take_pending_calls)
-            .unwrap_or_default();
-        for mut call in calls {
-            let (slot, generation, pools) = (
-                Rc::downgrade(self),
-                self.generation.get(),
-                Rc::clone(&self.pools),
-            );
-            tokio::task::spawn_local(async move {
-                let (token, kind) = (call.token, call.kind);
-                let outcome = match call.cancelled.take() {
-                    Some(cancelled) => tokio::select! {
-                        outcome = perform(pools, call) => outcome,
-                        // The guest cancelled the call, or its VM is gone.
-                        _ = cancelled => return,
-                    },
-                    None => perform(pools, call).await,
-                };
-                // The VM may have been rebuilt meanwhile: its successor never made this call.
-                if let Some(slot) = slot.upgrade() {
-                    let _ = slot.with_vm(generation, |vm| match kind {
-                        CallKind::Http => vm.on_http_call_response(token, outcome),
-                        CallKind::Grpc => {
-                            vm.on_grpc_response(token, grpc_stream::unary_outcome(outcome))
-                        }
-                    });
-                }
-            });
+        let (calls, streams, change) = match self.vm.borrow_mut().as_mut() {
+            Some(vm) => (
+                vm.take_pending_calls(),
+                vm.take_pending_streams(),
+                vm.take_tick_change(),
+            ),
+            None => return,
+        };
+        for call in calls {
+            self.spawn_call(call);
         }
-        let streams = self
-            .vm
-            .borrow_mut()
-            .as_mut()
-            .map(PluginVm::take_pending_streams)
-            .unwrap_or_default();
         for stream in streams {
-            let (slot, generation, pools) = (
-                Rc::downgrade(self),
-                self.generation.get(),
-                Rc::clone(&self.pools),
-            );
-            tokio::task::spawn_local(async move {
-                let token = stream.token;
-                grpc_stream::run(pools, stream, |event| {
-                    // A rebuilt VM never opened this stream; a failed callback ends it.
-                    slot.upgrade().is_some_and(|slot| {
-                        matches!(
-                            slot.with_vm(generation, |vm| vm.on_grpc_stream_event(token, event)),
-                            Ok(true)
-                        )
-                    })
-                })
-                .await;
-            });
+            self.spawn_stream(stream);
         }
-        let change = self
-            .vm
-            .borrow_mut()
-            .as_mut()
-            .and_then(PluginVm::take_tick_change);
         let Some(period) = change else { return };
         if let Some(timer) = self.timer.borrow_mut().take() {
             timer.abort();
@@ -347,6 +297,57 @@ impl WorkerVm {
         *self.timer.borrow_mut() = Some(tokio::task::spawn_local(tick_loop(
             weak, generation, period,
         )));
+    }
+
+    /// Sends a callout and delivers its answer to this VM, unless the VM was rebuilt
+    /// meanwhile (its successor never made the call) or the guest cancelled it.
+    fn spawn_call(self: &Rc<Self>, mut call: PendingCall) {
+        let (slot, generation, pools) = (
+            Rc::downgrade(self),
+            self.generation.get(),
+            Rc::clone(&self.pools),
+        );
+        tokio::task::spawn_local(async move {
+            let (token, kind) = (call.token, call.kind);
+            let outcome = match call.cancelled.take() {
+                Some(cancelled) => tokio::select! {
+                    outcome = perform(pools, call) => outcome,
+                    // The guest cancelled the call, or its VM is gone.
+                    _ = cancelled => return,
+                },
+                None => perform(pools, call).await,
+            };
+            if let Some(slot) = slot.upgrade() {
+                let _ = slot.with_vm(generation, |vm| match kind {
+                    CallKind::Http => vm.on_http_call_response(token, outcome),
+                    CallKind::Grpc => {
+                        vm.on_grpc_response(token, grpc_stream::unary_outcome(outcome))
+                    }
+                });
+            }
+        });
+    }
+
+    /// Runs a gRPC stream the guest opened, delivering its events to this VM.
+    fn spawn_stream(self: &Rc<Self>, stream: PendingStream) {
+        let (slot, generation, pools) = (
+            Rc::downgrade(self),
+            self.generation.get(),
+            Rc::clone(&self.pools),
+        );
+        tokio::task::spawn_local(async move {
+            let token = stream.token;
+            grpc_stream::run(pools, stream, |event| {
+                // A rebuilt VM never opened this stream; a failed callback ends it.
+                slot.upgrade().is_some_and(|slot| {
+                    matches!(
+                        slot.with_vm(generation, |vm| vm.on_grpc_stream_event(token, event)),
+                        Ok(true)
+                    )
+                })
+            })
+            .await;
+        });
     }
 
     fn listen_to_queues(self: &Rc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<u32>) {

@@ -151,31 +151,9 @@ fn with_map<T>(
     kind: u32,
     f: impl FnOnce(&mut MapSlot) -> Result<T, Status>,
 ) -> Result<T, Status> {
-    if kind == GRPC_INITIAL_METADATA || kind == GRPC_TRAILING_METADATA {
-        let pairs = match &caller.data().grpc_metadata {
-            Some((delivered, pairs)) if *delivered == kind => pairs.clone(),
-            _ => return Err(Status::BadArgument),
-        };
+    if let Some(read_only) = callout_map(caller.data(), kind) {
         let mut slot = MapSlot {
-            pairs: Some(pairs),
-            writable: false,
-        };
-        return f(&mut slot);
-    }
-    if kind == CALL_RESPONSE_HEADERS || kind == CALL_RESPONSE_TRAILERS {
-        // Readable from any context during `proxy_on_http_call_response`, never writable.
-        let response = caller
-            .data()
-            .call_response
-            .as_ref()
-            .ok_or(Status::BadArgument)?;
-        let pairs = if kind == CALL_RESPONSE_HEADERS {
-            &response.headers
-        } else {
-            &response.trailers
-        };
-        let mut slot = MapSlot {
-            pairs: Some(pairs.clone()),
+            pairs: Some(read_only?.clone()),
             writable: false,
         };
         return f(&mut slot);
@@ -192,6 +170,21 @@ fn with_map<T>(
         _ => return Err(Status::BadArgument),
     };
     f(slot)
+}
+
+/// Maps 4–7, which belong to the callout callback in progress, not to a stream: `None` for
+/// any other kind; BAD_ARGUMENT when no such callback is running.
+fn callout_map(state: &HostState, kind: u32) -> Option<Result<&Vec<Pair>, Status>> {
+    let pairs = match kind {
+        GRPC_INITIAL_METADATA | GRPC_TRAILING_METADATA => match &state.grpc_metadata {
+            Some((delivered, pairs)) if *delivered == kind => Some(pairs),
+            _ => None,
+        },
+        CALL_RESPONSE_HEADERS => state.call_response.as_ref().map(|r| &r.headers),
+        CALL_RESPONSE_TRAILERS => state.call_response.as_ref().map(|r| &r.trailers),
+        _ => return None,
+    };
+    Some(pairs.ok_or(Status::BadArgument))
 }
 
 fn with_writable(
