@@ -128,7 +128,7 @@ pub const VIA_UPSTREAM: &str = "via_upstream";
 
 /// Why the proxy answered a callout itself, in Envoy's router's words: the status, the text
 /// of the reply, and the response code details.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct LocalFailure {
     pub status: StatusCode,
     pub text: String,
@@ -225,7 +225,7 @@ impl LocalFailure {
 }
 
 /// The headers of a trailers-only gRPC reply from the proxy itself.
-pub fn grpc_reply_pairs(grpc_status: u32, text: &str) -> Vec<Pair> {
+fn grpc_reply_pairs(grpc_status: u32, text: &str) -> Vec<Pair> {
     let mut headers = http::HeaderMap::new();
     crate::http::grpc_reply::add_status_headers(&mut headers, grpc_status, text.as_bytes());
     let mut pairs = vec![(":status".to_owned(), b"200".to_vec())];
