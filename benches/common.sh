@@ -562,23 +562,23 @@ readonly AWK_MS='
       return -1
     }'
 
-# Reads h2load output on stdin; prints "req/s mean_ms max_ms non2xx failed", with - for a value
-# h2load did not report (it reports no percentiles). `failed` counts requests that got no
-# response (failed, errored or timed out).
+# Reads h2load output on stdin; prints "req/s mean_ms max_ms non2xx failed done", with - for a
+# value h2load did not report (it reports no percentiles). `failed` counts requests that got no
+# response (failed, errored or timed out); `done`, those that completed.
 parse_h2load() {
   awk "$AWK_MS"'
     /^finished in/          { rps = $4; sub(/,$/, "", rps); rps = sprintf("%.0f", rps) }
-    /^requests:/            { failed = $10 + $12 + $14 }
+    /^requests:/            { failed = $10 + $12 + $14; done = $6 }
     /^status codes:/        { non2xx = $5 + $7 + $9 }
     /^time for request:/    { maxv = sprintf("%.3f", ms($5)); mean = sprintf("%.3f", ms($6)) }
     END {
-      printf "%s %s %s %d %d\n", (rps == "" ? "-" : rps), (mean == "" ? "-" : mean),
-        (maxv == "" ? "-" : maxv), non2xx, failed
+      printf "%s %s %s %d %d %d\n", (rps == "" ? "-" : rps), (mean == "" ? "-" : mean),
+        (maxv == "" ? "-" : maxv), non2xx, failed, done
     }'
 }
 
-# Reads wrk --latency output on stdin; prints "req/s p50_ms p99_ms non2xx socket_errors",
-# with - for a value wrk did not report.
+# Reads wrk --latency output on stdin; prints "req/s p50_ms p99_ms non2xx socket_errors done",
+# with - for a value wrk did not report; `done` counts the requests that completed.
 parse_wrk() {
   awk "$AWK_MS"'
     /Latency Distribution/       { dist = 1; next }
@@ -587,9 +587,10 @@ parse_wrk() {
     /^Requests\/sec:/            { rps = sprintf("%.0f", $2) }
     /Socket errors:/             { gsub(/,/, ""); sock = $4 + $6 + $8 + $10 }
     /Non-2xx or 3xx responses:/  { non2xx = $5 }
+    $2 == "requests" && $3 == "in" { done = $1 }
     END {
-      printf "%s %s %s %d %d\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50),
-        (p99 == "" ? "-" : p99), non2xx, sock
+      printf "%s %s %s %d %d %d\n", (rps == "" ? "-" : rps), (p50 == "" ? "-" : p50),
+        (p99 == "" ? "-" : p99), non2xx, sock, done
     }'
 }
 
@@ -598,6 +599,18 @@ rss_mb() {
   local kb
   kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || kb=""
   if [[ -n $kb ]]; then awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'; else echo -; fi
+}
+
+# CPU time process $1 has used so far (all its threads, user and system), in clock ticks.
+cpu_ticks() {
+  # Fields 14 and 15 of /proc/PID/stat, counted after the command name, which may hold spaces.
+  sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'
+}
+
+# CPU µs per request from a tick count $1 over $2 completed requests, or - without either.
+cpu_us_per_request() {
+  awk -v ticks="$1" -v done="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    if (ticks ~ /^[0-9]+$/ && done > 0) printf "%.1f", ticks / hz * 1e6 / done; else printf "-" }'
 }
 
 # Seconds since $1 (an $EPOCHREALTIME), to one decimal.

@@ -57,7 +57,7 @@ PROXY_PIN=()                        # command prefix pinning the proxy under tes
 LOAD_PIN=()                         # command prefix pinning wrk and nginx
 PIN_NOTE=""
 WASM_MODULE=""                      # absolute path of the filter module, set by resolve_wasm_module
-declare -A RPS=() P50=() P99=() ERRORS=() RSS=()
+declare -A RPS=() P50=() P99=() ERRORS=() RSS=() CPU=()
 if [[ $LOADGEN == h2load ]]; then
   CURL_PROTOCOL=(--http2-prior-knowledge)  # checks that the row speaks cleartext HTTP/2
   LATENCY_COLUMNS="mean ms | max ms"
@@ -171,7 +171,7 @@ start_envoy() {
 # Starts the row's proxy (if any), checks the path, warms up, measures, samples RSS, stops it.
 run_row() {
   local row=$1
-  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock t0=$EPOCHREALTIME
+  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock done ticks="" t0=$EPOCHREALTIME
   case $row in
     direct) port=${NGINX_H2_PORT:-$NGINX_PORT} ;;
     sluice) start_sluice "$row"; pid=$LAST_PID; port=$SLUICE_PORT ;;
@@ -194,12 +194,16 @@ run_row() {
       { cat "$WORK/warmup-$row.txt" >&2; die "$row: warm-up $LOADGEN failed"; }
   fi
   log "$row: measuring $DURATION, $CONNECTIONS connections x $STREAMS streams, $THREADS thread(s)"
+  [[ -z $pid ]] || ticks=$(cpu_ticks "$pid")
   "run_$LOADGEN" "$port" "$DURATION" "$out" || log "$row: $LOADGEN exited non-zero (output kept below)"
   RSS[$row]=-
+  # The proxy's own CPU time per request: unlike 1e6/rps, it does not move with how the load
+  # tool and nginx share the cores, so it is the steadier measure of what a filter costs.
+  [[ -z $pid ]] || ticks=$(($(cpu_ticks "$pid") - ticks))
   [[ -n $pid ]] && RSS[$row]=$(rss_mb "$pid")
   # wrk: p50 and p99; h2load reports no percentiles: mean and max (see LATENCY_COLUMNS).
-  read -r rps p50 p99 non2xx sock < <("parse_$LOADGEN" <"$out")
-  RPS[$row]=$rps P50[$row]=$p50 P99[$row]=$p99
+  read -r rps p50 p99 non2xx sock done < <("parse_$LOADGEN" <"$out")
+  RPS[$row]=$rps P50[$row]=$p50 P99[$row]=$p99 CPU[$row]=$(cpu_us_per_request "$ticks" "$done")
   ERRORS[$row]=$((non2xx + sock))
   ((non2xx + sock == 0)) || ERRORS[$row]+=" (non-2xx $non2xx, $FAILURE_KIND $sock)"
   if [[ -n $RESULTS_TSV ]]; then
@@ -257,10 +261,10 @@ machine_facts() {
 
 table() {
   local row
-  echo "| row | req/s | $LATENCY_COLUMNS | RSS MB | errors |"
-  echo "|---|---:|---:|---:|---:|---|"
+  echo "| row | req/s | $LATENCY_COLUMNS | proxy CPU µs/req | RSS MB | errors |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
   for row in $ROWS; do
-    echo "| $row | ${RPS[$row]} | ${P50[$row]} | ${P99[$row]} | ${RSS[$row]} | ${ERRORS[$row]} |"
+    echo "| $row | ${RPS[$row]} | ${P50[$row]} | ${P99[$row]} | ${CPU[$row]} | ${RSS[$row]} | ${ERRORS[$row]} |"
   done
 }
 
@@ -272,7 +276,7 @@ ratio() {
 
 # What the filters of row $1-$2 (wasm: the bench filter; std: the three standard filters) cost
 # proxy $1: req/s lost from row $1 as a %, the time per request they add (1e6/rps, since the
-# proxy saturates its one core), and the RSS they add.
+# proxy saturates its one core), the proxy CPU time per request they add, and the RSS they add.
 wasm_cost() {
   local plain=$1 wasm=$1-${2:-wasm}
   [[ -n ${RPS[$plain]:-} && -n ${RPS[$wasm]:-} ]] || return 0
@@ -284,14 +288,15 @@ wasm_cost() {
     *) what="standard filter $2" ;;
   esac
   awk -v name="$plain" -v what="$what" -v p="${RPS[$plain]}" -v w="${RPS[$wasm]}" \
-      -v rp="${RSS[$plain]}" -v rw="${RSS[$wasm]}" 'BEGIN {
+      -v rp="${RSS[$plain]}" -v rw="${RSS[$wasm]}" -v cp="${CPU[$plain]}" -v cw="${CPU[$wasm]}" 'BEGIN {
     num = "^[0-9]+([.][0-9]+)?$"
     if (p ~ num && w ~ num && p > 0 && w > 0)
       cost = sprintf("%.1f%% fewer req/s (%+.2f µs per request)", (1 - w / p) * 100, 1e6 / w - 1e6 / p)
     else
       cost = "n/a"
+    cpu = (cp ~ num && cw ~ num) ? sprintf("%+.1f µs (%s -> %s)", cw - cp, cp, cw) : "n/a"
     rss = (rp ~ num && rw ~ num) ? sprintf("%+.1f MB (%s -> %s MB)", rw - rp, rp, rw) : "n/a"
-    printf "- %s %s cost: %s; RSS %s\n", name, what, cost, rss
+    printf "- %s %s cost: %s; proxy CPU per request %s; RSS %s\n", name, what, cost, cpu, rss
   }'
 }
 

@@ -255,7 +255,7 @@ run_row() {
     done
     RSS[$row]=$rss
   fi
-  read -r rps p50 p99 non2xx sock < <(parse_wrk <"$out")
+  read -r rps p50 p99 non2xx sock _ < <(parse_wrk <"$out")
   RPS[$row]=$rps P50[$row]=$p50 P99[$row]=$p99
   ERRORS[$row]=$((non2xx + sock))
   if ((${#ROW_PIDS[@]})); then
