@@ -53,6 +53,7 @@ readonly ALL_RUNS=(
   "grpc                grpc    -     closed"
   "cpp                 sdk:cpp_tag v1 closed"
   "assemblyscript      sdk:as_tag  v1 closed"
+  "go                  sdk:go_tag  v1 closed"
 )
 
 # Cases that must differ, and why. A case listed here that comes out the same fails the run too,
@@ -226,6 +227,17 @@ cases_assemblyscript() {
   req deny-grpc POST /deny -H 'content-type: application/grpc' --data-binary @"$WORK/small.txt"
 }
 
+# go: the Go SDK module proxy/tests/fixtures-go/go_tag.wasm (upstream Go's wasip1 reactor; see
+# main.go there): the cpp cases, with the SDK's append for the note.
+cases_go() {
+  req plain GET /hello
+  req second GET /again
+  req note-post POST /note -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
+  req note-chunked-response GET /note/chunks -H 'x-echo-size: 3000' -H 'x-echo-chunks: 3'
+  req deny GET /deny
+  req deny-grpc POST /deny -H 'content-type: application/grpc' --data-binary @"$WORK/small.txt"
+}
+
 authz_token() { awk -v name="$1" '$1 == name { print $2 }' "$BENCHES/authz_diff/tokens.txt"; }
 
 # The standard metrics filter (filters/metrics) counts and passes everything through as it is.
@@ -307,6 +319,7 @@ module_path() {
     filter:*) standard_filter_path "${1#filter:}" ;;
     sdk:cpp_tag) printf '%s\n' "$ROOT/proxy/tests/fixtures-cpp/cpp_tag.wasm" ;;
     sdk:as_tag) printf '%s\n' "$ROOT/proxy/tests/fixtures-assemblyscript/as_tag.wasm" ;;
+    sdk:go_tag) printf '%s\n' "$ROOT/proxy/tests/fixtures-go/go_tag.wasm" ;;
     *) wasm_fixture_path "$1" ;;
   esac
 }

@@ -1,6 +1,6 @@
 //! Filters built with Proxy-Wasm SDKs other than Rust's run unmodified, and answer as Envoy
 //! 1.40 answers for the same module and requests (`benches/envoy_diff.sh` runs both modules
-//! through Envoy and Sluice: runs `assemblyscript` and `cpp`).
+//! through Envoy and Sluice: runs `assemblyscript`, `cpp` and `go`).
 
 use bytes::Bytes;
 use http::Request;
@@ -112,4 +112,57 @@ async fn a_cpp_filter_runs_as_in_envoy() {
     let json: serde_json::Value =
         serde_json::from_str(&get(proxy.admin, "/config").await.body).unwrap();
     assert_eq!(json["modules"][0]["abi"], "0.2.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_filter_runs_as_in_envoy() {
+    let upstream = TestUpstream::start("app").await;
+    let config = sdk_filter_config("go_tag", &go_fixture());
+    let proxy = start_proxy(&config, &[&upstream]).await;
+
+    // Go's wasip1 reactor: `_initialize` runs the runtime and the SDK's init, then the plugin
+    // reads its configuration when it starts. Headers both ways, a property, shared data.
+    let reply = get(proxy.addr, "/hello").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("x-go-tag"), Some("v1"));
+    assert_eq!(reply.header("x-go-hits"), Some("1"));
+    assert_eq!(reply.echoed("x-go-seen"), Some("/hello"));
+    assert_eq!(reply.echoed("x-go-plugin"), Some("go_tag"));
+    let again = get(proxy.addr, "/again").await;
+    assert_eq!(again.header("x-go-hits"), Some("2"));
+
+    // The SDK appends with proxy_set_buffer_bytes(start = i32::MAX, length = 0), after the
+    // whole body was buffered.
+    let noted = get(proxy.addr, "/note").await;
+    let (echo, note) = noted
+        .body
+        .rsplit_once("-- go saw ")
+        .unwrap_or_else(|| panic!("no note in {}", noted.body));
+    assert_eq!(note, format!("{} bytes\n", echo.len()));
+    assert_eq!(noted.header("content-length"), None);
+    assert_eq!(noted.header("x-go-hits"), Some("3"));
+
+    // Its local reply with gRPC status 7, which the filter's response hook still sees (its
+    // counter never ran: x-go-hits 0): plain to a plain request, gRPC to a gRPC request.
+    let denied = get(proxy.addr, "/deny").await;
+    assert_eq!(
+        (denied.status.as_u16(), denied.body.as_str()),
+        (403, "no entry\n")
+    );
+    assert_eq!(denied.header("content-type"), Some("text/plain"));
+    assert_eq!(denied.header("grpc-status"), None);
+    assert_eq!(denied.header("x-go-tag"), Some("v1"));
+    assert_eq!(denied.header("x-go-hits"), Some("0"));
+    let denied = send_h2(proxy.addr, grpc_deny()).await;
+    assert_eq!(denied.status, 200);
+    assert_eq!(denied.header("content-type"), Some("application/grpc"));
+    assert_eq!(denied.header("grpc-status"), Some("7"));
+    assert_eq!(denied.header("grpc-message"), Some("no entry%0A"));
+    assert_eq!(denied.header("x-go-tag"), Some("v1"));
+    assert_eq!(denied.header("x-go-hits"), Some("0"));
+    assert_eq!(upstream.requests(), 3);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&get(proxy.admin, "/config").await.body).unwrap();
+    assert_eq!(json["modules"][0]["abi"], "0.2.0");
 }

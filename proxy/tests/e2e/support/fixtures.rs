@@ -29,6 +29,12 @@ pub fn cpp_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-cpp/cpp_tag.wasm")
 }
 
+/// The filter built with the Go SDK and upstream Go's wasip1 reactor (`proxy/tests/fixtures-go`),
+/// committed built like the other SDKs' filters; its `build.sh` rebuilds it.
+pub fn go_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-go/go_tag.wasm")
+}
+
 fn built(
     cell: &'static OnceLock<Result<PathBuf, String>>,
     workspace: &str,

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 pub use client::*;
-pub use fixtures::{assemblyscript_fixture, cpp_fixture, fixture, legacy_fixture};
+pub use fixtures::{assemblyscript_fixture, cpp_fixture, fixture, go_fixture, legacy_fixture};
 pub use load::SteadyLoad;
 pub use process::*;
 use sluice::RunningProxy;
