@@ -41,7 +41,10 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 check_kind(kind)?;
                 let new_pairs: Vec<Pair> = pairs::decode(&read(&caller, ptr, len)?)
                     .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .map(|(mut k, v)| {
+                        k.make_ascii_lowercase();
+                        (k, v)
+                    })
                     .collect();
                 with_writable(&mut caller, kind as u32, |list| *list = new_pairs)
             })();
@@ -94,7 +97,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          value_len: i32| {
             let result: CallResult = (|| {
                 check_kind(kind)?;
-                let key = read_string(&caller, key_ptr, key_len)?.to_ascii_lowercase();
+                let key = read_key(&caller, key_ptr, key_len)?;
                 let value = read(&caller, value_ptr, value_len)?;
                 with_writable(&mut caller, kind as u32, |list| list.push((key, value)))
             })();
@@ -112,7 +115,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          value_len: i32| {
             let result: CallResult = (|| {
                 check_kind(kind)?;
-                let key = read_string(&caller, key_ptr, key_len)?.to_ascii_lowercase();
+                let key = read_key(&caller, key_ptr, key_len)?;
                 let value = read(&caller, value_ptr, value_len)?;
                 with_writable(&mut caller, kind as u32, |list| replace(list, key, value))
             })();
@@ -125,7 +128,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, HostState>, kind: i32, key_ptr: i32, key_len: i32| {
             let result: CallResult = (|| {
                 check_kind(kind)?;
-                let key = read_string(&caller, key_ptr, key_len)?.to_ascii_lowercase();
+                let key = read_key(&caller, key_ptr, key_len)?;
                 with_writable(&mut caller, kind as u32, |list| {
                     list.retain(|(k, _)| *k != key)
                 })
@@ -134,6 +137,14 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// A map key from the guest, lowercase as every map's names are (lowered in place: a key is
+/// read on nearly every header call).
+fn read_key(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String, Status> {
+    let mut key = read_string(caller, ptr, len)?;
+    key.make_ascii_lowercase();
+    Ok(key)
 }
 
 fn check_kind(kind: i32) -> Result<(), Status> {
@@ -219,7 +230,7 @@ fn get_value(
     size_out: i32,
 ) -> CallResult {
     check_kind(kind)?;
-    let key = read_string(caller, key_ptr, key_len)?.to_ascii_lowercase();
+    let key = read_key(caller, key_ptr, key_len)?;
     let legacy = caller.data().abi == AbiVersion::V0_1_0;
     let in_log = caller.data_mut().acting_stream().is_some_and(|s| s.in_log);
     let found = with_map(caller, kind as u32, |slot| match &slot.pairs {
