@@ -171,7 +171,8 @@ start_envoy() {
 # Starts the row's proxy (if any), checks the path, warms up, measures, samples RSS, stops it.
 run_row() {
   local row=$1
-  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock done ticks="" t0=$EPOCHREALTIME
+  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock done ticks="" after
+  local t0=$EPOCHREALTIME
   case $row in
     direct) port=${NGINX_H2_PORT:-$NGINX_PORT} ;;
     sluice) start_sluice "$row"; pid=$LAST_PID; port=$SLUICE_PORT ;;
@@ -197,9 +198,12 @@ run_row() {
   [[ -z $pid ]] || ticks=$(cpu_ticks "$pid")
   "run_$LOADGEN" "$port" "$DURATION" "$out" || log "$row: $LOADGEN exited non-zero (output kept below)"
   RSS[$row]=-
-  # The proxy's own CPU time per request: unlike 1e6/rps, it does not move with how the load
-  # tool and nginx share the cores, so it is the steadier measure of what a filter costs.
-  [[ -z $pid ]] || ticks=$(($(cpu_ticks "$pid") - ticks))
+  # The proxy's own CPU time per request: unlike 1e6/rps, it leaves out the load tool's and
+  # nginx's time; how they share the cores still moves it (fewer requests per wake-up).
+  if [[ -n $pid ]]; then
+    after=$(cpu_ticks "$pid")
+    if [[ $ticks =~ ^[0-9]+$ && $after =~ ^[0-9]+$ ]]; then ticks=$((after - ticks)); else ticks=""; fi
+  fi
   [[ -n $pid ]] && RSS[$row]=$(rss_mb "$pid")
   # wrk: p50 and p99; h2load reports no percentiles: mean and max (see LATENCY_COLUMNS).
   read -r rps p50 p99 non2xx sock done < <("parse_$LOADGEN" <"$out")
