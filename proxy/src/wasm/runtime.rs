@@ -19,6 +19,9 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Largest linear memory any plugin may be configured with.
 pub const MAX_MEMORY_LIMIT: u64 = 1 << 30;
 
+/// VMs the instance pool holds at once, over all plugins and workers.
+const POOL_SLOTS: u32 = 1000;
+
 pub struct WasmRuntime {
     engine: Engine,
     /// Compiled modules by digest; weak, so a module nobody uses any more is freed.
@@ -43,6 +46,23 @@ impl ModuleBytes {
     }
 }
 
+/// The engine's settings, with the pooling instance allocator (`pooled`) or VMs allocated one
+/// by one. Both compile the same code, so cached artifacts serve either.
+fn engine_config(pooled: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true).memory_init_cow(true);
+    if pooled {
+        let mut pooling = PoolingAllocationConfig::default();
+        pooling
+            .max_memory_size(MAX_MEMORY_LIMIT as usize)
+            .total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+    }
+    config
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -60,24 +80,33 @@ impl WasmRuntime {
     pub fn global() -> Result<&'static WasmRuntime, WasmError> {
         static RUNTIME: OnceLock<Result<WasmRuntime, String>> = OnceLock::new();
         RUNTIME
-            .get_or_init(|| WasmRuntime::new(cache_dir()).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                // Kept as the bare reason, so the error says "engine is unavailable" once.
+                WasmRuntime::new(cache_dir()).map_err(|error| match error {
+                    WasmError::Engine(reason) => reason,
+                    other => other.to_string(),
+                })
+            })
             .as_ref()
             .map_err(|reason| WasmError::Engine(reason.clone()))
     }
 
     fn new(cache_dir: Option<PathBuf>) -> Result<Self, WasmError> {
-        let mut pooling = PoolingAllocationConfig::default();
-        pooling
-            .max_memory_size(MAX_MEMORY_LIMIT as usize)
-            .total_memories(1000)
-            .total_tables(1000)
-            .total_core_instances(1000);
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
-        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        let engine = match Engine::new(&engine_config(true)) {
+            Ok(engine) => engine,
+            // The pool reserves the address space of all its slots at once (terabytes of
+            // virtual memory, none of it resident), which an address-space limit refuses:
+            // `ulimit -v`, some sandboxes, valgrind. Without the pool every VM maps its own
+            // memory as it starts: slower starts, the same limits and copy-on-write images.
+            Err(pooled) => {
+                tracing::warn!(
+                    reason = %format!("{pooled:#}"),
+                    "cannot reserve the Wasm instance pool; each VM will map its own memory"
+                );
+                Engine::new(&engine_config(false))
+                    .map_err(|e| WasmError::Engine(format!("{e:#}")))?
+            }
+        };
 
         let ticker = engine.weak();
         std::thread::Builder::new()

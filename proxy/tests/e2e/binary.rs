@@ -184,3 +184,36 @@ fn compiled_modules_are_cached_on_disk_across_restarts() {
         "{log}"
     );
 }
+
+#[test]
+fn wasm_filters_load_under_an_address_space_limit() {
+    // The instance pool reserves terabytes of address space up front; under `ulimit -v` that
+    // fails, and the VMs are allocated one by one instead of the filter failing to load.
+    let filters = format!(
+        "[{{ name: probe, module: \"{}\" }}]",
+        fixture("headers").display()
+    );
+    let yaml = simple_config("\"127.0.0.1:1\"", "", "").replace(
+        "    routes:\n",
+        &format!("    filters: {filters}\n    routes:\n"),
+    );
+    let file = write_config("address-limit", &yaml);
+    // 64 GiB: room for one VM's memory reservation, not for the pool's.
+    let script = format!(
+        "ulimit -v 67108864 && exec \"$0\" check --config '{}'",
+        file.display()
+    );
+    let output = Command::new("sh")
+        .env("SLUICE_LOG", "info")
+        .arg("-c")
+        .arg(script)
+        .arg(sluice().get_program())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("cannot reserve the Wasm instance pool"),
+        "{log}"
+    );
+}
