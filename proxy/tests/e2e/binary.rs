@@ -144,15 +144,7 @@ fn compiled_modules_are_cached_on_disk_across_restarts() {
     let cache =
         std::env::temp_dir().join(format!("sluice-e2e-{}-module-cache", std::process::id()));
     let _ = std::fs::remove_dir_all(&cache);
-    let filters = format!(
-        "[{{ name: probe, module: \"{}\" }}]",
-        fixture("headers").display()
-    );
-    let yaml = simple_config("\"127.0.0.1:1\"", "", "").replace(
-        "    routes:\n",
-        &format!("    filters: {filters}\n    routes:\n"),
-    );
-    let file = write_config("cache", &yaml);
+    let file = write_config("cache", &config_with_a_filter());
     let run = || {
         sluice()
             .env("SLUICE_MODULE_CACHE", &cache)
@@ -189,15 +181,7 @@ fn compiled_modules_are_cached_on_disk_across_restarts() {
 fn wasm_filters_load_under_an_address_space_limit() {
     // The instance pool reserves terabytes of address space up front; under `ulimit -v` that
     // fails, and the VMs are allocated one by one instead of the filter failing to load.
-    let filters = format!(
-        "[{{ name: probe, module: \"{}\" }}]",
-        fixture("headers").display()
-    );
-    let yaml = simple_config("\"127.0.0.1:1\"", "", "").replace(
-        "    routes:\n",
-        &format!("    filters: {filters}\n    routes:\n"),
-    );
-    let file = write_config("address-limit", &yaml);
+    let file = write_config("address-limit", &config_with_a_filter());
     // 64 GiB: room for one VM's memory reservation, not for the pool's.
     let script = format!(
         "ulimit -v 67108864 && exec \"$0\" check --config '{}'",
@@ -216,4 +200,16 @@ fn wasm_filters_load_under_an_address_space_limit() {
         log.contains("cannot reserve the Wasm instance pool"),
         "{log}"
     );
+}
+
+/// A valid config whose listener runs the `headers` fixture filter.
+fn config_with_a_filter() -> String {
+    let filters = format!(
+        "[{{ name: probe, module: \"{}\" }}]",
+        fixture("headers").display()
+    );
+    simple_config("\"127.0.0.1:1\"", "", "").replace(
+        "    routes:\n",
+        &format!("    filters: {filters}\n    routes:\n"),
+    )
 }
