@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# What a request costs Sluice in instructions, counted by valgrind's callgrind: the steady
+# measure for a change of a microsecond or less, which load.sh's req/s and CPU columns cannot
+# resolve on a shared VM. Each row runs the release binary under callgrind in front of nginx,
+# warms up, then counts the userland instructions of every thread over one wrk run of 4
+# connections and divides by the requests completed.
+#
+#   bash benches/instructions.sh                    # rows sluice and sluice-wasm
+#   ROWS="sluice-wasm" RUNS=3 bash benches/instructions.sh
+#
+# Runs of the same binary differ by about 1,000 instructions per request (how requests batch
+# per event-loop wake-up moves the loop's share), so compare medians of RUNS runs; a change
+# below that is not a change. Kernel time is not counted: load.sh measures the whole.
+set -euo pipefail
+
+# === knobs (environment) ===
+ROWS=${ROWS:-sluice sluice-wasm}   # sluice (no filter), sluice-wasm (the load bench's filter)
+RUNS=${RUNS:-1}                    # runs per row; the table shows each and their median
+MEASURE=${MEASURE:-12s}            # the counted wrk run (under valgrind: about 20k requests)
+# SKIP_INSTALL, SLUICE_BIN: see common.sh.
+# shellcheck source=benches/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+readonly NGINX_PORT=18080 SLUICE_PORT=10000 SLUICE_ADMIN_PORT=19901
+# What nginx answers and check_route expects (common.sh reads both).
+# shellcheck disable=SC2034
+readonly BODY="sluice load bench upstream: fixed 100-byte body for side-by-side proxy comparison.................."
+readonly WASM_FILTER=bench
+LOAD_PIN=()                        # start_nginx's command prefix: none, nothing is pinned
+# What a row runs under valgrind: slower by 50x, so readiness gets longer.
+readonly VALGRIND_READY_SECONDS=120
+
+declare -A COUNTS=()
+
+# Instructions per request for one run of row $1; appends to COUNTS[$1].
+count_row() {
+  local row=$1 conf="$WORK/$1.yaml" out="$WORK/callgrind.$1" filters="" pid total done i
+  [[ $row != sluice-wasm ]] || filters="[$(sluice_wasm_filter bench "$(wasm_fixture_path "$WASM_FILTER")")]"
+  sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$NGINX_PORT" "$filters" >"$conf"
+  require_free_port "$SLUICE_PORT"
+  rm -f "$out"*
+  start_bg "$WORK/$row.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$SLUICE_BIN" proxy --config "$conf"
+  pid=$LAST_PID
+  for ((i = 0; i < VALGRIND_READY_SECONDS * 2; i++)); do
+    curl -fsS -o /dev/null "http://$HOST:$SLUICE_ADMIN_PORT/ready" 2>/dev/null && break
+    is_alive "$pid" || { cat "$WORK/$row.log" >&2; die "$row: the proxy exited under valgrind"; }
+    sleep 0.5
+  done
+  check_route "$row" "$SLUICE_PORT"
+  wrk -t1 -c4 -d3s "http://$HOST:$SLUICE_PORT/" >/dev/null
+  callgrind_control --zero "$pid" >/dev/null 2>&1
+  wrk -t1 -c4 -d"$MEASURE" "http://$HOST:$SLUICE_PORT/" >"$WORK/wrk-$row.txt"
+  callgrind_control --dump "$pid" >/dev/null 2>&1
+  stop_pid "$pid"
+  done=$(awk '$2 == "requests" && $3 == "in" { print $1 }' "$WORK/wrk-$row.txt")
+  total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  [[ $done =~ ^[0-9]+$ && $total =~ ^[0-9]+$ ]] || die "$row: no count (requests '$done', instructions '$total')"
+  COUNTS[$row]+="$((total / done)) "
+  log "$row: $((total / done)) instructions per request over $done requests"
+}
+
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+main() {
+  [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
+  valid_duration "$MEASURE" || die "bad MEASURE '$MEASURE' (use e.g. 12s)"
+  if [[ $SKIP_INSTALL != 1 ]]; then
+    install_debian_tools
+    command -v valgrind >/dev/null || apt_install valgrind
+  fi
+  local tool row i
+  for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+  done
+  resolve_sluice
+  [[ " $ROWS " != *" sluice-wasm "* ]] || ensure_wasm_fixtures "$WASM_FILTER"
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-instructions.XXXXXX")
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  start_nginx
+  for ((i = 0; i < RUNS; i++)); do
+    for row in $ROWS; do count_row "$row"; done
+  done
+  echo
+  echo "| row | instructions per request (median) | runs |"
+  echo "|---|---:|---|"
+  for row in $ROWS; do
+    echo "| $row | $(median "${COUNTS[$row]}") | ${COUNTS[$row]% } |"
+  done
+  if [[ -n ${COUNTS[sluice]:-} && -n ${COUNTS[sluice-wasm]:-} ]]; then
+    echo
+    echo "- the bench filter costs $(($(median "${COUNTS[sluice-wasm]}") - $(median "${COUNTS[sluice]}"))) instructions per request (medians)"
+  fi
+}
+
+main "$@"
