@@ -55,7 +55,9 @@ pub fn read(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<Vec<u8
 /// A guest string. Invalid UTF-8 is replaced rather than refused: names in logs and header
 /// keys are compared as text, and the ABI has no status for "not UTF-8".
 pub fn read_string(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String, Status> {
-    Ok(String::from_utf8_lossy(&read(caller, ptr, len)?).into_owned())
+    // Valid UTF-8, nearly always: the bytes read become the string without a second copy.
+    Ok(String::from_utf8(read(caller, ptr, len)?)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned()))
 }
 
 pub fn write(caller: &mut Caller<'_, HostState>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
