@@ -25,6 +25,8 @@ pub struct DownstreamConn {
     /// The listener's name: each request finds its listener in the snapshot it pins.
     pub listener: Arc<str>,
     pub peer: SocketAddr,
+    /// The peer's IP as `x-forwarded-for` carries it ([`super::headers::client_address`]).
+    pub client_address: http::HeaderValue,
     /// The address the client connected to.
     pub local: SocketAddr,
     /// Process-wide connection number (`connection.id` for filters).

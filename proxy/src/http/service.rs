@@ -188,7 +188,7 @@ impl Exchange<'_> {
             return self.interrupted(&target.stats, interruption).await;
         }
         let deadline = request_deadline(route.timeout, &parts.headers, self.started);
-        append_forwarded_for(&mut parts.headers, self.conn.peer);
+        append_forwarded_for(&mut parts.headers, &self.conn.client_address);
         let cluster = &target.cluster;
         shape_for_upstream(
             &mut parts.uri,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::ListenerProtocol;
-use crate::http::{Activity, ConnectionSettings, DownstreamConn, serve_http};
+use crate::http::{Activity, ConnectionSettings, DownstreamConn, client_address, serve_http};
 use crate::runtime::{ConnectionTracker, DrainWatch, WorkerContext};
 use crate::tcp::{NetworkFilters, proxy_tcp};
 use crate::tls::{Accepted, NameTable, read_server_name};
@@ -61,6 +61,7 @@ pub async fn accept_loop(
                     worker: Rc::clone(&worker),
                     listener: Arc::clone(&name),
                     peer,
+                    client_address: client_address(peer),
                     local: stream.local_addr().unwrap_or(listener.address),
                     id: next_connection_id(),
                     scheme: if tls.is_some() { "https" } else { "http" },
