@@ -8,9 +8,9 @@
 #   bash benches/instructions.sh                    # rows sluice and sluice-wasm
 #   ROWS="sluice-wasm" RUNS=3 bash benches/instructions.sh
 #
-# Runs of the same binary differ by about 1,000 instructions per request (how requests batch
-# per event-loop wake-up moves the loop's share), so compare medians of RUNS runs; a change
-# below that is not a change. Kernel time is not counted: load.sh measures the whole.
+# Runs of the same binary differ by a few dozen instructions per request (the proxy has one
+# worker); RUNS gives the median of several. Kernel time is not counted: load.sh measures the
+# whole.
 set -euo pipefail
 
 # === knobs (environment) ===
