@@ -300,13 +300,7 @@ impl FilterChain {
         if self.finished {
             return BodyStep::Forward(data);
         }
-        let order: Vec<usize> = match phase {
-            Phase::Request => (from..self.filters.len()).collect(),
-            Phase::Response => (0..=from.min(self.filters.len().saturating_sub(1)))
-                .rev()
-                .collect(),
-        };
-        for index in order {
+        for index in phase_order(phase, from, self.filters.len()) {
             if self.filters[index].skipped {
                 continue;
             }
@@ -477,13 +471,13 @@ impl FilterChain {
         if self.finished {
             return Ok(trailers);
         }
-        let order: Vec<usize> = if response {
-            (0..self.filters.len()).rev().collect()
+        let (phase, from) = if response {
+            (Phase::Response, usize::MAX)
         } else {
-            (0..self.filters.len()).collect()
+            (Phase::Request, 0)
         };
         let mut pairs = trailers;
-        for index in order {
+        for index in phase_order(phase, from, self.filters.len()) {
             if self.filters[index].skipped {
                 continue;
             }
@@ -603,7 +597,7 @@ async fn run_headers(
     phase: Phase,
     mut pairs: Vec<Pair>,
     end_of_stream: bool,
-    indexes: Vec<usize>,
+    indexes: impl Iterator<Item = usize>,
 ) -> Result<Vec<Pair>, Interruption> {
     for index in indexes {
         if chain.borrow().filters[index].skipped {
@@ -645,7 +639,7 @@ pub async fn request_headers(
     end_of_stream: bool,
     from: usize,
 ) -> Result<Vec<Pair>, Interruption> {
-    let indexes = (from..chain.borrow().filters.len()).collect();
+    let indexes = phase_order(Phase::Request, from, chain.borrow().filters.len());
     run_headers(chain, Phase::Request, pairs, end_of_stream, indexes).await
 }
 
@@ -656,13 +650,22 @@ pub async fn response_headers(
     end_of_stream: bool,
     upto: usize,
 ) -> Result<Vec<Pair>, Interruption> {
-    let len = chain.borrow().filters.len();
-    let indexes = if len == 0 {
-        Vec::new()
-    } else {
-        (0..=upto.min(len - 1)).rev().collect()
-    };
+    let indexes = phase_order(Phase::Response, upto, chain.borrow().filters.len());
     run_headers(chain, Phase::Response, pairs, end_of_stream, indexes).await
+}
+
+/// The filters a phase runs through, of `len`: from `from` on for the request, from `from` down
+/// to the first for the response (as in Envoy). Counted, not collected: it runs for every
+/// headers, body and trailers step.
+fn phase_order(phase: Phase, from: usize, len: usize) -> impl Iterator<Item = usize> {
+    let (start, end) = match phase {
+        Phase::Request => (from.min(len), len),
+        Phase::Response => (0, from.saturating_add(1).min(len)),
+    };
+    (0..end - start).map(move |step| match phase {
+        Phase::Request => start + step,
+        Phase::Response => end - 1 - step,
+    })
 }
 
 fn slot_for(stream: &mut super::state::StreamState, phase: Phase) -> &mut MapSlot {
@@ -684,5 +687,22 @@ fn missing_stream() -> VmFailure {
         callback: "stream",
         kind: super::error::FailureKind::Gone,
         message: "the stream context is gone".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_run_forward_from_a_filter_and_responses_back_to_the_first() {
+        let order = |phase, from, len| phase_order(phase, from, len).collect::<Vec<_>>();
+        assert_eq!(order(Phase::Request, 0, 3), [0, 1, 2]);
+        assert_eq!(order(Phase::Request, 1, 4), [1, 2, 3]);
+        assert_eq!(order(Phase::Request, 5, 3), [] as [usize; 0]);
+        assert_eq!(order(Phase::Response, 2, 4), [2, 1, 0]);
+        assert_eq!(order(Phase::Response, usize::MAX, 3), [2, 1, 0]);
+        assert_eq!(order(Phase::Response, 0, 3), [0]);
+        assert_eq!(order(Phase::Response, 5, 0), [] as [usize; 0]);
     }
 }
