@@ -47,11 +47,14 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// Removes hop-by-hop headers, including any the `Connection` header names. An upgrade keeps
 /// `Connection: upgrade` and `Upgrade`, which the next hop needs to switch protocols.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
-    if !headers
+    // One pass over the names finds the hop-by-hop ones present: most messages carry none or
+    // one (`Connection: keep-alive`), and a lookup per listed name costs more than the pass.
+    let present: Vec<HeaderName> = headers
         .keys()
-        .any(|name| name == header::TE || HOP_BY_HOP.contains(name))
-    {
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+        .collect();
+    if present.is_empty() && !headers.contains_key(header::TE) {
         return;
     }
     let named: Vec<HeaderName> = connection_tokens(headers)
@@ -64,7 +67,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
-    for name in &HOP_BY_HOP {
+    for name in present {
         headers.remove(name);
     }
     // `TE: trailers` is the one TE value that must reach the upstream: gRPC requires it.
