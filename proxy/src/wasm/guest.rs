@@ -89,16 +89,18 @@ pub fn return_bytes(
         write_u32(caller, size_out, 0)?;
         return Ok(());
     }
-    let allocator = caller
-        .data()
-        .allocator
-        .clone()
-        .ok_or(Status::InvalidMemoryAccess)?;
     let size = i32::try_from(bytes.len()).map_err(|_| Status::InvalidMemoryAccess)?;
+    // Taken out for the call rather than cloned (a clone copies the function's type); a guest
+    // whose allocator itself asks the host for data gets INVALID_MEMORY_ACCESS there.
+    let allocator = caller
+        .data_mut()
+        .allocator
+        .take()
+        .ok_or(Status::InvalidMemoryAccess)?;
     // The allocator may grow memory: nothing borrowed from memory survives this call.
-    let pointer = allocator
-        .call(&mut *caller, size)
-        .map_err(CallError::Trap)?;
+    let pointer = allocator.call(&mut *caller, size);
+    caller.data_mut().allocator = Some(allocator);
+    let pointer = pointer.map_err(CallError::Trap)?;
     if pointer == 0 {
         return Err(Status::InvalidMemoryAccess.into());
     }
