@@ -47,7 +47,8 @@ impl ModuleBytes {
 }
 
 /// The engine's settings, with the pooling instance allocator (`pooled`) or VMs allocated one
-/// by one. Both compile the same code, so cached artifacts serve either.
+/// by one. Cached artifacts are keyed by the engine's compatibility hash, so neither engine
+/// loads what the other compiled unless it can run it.
 fn engine_config(pooled: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true).memory_init_cow(true);
