@@ -4,6 +4,7 @@
 mod apply;
 mod drain;
 mod exec;
+mod fast_hash;
 mod file_watch;
 mod listeners;
 mod proxy;
@@ -13,6 +14,7 @@ mod worker;
 pub use apply::{ApplyError, ConfigApplier, ControlOverlay};
 pub use drain::{ConnectionTracker, DrainTrigger, DrainWatch, TrackedConnection, drain_channel};
 pub use exec::LocalExec;
+pub use fast_hash::{FastHasher, FastHashing};
 pub use file_watch::{ConfigWatch, SETTLE_TIME, WatchError};
 pub use proxy::{RunningProxy, StartError};
 pub use state::{NotReady, ProxyState};

@@ -24,7 +24,7 @@ use super::cluster::Cluster;
 use super::endpoint::Endpoint;
 use crate::config::UpstreamProtocol;
 use crate::http::ProxyBody;
-use crate::runtime::LocalExec;
+use crate::runtime::{FastHashing, LocalExec};
 use crate::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -101,50 +101,9 @@ impl PoolKey {
 
 #[derive(Default)]
 pub struct UpstreamPools {
-    by_endpoint: RefCell<HashMap<PoolKey, EndpointConns, PoolKeyHashing>>,
-}
-
-/// Hashing for the pool map. Its keys are the clusters' endpoints, which no client chooses, so
-/// they need no protection from crafted collisions; SipHash over a socket address showed in
-/// per-request profiles (a request looks its endpoint up three times). Each word is mixed in
-/// with a rotate, a xor and a multiply.
-type PoolKeyHashing = std::hash::BuildHasherDefault<PoolKeyHasher>;
-
-#[derive(Default)]
-struct PoolKeyHasher(u64);
-
-impl std::hash::Hasher for PoolKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, value: u8) {
-        self.write_u64(value.into());
-    }
-
-    fn write_u16(&mut self, value: u16) {
-        self.write_u64(value.into());
-    }
-
-    fn write_u32(&mut self, value: u32) {
-        self.write_u64(value.into());
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
+    /// Keys are the clusters' endpoints, which no client chooses; a request looks its
+    /// endpoint up three times.
+    by_endpoint: RefCell<HashMap<PoolKey, EndpointConns, FastHashing>>,
 }
 
 #[derive(Default)]
@@ -453,33 +412,4 @@ where
         }
     });
     Ok(sender)
-}
-
-#[cfg(test)]
-mod tests {
-    use std::hash::BuildHasher;
-
-    use super::*;
-
-    #[test]
-    fn pool_keys_that_differ_in_any_part_hash_apart() {
-        let key = |endpoint: &str, transport| PoolKey {
-            endpoint: endpoint.parse().unwrap(),
-            transport,
-        };
-        let keys = [
-            key("127.0.0.1:8080", 0),
-            key("127.0.0.1:8081", 0),
-            key("127.0.0.2:8080", 0),
-            key("127.0.0.1:8080", 7),
-            key("[::1]:8080", 0),
-            key("[::2]:8080", 0),
-        ];
-        let hashing = PoolKeyHashing::default();
-        let mut hashes: Vec<u64> = keys.iter().map(|k| hashing.hash_one(k)).collect();
-        assert_eq!(hashing.hash_one(key("127.0.0.1:8080", 0)), hashes[0]);
-        hashes.sort_unstable();
-        hashes.dedup();
-        assert_eq!(hashes.len(), keys.len());
-    }
 }

@@ -16,6 +16,7 @@ use super::metrics::VmMetrics;
 use super::pairs::Pair;
 use super::replay::Replay;
 use super::status::AbiVersion;
+use crate::runtime::FastHashing;
 
 /// Who a plugin is: fixed for its lifetime, shared by all of its VMs.
 #[derive(Debug)]
@@ -157,34 +158,6 @@ impl ResumeSignals {
     }
 }
 
-/// Hashing for maps keyed by context id. The host hands the ids out itself, so they need no
-/// protection from crafted collisions, and SipHash showed in per-request profiles: every host
-/// call looks up its stream. A multiply spreads the small sequential ids over the whole word.
-pub type ContextIdHashing = std::hash::BuildHasherDefault<ContextIdHasher>;
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ContextIdHasher(u64);
-
-impl std::hash::Hasher for ContextIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.write_u64((self.0 << 8) | u64::from(*byte));
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.write_u64(u64::from(id));
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 /// The context ids of one VM (ids are per VM instance, as in Envoy).
 #[derive(Debug, Default)]
 pub struct Contexts {
@@ -194,7 +167,7 @@ pub struct Contexts {
     pub current: u32,
     /// Set by `proxy_set_effective_context` for the rest of the current callback.
     pub effective: Option<u32>,
-    pub live: HashSet<u32, ContextIdHashing>,
+    pub live: HashSet<u32, FastHashing>,
 }
 
 pub struct HostState {
@@ -204,7 +177,8 @@ pub struct HostState {
     pub memory: Option<Memory>,
     pub allocator: Option<TypedFunc<i32, i32>>,
     pub contexts: Contexts,
-    pub streams: HashMap<u32, StreamState, ContextIdHashing>,
+    /// By context id, which the host hands out itself; every host call looks its stream up.
+    pub streams: HashMap<u32, StreamState, FastHashing>,
     /// True only while `proxy_on_configure` runs: the plugin configuration buffer exists then.
     pub in_configure: bool,
     /// Set when the guest changes its tick period; the VM owner re-arms the timer.
