@@ -103,10 +103,11 @@ pub fn add_request_identity(headers: &mut HeaderMap, scheme: &'static str) {
 /// Appends the client to `x-forwarded-for` on the way to the upstream (after the filters, so
 /// they see the headers Envoy's filters see). `client` is [`client_address`] of the peer.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
-    let existing = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-    let value = match (existing, client.to_str()) {
-        (Some(existing), Ok(client)) => HeaderValue::from_str(&format!("{existing}, {client}")),
-        _ => Ok(client.clone()),
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) => {
+            HeaderValue::from_bytes(&[existing.as_bytes(), b", ", client.as_bytes()].concat())
+        }
+        None => Ok(client.clone()),
     };
     if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR, value);
