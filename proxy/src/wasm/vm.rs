@@ -534,6 +534,13 @@ impl PluginVm {
         outcome
     }
 
+    /// Whether the guest asked for callouts, streams or a new tick period since the last look:
+    /// after most callbacks it did not, and the owner need not take anything.
+    pub fn has_guest_requests(&self) -> bool {
+        let state = self.store.data();
+        !state.pending_calls.is_empty() || !state.pending_streams.is_empty() || state.tick_changed
+    }
+
     /// Callouts the guest asked for since the last look.
     pub fn take_pending_calls(&mut self) -> Vec<PendingCall> {
         std::mem::take(&mut self.store.data_mut().pending_calls)

@@ -274,6 +274,7 @@ impl WorkerVm {
     /// re-arm the tick timer if the guest changed its period.
     fn after_call(self: &Rc<Self>) {
         let (calls, streams, change) = match self.vm.borrow_mut().as_mut() {
+            Some(vm) if !vm.has_guest_requests() => return,
             Some(vm) => (
                 vm.take_pending_calls(),
                 vm.take_pending_streams(),
