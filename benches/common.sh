@@ -613,5 +613,12 @@ cpu_us_per_request() {
     if (ticks ~ /^[0-9]+$/ && done > 0) printf "%.1f", ticks / hz * 1e6 / done; else printf "-" }'
 }
 
+# The median of the numbers among the space-separated words $1 (the lower middle one of an
+# even count), or - if none is a number (a row with no RSS, say).
+median() {
+  tr ' ' '\n' <<<"$1" | awk '/^[0-9]+([.][0-9]+)?$/' | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)]; else print "-" }'
+}
+
 # Seconds since $1 (an $EPOCHREALTIME), to one decimal.
 elapsed_since() { awk -v t0="$1" -v t1="$EPOCHREALTIME" 'BEGIN { printf "%.1f", t1 - t0 }'; }

@@ -60,8 +60,6 @@ count_row() {
   log "$row: $((total / done)) instructions per request over $done requests"
 }
 
-median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-
 main() {
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
   valid_duration "$MEASURE" || die "bad MEASURE '$MEASURE' (use e.g. 12s)"

@@ -6,6 +6,7 @@
 #   bash benches/load.sh                          # all rows, 10 s each
 #   ROWS="direct envoy envoy-wasm" DURATION=3s bash benches/load.sh
 #   LOADGEN=h2load bash benches/load.sh           # the same rows over cleartext HTTP/2
+#   ROWS="sluice sluice-wasm" ROUNDS=5 bash benches/load.sh   # medians of 5 interleaved rounds
 set -euo pipefail
 
 # === knobs (environment) ===
@@ -20,6 +21,9 @@ else
   STREAMS=1
 fi
 THREADS=${THREADS:-1}
+# Rounds of all ROWS, one after the other (row A, row B, A, B, ...), so a slow spell of a shared
+# machine falls on every row alike; the table shows each column's median over the rounds.
+ROUNDS=${ROUNDS:-1}
 RESULTS_TSV=${RESULTS_TSV:-}        # set: also append each row there, tab-separated (report.sh)
 ROWS=${ROWS:-direct sluice sluice-wasm sluice-std envoy envoy-wasm envoy-std}
 # SKIP_INSTALL, SLUICE_BIN (set: use this binary instead of `cargo build`), ENVOY_BIN, PYTHON:
@@ -58,6 +62,8 @@ LOAD_PIN=()                         # command prefix pinning wrk and nginx
 PIN_NOTE=""
 WASM_MODULE=""                      # absolute path of the filter module, set by resolve_wasm_module
 declare -A RPS=() P50=() P99=() ERRORS=() RSS=() CPU=()
+# Each round's values of a row, space-separated, before reduce_rounds takes their medians.
+declare -A ROUND_RPS=() ROUND_P50=() ROUND_P99=() ROUND_RSS=() ROUND_CPU=() ROUND_ERRORS=()
 if [[ $LOADGEN == h2load ]]; then
   CURL_PROTOCOL=(--http2-prior-knowledge)  # checks that the row speaks cleartext HTTP/2
   LATENCY_COLUMNS="mean ms | max ms"
@@ -169,9 +175,11 @@ start_envoy() {
 # === measuring ===
 
 # Starts the row's proxy (if any), checks the path, warms up, measures, samples RSS, stops it.
+# Runs row $1 once (round $2) and appends its numbers to the ROUND_* lists.
 run_row() {
-  local row=$1
-  local port pid="" out="$WORK/wrk-$row.txt" rps p50 p99 non2xx sock done ticks="" after
+  local row=$1 round=$2
+  local port pid="" out rps p50 p99 non2xx sock done ticks="" after rss=-
+  out=$(raw_output "$row" "$round")
   local t0=$EPOCHREALTIME
   case $row in
     direct) port=${NGINX_H2_PORT:-$NGINX_PORT} ;;
@@ -197,27 +205,44 @@ run_row() {
   log "$row: measuring $DURATION, $CONNECTIONS connections x $STREAMS streams, $THREADS thread(s)"
   [[ -z $pid ]] || ticks=$(cpu_ticks "$pid")
   "run_$LOADGEN" "$port" "$DURATION" "$out" || log "$row: $LOADGEN exited non-zero (output kept below)"
-  RSS[$row]=-
   # The proxy's own CPU time per request: unlike 1e6/rps, it leaves out the load tool's and
   # nginx's time; how they share the cores still moves it (fewer requests per wake-up).
   if [[ -n $pid ]]; then
     after=$(cpu_ticks "$pid")
     if [[ $ticks =~ ^[0-9]+$ && $after =~ ^[0-9]+$ ]]; then ticks=$((after - ticks)); else ticks=""; fi
   fi
-  [[ -n $pid ]] && RSS[$row]=$(rss_mb "$pid")
+  [[ -z $pid ]] || rss=$(rss_mb "$pid")
   # wrk: p50 and p99; h2load reports no percentiles: mean and max (see LATENCY_COLUMNS).
   read -r rps p50 p99 non2xx sock done < <("parse_$LOADGEN" <"$out")
-  RPS[$row]=$rps P50[$row]=$p50 P99[$row]=$p99 CPU[$row]=$(cpu_us_per_request "$ticks" "$done")
-  ERRORS[$row]=$((non2xx + sock))
-  ((non2xx + sock == 0)) || ERRORS[$row]+=" (non-2xx $non2xx, $FAILURE_KIND $sock)"
-  if [[ -n $RESULTS_TSV ]]; then
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$LOADGEN" "$row" "$rps" "$p50" "$p99" "${RSS[$row]}" \
-      "$((non2xx + sock))" >>"$RESULTS_TSV"
-  fi
+  ROUND_RPS[$row]+="$rps " ROUND_P50[$row]+="$p50 " ROUND_P99[$row]+="$p99 " ROUND_RSS[$row]+="$rss "
+  ROUND_CPU[$row]+="$(cpu_us_per_request "$ticks" "$done") "
+  ROUND_ERRORS[$row]+="$non2xx,$sock "
   if [[ -n $pid ]]; then
     is_alive "$pid" || log "$row: the proxy exited during the run"
     stop_pid "$pid"
   fi
+}
+
+# Where round $2 of row $1 keeps its raw load-tool output.
+raw_output() { printf '%s\n' "$WORK/wrk-$1-round$2.txt"; }
+
+# Each column of each row becomes the median of its rounds (errors: the sum), and goes to
+# RESULTS_TSV if set.
+reduce_rounds() {
+  local row non2xx sock
+  for row in $ROWS; do
+    RPS[$row]=$(median "${ROUND_RPS[$row]}") CPU[$row]=$(median "${ROUND_CPU[$row]}")
+    P50[$row]=$(median "${ROUND_P50[$row]}") P99[$row]=$(median "${ROUND_P99[$row]}")
+    RSS[$row]=$(median "${ROUND_RSS[$row]}")
+    read -r non2xx sock < <(tr ' ,' '\n ' <<<"${ROUND_ERRORS[$row]}" |
+      awk '{ n += $1; s += $2 } END { print n + 0, s + 0 }')
+    ERRORS[$row]=$((non2xx + sock))
+    ((non2xx + sock == 0)) || ERRORS[$row]+=" (non-2xx $non2xx, $FAILURE_KIND $sock)"
+    if [[ -n $RESULTS_TSV ]]; then
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$LOADGEN" "$row" "${RPS[$row]}" "${P50[$row]}" \
+        "${P99[$row]}" "${RSS[$row]}" "$((non2xx + sock))" >>"$RESULTS_TSV"
+    fi
+  done
 }
 
 # === report ===
@@ -260,7 +285,7 @@ machine_facts() {
   else
     load="wrk -t $THREADS -c $CONNECTIONS -d $DURATION, HTTP/1.1"
   fi
-  echo "- load: $load (warm-up $WARMUP) per row, GET / with a 100-byte body; the proxies' upstream is nginx over HTTP/1.1"
+  echo "- load: $load (warm-up $WARMUP) per row and round, $ROUNDS round(s), GET / with a 100-byte body; the proxies' upstream is nginx over HTTP/1.1"
 }
 
 table() {
@@ -269,6 +294,13 @@ table() {
   echo "|---|---:|---:|---:|---:|---:|---|"
   for row in $ROWS; do
     echo "| $row | ${RPS[$row]} | ${P50[$row]} | ${P99[$row]} | ${CPU[$row]} | ${RSS[$row]} | ${ERRORS[$row]} |"
+  done
+  ((ROUNDS > 1)) || return 0
+  echo
+  echo "Medians of $ROUNDS rounds. Each round, in order:"
+  echo
+  for row in $ROWS; do
+    echo "- $row: req/s ${ROUND_RPS[$row]% }; proxy CPU µs/req ${ROUND_CPU[$row]% }"
   done
 }
 
@@ -334,7 +366,7 @@ ratios() {
 }
 
 write_results() {
-  local file=$1 row
+  local file=$1 row round
   mkdir -p "$(dirname "$file")"
   {
     echo "# Load bench $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -347,9 +379,11 @@ write_results() {
     echo
     echo "## Raw $LOADGEN output"
     for row in $ROWS; do
-      printf '\n### %s\n\n```\n' "$row"
-      cat "$WORK/wrk-$row.txt"
-      printf '```\n'
+      for ((round = 1; round <= ROUNDS; round++)); do
+        printf '\n### %s%s\n\n```\n' "$row" "$( ((ROUNDS == 1)) || echo ", round $round")"
+        cat "$(raw_output "$row" "$round")"
+        printf '```\n'
+      done
     done
   } >"$file"
 }
@@ -365,6 +399,7 @@ validate_knobs() {
   [[ $CONNECTIONS =~ ^[0-9]+$ && $THREADS =~ ^[0-9]+$ ]] || { log "CONNECTIONS and THREADS must be integers"; exit 2; }
   [[ $LOADGEN == wrk || $LOADGEN == h2load ]] || { log "LOADGEN must be wrk or h2load, not '$LOADGEN'"; exit 2; }
   [[ $STREAMS =~ ^[1-9][0-9]*$ ]] || { log "STREAMS must be a positive integer"; exit 2; }
+  [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { log "ROUNDS must be a positive integer"; exit 2; }
   valid_duration "$DURATION" || { log "bad DURATION '$DURATION' (use e.g. 10s, 2m)"; exit 2; }
   valid_duration "$WARMUP" || { log "bad WARMUP '$WARMUP' (use e.g. 2s, or 0 to skip)"; exit 2; }
 }
@@ -401,8 +436,12 @@ main() {
   trap 'exit 143' TERM
 
   start_nginx
-  local row
-  for row in $ROWS; do run_row "$row"; done
+  local row round
+  for ((round = 1; round <= ROUNDS; round++)); do
+    ((ROUNDS == 1)) || log "round $round of $ROUNDS"
+    for row in $ROWS; do run_row "$row" "$round"; done
+  done
+  reduce_rounds
 
   local results
   results="$ROOT/benches/results/load-$([[ $LOADGEN == wrk ]] || echo h2-)$(date -u +%Y-%m-%dT%H%M%SZ).md"
