@@ -74,9 +74,18 @@ fn words(line: &str) -> Vec<String> {
     words
 }
 
-/// The arguments of a `sluice` invocation on `line` (`sluice ...` or `cargo run ... -- ...`).
+/// The arguments of a `sluice` invocation on `line` (`sluice ...` or `cargo run ... -- ...`),
+/// after any environment assignments in front (`SLUICE_LOG=debug sluice ...`).
 fn sluice_arguments(line: &str) -> Option<Vec<String>> {
-    let words = words(line);
+    let mut words = words(line);
+    let assignments = words
+        .iter()
+        .take_while(|word| {
+            word.split_once('=')
+                .is_some_and(|(name, _)| is_env_name(name))
+        })
+        .count();
+    words.drain(..assignments);
     let position = if words.first().is_some_and(|w| w == "sluice") {
         1
     } else if words.first().is_some_and(|w| w == "cargo")
@@ -88,6 +97,25 @@ fn sluice_arguments(line: &str) -> Option<Vec<String>> {
         return None;
     };
     Some(words[position..].to_vec())
+}
+
+fn is_env_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[test]
+fn a_command_behind_environment_assignments_is_still_checked() {
+    let arguments =
+        sluice_arguments("SLUICE_WASM_PERFMAP=1 A_2=x cargo run -p sluice -- proxy --config f");
+    assert_eq!(arguments.unwrap(), ["proxy", "--config", "f"]);
+    assert_eq!(
+        sluice_arguments("sluice check --config a=b").unwrap(),
+        ["check", "--config", "a=b"]
+    );
+    assert!(sluice_arguments("lower=1 sluice check").is_none());
 }
 
 #[test]
