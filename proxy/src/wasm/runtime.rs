@@ -46,12 +46,19 @@ impl ModuleBytes {
     }
 }
 
+/// Set to `1`, the engine writes `/tmp/perf-<pid>.map`, which names the guest functions it
+/// compiled, so `perf` and `benches/instructions.sh` can say where a filter's time goes.
+const PERF_MAP_ENV: &str = "SLUICE_WASM_PERFMAP";
+
 /// The engine's settings, with the pooling instance allocator (`pooled`) or VMs allocated one
 /// by one. Cached artifacts are keyed by the engine's compatibility hash, so neither engine
 /// loads what the other compiled unless it can run it.
 fn engine_config(pooled: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true).memory_init_cow(true);
+    if std::env::var_os(PERF_MAP_ENV).is_some_and(|value| value == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooled {
         let mut pooling = PoolingAllocationConfig::default();
         pooling

@@ -202,6 +202,45 @@ fn wasm_filters_load_under_an_address_space_limit() {
     );
 }
 
+#[test]
+fn a_perf_map_names_the_guest_functions_only_when_asked() {
+    // `perf` and benches/instructions.sh name the code wasmtime compiled through
+    // /tmp/perf-<pid>.map, which the proxy writes only with SLUICE_WASM_PERFMAP=1.
+    let file = write_config("perf-map", &config_with_a_filter());
+    let check = |perf_map: Option<&str>| {
+        let mut command = sluice();
+        if let Some(value) = perf_map {
+            command.env("SLUICE_WASM_PERFMAP", value);
+        }
+        let child = command
+            .args(["check", "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+        let output = child.wait_with_output().unwrap();
+        let written = std::fs::read_to_string(&map).ok();
+        let _ = std::fs::remove_file(&map);
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{log}");
+        written
+    };
+
+    let written = check(Some("1")).expect("SLUICE_WASM_PERFMAP=1 writes the perf map");
+    // One line per compiled function: start address, size (hex), name.
+    let callback = written
+        .lines()
+        .find(|line| line.ends_with(" proxy_on_request_headers"))
+        .unwrap_or_else(|| panic!("the filter's callbacks are named:\n{written}"));
+    let hex = |field: &str| u64::from_str_radix(field.trim_start_matches("0x"), 16).is_ok();
+    let fields: Vec<&str> = callback.split(' ').collect();
+    assert!(hex(fields[0]) && hex(fields[1]), "{callback}");
+    assert_eq!(check(None), None, "no perf map unless asked");
+    assert_eq!(check(Some("0")), None, "no perf map unless asked");
+}
+
 /// A valid config whose listener runs the `headers` fixture filter.
 fn config_with_a_filter() -> String {
     let filters = format!(
