@@ -10,13 +10,16 @@
 #
 # Runs of the same binary differ by a few dozen instructions per request (the proxy has one
 # worker); RUNS gives the median of several. Kernel time is not counted: load.sh measures the
-# whole.
+# whole. The sluice-wasm row also shows where the filter's own (guest) instructions go, by
+# function: the proxy runs with SLUICE_WASM_PERFMAP=1, whose perf map names the code wasmtime
+# compiled (guest_functions.py).
 set -euo pipefail
 
 # === knobs (environment) ===
 ROWS=${ROWS:-sluice sluice-wasm}   # sluice (no filter), sluice-wasm (the load bench's filter)
 RUNS=${RUNS:-1}                    # runs per row; the table shows each and their median
 MEASURE=${MEASURE:-12s}            # the counted wrk run (under valgrind: about 20k requests)
+GUEST_TOP=${GUEST_TOP:-12}         # guest functions listed for sluice-wasm (its last run); 0: none
 # SKIP_INSTALL, SLUICE_BIN: see common.sh.
 # shellcheck source=benches/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -31,6 +34,7 @@ LOAD_PIN=()                        # start_nginx's command prefix: none, nothing
 readonly VALGRIND_READY_SECONDS=120
 
 declare -A COUNTS=()
+GUEST_TABLE=""                     # the last sluice-wasm run's guest functions (markdown)
 
 # Instructions per request for one run of row $1; appends to COUNTS[$1].
 count_row() {
@@ -39,8 +43,10 @@ count_row() {
   sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$NGINX_PORT" "$filters" >"$conf"
   require_free_port "$SLUICE_PORT"
   rm -f "$out"*
-  start_bg "$WORK/$row.log" valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$SLUICE_BIN" proxy --config "$conf"
+  # env execs valgrind, which runs the proxy in its own process: $LAST_PID is the proxy's pid,
+  # the one in the perf map's name.
+  start_bg "$WORK/$row.log" env SLUICE_WASM_PERFMAP=1 \
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$SLUICE_BIN" proxy --config "$conf"
   pid=$LAST_PID
   for ((i = 0; i < VALGRIND_READY_SECONDS * 2; i++)); do
     curl -fsS -o /dev/null "http://$HOST:$SLUICE_ADMIN_PORT/ready" 2>/dev/null && break
@@ -58,10 +64,18 @@ count_row() {
   [[ $done =~ ^[0-9]+$ && $total =~ ^[0-9]+$ ]] || die "$row: no count (requests '$done', instructions '$total')"
   COUNTS[$row]+="$((total / done)) "
   log "$row: $((total / done)) instructions per request over $done requests"
+  # wasmtime writes the map to /tmp whatever TMPDIR says; keep it with the rest of the run.
+  if [[ -f /tmp/perf-$pid.map ]]; then mv "/tmp/perf-$pid.map" "$WORK/perf-$row.map"; fi
+  if [[ $row == sluice-wasm ]] && ((GUEST_TOP > 0)); then
+    [[ -f $WORK/perf-$row.map ]] || die "$row: the proxy wrote no perf map (/tmp/perf-$pid.map)"
+    GUEST_TABLE=$("$PYTHON" "$ROOT/benches/guest_functions.py" "$out.1" "$WORK/perf-$row.map" \
+      "$done" "$GUEST_TOP") || die "$row: guest_functions.py failed"
+  fi
 }
 
 main() {
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer"
+  [[ $GUEST_TOP =~ ^[0-9]+$ ]] || die "GUEST_TOP must be a number"
   valid_duration "$MEASURE" || die "bad MEASURE '$MEASURE' (use e.g. 12s)"
   if [[ $SKIP_INSTALL != 1 ]]; then
     install_debian_tools
@@ -90,6 +104,12 @@ main() {
   if [[ -n ${COUNTS[sluice]:-} && -n ${COUNTS[sluice-wasm]:-} ]]; then
     echo
     echo "- the bench filter costs $(($(median "${COUNTS[sluice-wasm]}") - $(median "${COUNTS[sluice]}"))) instructions per request (medians)"
+  fi
+  if [[ -n $GUEST_TABLE ]]; then
+    echo
+    echo "Where the filter's guest code spends them (sluice-wasm, last run):"
+    echo
+    echo "$GUEST_TABLE"
   fi
 }
 
