@@ -174,8 +174,8 @@ start_envoy() {
 
 # === measuring ===
 
-# Starts the row's proxy (if any), checks the path, warms up, measures, samples RSS, stops it.
-# Runs row $1 once (round $2) and appends its numbers to the ROUND_* lists.
+# Runs row $1 once (round $2): starts the row's proxy (if any), checks the path, warms up,
+# measures, samples RSS, stops it, and appends its numbers to the ROUND_* lists.
 run_row() {
   local row=$1 round=$2
   local port pid="" out rps p50 p99 non2xx sock done ticks="" after rss=-
