@@ -535,7 +535,9 @@ impl PluginVm {
     }
 
     /// Whether the guest asked for callouts, streams or a new tick period since the last look:
-    /// after most callbacks it did not, and the owner need not take anything.
+    /// after most callbacks it did not, and the owner need not take anything. Checks exactly
+    /// what `take_pending_calls`, `take_pending_streams` and `take_tick_change` drain; a new
+    /// kind of guest request must be added to both.
     pub fn has_guest_requests(&self) -> bool {
         let state = self.store.data();
         !state.pending_calls.is_empty() || !state.pending_streams.is_empty() || state.tick_changed

@@ -209,9 +209,12 @@ fn a_perf_map_names_the_guest_functions_only_when_asked() {
     let file = write_config("perf-map", &config_with_a_filter());
     let check = |perf_map: Option<&str>| {
         let mut command = sluice();
-        if let Some(value) = perf_map {
-            command.env("SLUICE_WASM_PERFMAP", value);
-        }
+        match perf_map {
+            Some(value) => command.env("SLUICE_WASM_PERFMAP", value),
+            // Not inherited from whoever runs the tests.
+            None => command.env_remove("SLUICE_WASM_PERFMAP"),
+        };
+        let started = std::time::SystemTime::now();
         let child = command
             .args(["check", "--config"])
             .arg(&file)
@@ -221,7 +224,11 @@ fn a_perf_map_names_the_guest_functions_only_when_asked() {
             .unwrap();
         let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
         let output = child.wait_with_output().unwrap();
-        let written = std::fs::read_to_string(&map).ok();
+        // A map older than this run is another process's that had the same pid.
+        let fresh = std::fs::metadata(&map)
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified >= started);
+        let written = fresh.then(|| std::fs::read_to_string(&map).ok()).flatten();
         let _ = std::fs::remove_file(&map);
         let log = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(0), "{log}");

@@ -75,17 +75,20 @@ fn words(line: &str) -> Vec<String> {
 }
 
 /// The arguments of a `sluice` invocation on `line` (`sluice ...` or `cargo run ... -- ...`),
-/// after any environment assignments in front (`SLUICE_LOG=debug sluice ...`).
+/// after what may set its environment in front (`env`, `SLUICE_LOG=debug`).
 fn sluice_arguments(line: &str) -> Option<Vec<String>> {
     let mut words = words(line);
-    let assignments = words
+    let environment = words
         .iter()
-        .take_while(|word| {
-            word.split_once('=')
-                .is_some_and(|(name, _)| is_env_name(name))
+        .enumerate()
+        .take_while(|(position, word)| {
+            (*position == 0 && *word == "env")
+                || word
+                    .split_once('=')
+                    .is_some_and(|(name, _)| is_env_name(name))
         })
         .count();
-    words.drain(..assignments);
+    words.drain(..environment);
     let position = if words.first().is_some_and(|w| w == "sluice") {
         1
     } else if words.first().is_some_and(|w| w == "cargo")
@@ -99,11 +102,10 @@ fn sluice_arguments(line: &str) -> Option<Vec<String>> {
     Some(words[position..].to_vec())
 }
 
+/// A shell variable name: what `NAME=value` in front of a command must start with.
 fn is_env_name(name: &str) -> bool {
-    name.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[test]
@@ -115,7 +117,11 @@ fn a_command_behind_environment_assignments_is_still_checked() {
         sluice_arguments("sluice check --config a=b").unwrap(),
         ["check", "--config", "a=b"]
     );
-    assert!(sluice_arguments("lower=1 sluice check").is_none());
+    assert_eq!(
+        sluice_arguments("env lower=1 sluice check").unwrap(),
+        ["check"]
+    );
+    assert!(sluice_arguments("1x=1 sluice check").is_none());
 }
 
 #[test]
