@@ -19,6 +19,7 @@ import sys
 UNNAMED = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\?\?\?:0x([0-9a-f]+) \[\?\?\?\]$")
 # Rust symbol noise that makes names long and says nothing here: the hash suffix and the crate
 # disambiguators (`::h0123456789abcdef`, `core[0123456789abcdef]`).
+UNMAPPED = "(code outside the perf map)"
 HASH_SUFFIX = re.compile(r"::h[0-9a-f]{16}$")
 CRATE_HASH = re.compile(r"\[[0-9a-f]{16}\]")
 
@@ -52,7 +53,7 @@ def guest_costs(callgrind_out, perf_map):
             continue
         address = int(match.group(2), 16)
         index = bisect.bisect_right(starts, address) - 1
-        name = "(not in the perf map)"
+        name = UNMAPPED
         if index >= 0 and entries[index][0] <= address < entries[index][1]:
             name = entries[index][2]
         costs[name] = costs.get(name, 0) + int(match.group(1).replace(",", ""))
@@ -70,12 +71,16 @@ def main():
     if not costs:
         sys.exit(f"no guest code in {callgrind_out}: did the proxy run with SLUICE_WASM_PERFMAP=1?")
     total = sum(costs.values())
+    # Code outside every mapped function is shown on its own line, not ranked, if it counts.
+    unmapped = costs.pop(UNMAPPED, 0)
     print("| guest function | instructions per request |")
     print("|---|---:|")
     for name, cost in sorted(costs.items(), key=lambda item: -item[1])[:top]:
         cell = name.replace("|", "\\|")  # a markdown cell cannot hold a bare |
         print(f"| `{cell}` | {cost / requests:,.0f} |")
-    print(f"| all guest code ({len(costs)} functions) | {total / requests:,.0f} |")
+    if unmapped / requests >= 0.5:
+        print(f"| {UNMAPPED} | {unmapped / requests:,.0f} |")
+    print(f"| all guest code ({len(costs)} functions and trampolines) | {total / requests:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
 # worker); RUNS gives the median of several. Kernel time is not counted: load.sh measures the
 # whole. The sluice-wasm row also shows where the filter's own (guest) instructions go, by
 # function: the proxy runs with SLUICE_WASM_PERFMAP=1, whose perf map names the code wasmtime
-# compiled (guest_functions.py).
+# compiled (guest_functions.py). The report also goes to benches/results/instructions-<time>.md.
 set -euo pipefail
 
 # === knobs (environment) ===
@@ -43,8 +43,8 @@ count_row() {
   sluice_config "$SLUICE_ADMIN_PORT" "$SLUICE_PORT" "$NGINX_PORT" "$filters" >"$conf"
   require_free_port "$SLUICE_PORT"
   rm -f "$out"*
-  # env execs valgrind, which runs the proxy in its own process: $LAST_PID is the proxy's pid,
-  # the one in the perf map's name.
+  # env execs valgrind, and valgrind runs the proxy inside its own process (no fork), so
+  # $LAST_PID is the pid in the perf map's name.
   start_bg "$WORK/$row.log" env SLUICE_WASM_PERFMAP=1 \
     valgrind --tool=callgrind --callgrind-out-file="$out" "$SLUICE_BIN" proxy --config "$conf"
   pid=$LAST_PID
@@ -66,10 +66,15 @@ count_row() {
   log "$row: $((total / done)) instructions per request over $done requests"
   # wasmtime writes the map to /tmp whatever TMPDIR says; keep it with the rest of the run.
   if [[ -f /tmp/perf-$pid.map ]]; then mv "/tmp/perf-$pid.map" "$WORK/perf-$row.map"; fi
+  # The guest table is a side result: without it the counts still stand.
   if [[ $row == sluice-wasm ]] && ((GUEST_TOP > 0)); then
-    [[ -f $WORK/perf-$row.map ]] || die "$row: the proxy wrote no perf map (/tmp/perf-$pid.map)"
-    GUEST_TABLE=$("$PYTHON" "$ROOT/benches/guest_functions.py" "$out.1" "$WORK/perf-$row.map" \
-      "$done" "$GUEST_TOP") || die "$row: guest_functions.py failed"
+    if [[ ! -f $WORK/perf-$row.map ]]; then
+      log "$row: no guest table: the proxy wrote no perf map (/tmp/perf-$pid.map)"
+    elif ! GUEST_TABLE=$("$PYTHON" "$ROOT/benches/guest_functions.py" "$out.1" \
+        "$WORK/perf-$row.map" "$done" "$GUEST_TOP"); then
+      GUEST_TABLE=""
+      log "$row: no guest table: guest_functions.py failed"
+    fi
   fi
 }
 
@@ -85,6 +90,9 @@ main() {
   for tool in valgrind callgrind_control callgrind_annotate wrk nginx curl; do
     command -v "$tool" >/dev/null || die "$tool not found"
   done
+  if ((GUEST_TOP > 0)) && [[ " $ROWS " == *" sluice-wasm "* ]]; then
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found (it lists the guest functions; GUEST_TOP=0 skips them)"
+  fi
   resolve_sluice
   [[ " $ROWS " != *" sluice-wasm "* ]] || ensure_wasm_fixtures "$WASM_FILTER"
   WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-instructions.XXXXXX")
@@ -95,6 +103,29 @@ main() {
   for ((i = 0; i < RUNS; i++)); do
     for row in $ROWS; do count_row "$row"; done
   done
+  local results
+  results="$ROOT/benches/results/instructions-$(date -u +%Y-%m-%dT%H%M%SZ).md"
+  mkdir -p "$(dirname "$results")"
+  echo
+  report | tee "$results"
+  echo
+  log "results written to ${results#"$ROOT"/}"
+}
+
+# The table of counts, the filter's share and its guest functions, with what produced them.
+report() {
+  local row rev v
+  echo "# Instructions per request $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo
+  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || rev="no commit"
+  git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
+  v=$("$SLUICE_BIN" --version 2>/dev/null | head -n 1) || v=""
+  echo "- sluice: ${v:-unknown version} (git $rev; $SLUICE_BIN), one worker, under $(valgrind --version)"
+  echo "- load: wrk -t1 -c4 -d$MEASURE after a 3 s warm-up, GET / with a 100-byte body from nginx; $RUNS run(s) per row"
+  if [[ " $ROWS " == *" sluice-wasm "* ]]; then
+    v=$(sha256sum "$(wasm_fixture_path "$WASM_FILTER")" | cut -c1-16) || v=""
+    echo "- wasm filter: fixture $WASM_FILTER (sha256 ${v:-unknown}...)"
+  fi
   echo
   echo "| row | instructions per request (median) | runs |"
   echo "|---|---:|---|"
