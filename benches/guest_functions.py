@@ -17,9 +17,10 @@ import sys
 
 # callgrind_annotate's line for a function with no symbol: "  1,234 ( 0.01%)  ???:0x51b2f80 [???]"
 UNNAMED = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+\?\?\?:0x([0-9a-f]+) \[\?\?\?\]$")
+# What an address that falls in no function of the perf map is counted under.
+UNMAPPED = "(code outside the perf map)"
 # Rust symbol noise that makes names long and says nothing here: the hash suffix and the crate
 # disambiguators (`::h0123456789abcdef`, `core[0123456789abcdef]`).
-UNMAPPED = "(code outside the perf map)"
 HASH_SUFFIX = re.compile(r"::h[0-9a-f]{16}$")
 CRATE_HASH = re.compile(r"\[[0-9a-f]{16}\]")
 
