@@ -123,6 +123,15 @@ ensure_wasm_fixtures() {
   done
 }
 
+# What SLUICE_BIN is, for a results file: "<version> (git <rev>[, uncommitted changes]; <path>)".
+sluice_build() {
+  local v rev
+  v=$("$SLUICE_BIN" --version 2>/dev/null | head -n 1) || v=""
+  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || rev="no commit"
+  git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
+  echo "${v:-unknown version} (git $rev; $SLUICE_BIN)"
+}
+
 # Sets SLUICE_BIN, building the release binary unless the caller gave one.
 resolve_sluice() {
   if [[ -n $SLUICE_BIN ]]; then

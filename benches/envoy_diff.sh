@@ -453,11 +453,8 @@ report() {
 }
 
 versions() {
-  local rev
-  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || rev="no commit"
-  git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
   log "envoy: $(envoy_version_of "$ENVOY_BIN" || true) ($ENVOY_BIN)"
-  log "sluice: $("$SLUICE_BIN" --version 2>/dev/null | head -n 1 || true) (git $rev; $SLUICE_BIN)"
+  log "sluice: $(sluice_build)"
 }
 
 # === main ===

@@ -114,13 +114,10 @@ main() {
 
 # The table of counts, the filter's share and its guest functions, with what produced them.
 report() {
-  local row rev v
+  local row v
   echo "# Instructions per request $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
-  rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || rev="no commit"
-  git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
-  v=$("$SLUICE_BIN" --version 2>/dev/null | head -n 1) || v=""
-  echo "- sluice: ${v:-unknown version} (git $rev; $SLUICE_BIN), one worker, under $(valgrind --version)"
+  echo "- sluice: $(sluice_build), one worker, under $(valgrind --version)"
   echo "- load: wrk -t1 -c4 -d$MEASURE after a 3 s warm-up, GET / with a 100-byte body from nginx; $RUNS run(s) per row"
   if [[ " $ROWS " == *" sluice-wasm "* ]]; then
     v=$(sha256sum "$(wasm_fixture_path "$WASM_FILTER")" | cut -c1-16) || v=""

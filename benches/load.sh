@@ -262,11 +262,7 @@ tool_versions() {
     echo "- envoy: $(envoy_version_of "$ENVOY_BIN" || true) ($ENVOY_BIN)"
   fi
   if [[ -n $SLUICE_BIN ]]; then
-    v=$("$SLUICE_BIN" --version 2>/dev/null | head -n 1) || v=""
-    local rev
-    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) || rev="no commit"
-    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev+=", uncommitted changes"
-    echo "- sluice: ${v:-unknown version} (git $rev; $SLUICE_BIN)"
+    echo "- sluice: $(sluice_build)"
   fi
   if [[ -n $WASM_MODULE ]]; then
     v=$(sha256sum "$WASM_MODULE" | cut -c1-16) || v=""
