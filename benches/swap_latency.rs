@@ -54,6 +54,7 @@ async fn run() {
             data_dir: data_dir.clone(),
             token: None,
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+            lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
             identity: sluice_control::IdentitySettings::default(),
         },
         ProxyValidator::new(),
@@ -72,6 +73,7 @@ async fn run() {
         let subscription = ControlSubscription::start(
             SubscriberSettings {
                 url: url.clone(),
+                join_token: None,
                 token: None,
                 proxy_id: format!("proxy-{index}"),
             },
@@ -109,6 +111,7 @@ async fn run() {
         let tag = format!("v{swap}");
         let started = Instant::now();
         let request = PushRequest {
+            to: None,
             module: module.clone(),
             name: "tagger".into(),
             config: Some(tag.clone()),

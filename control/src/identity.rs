@@ -38,19 +38,25 @@ pub struct IdentityService {
 }
 
 impl IdentityService {
-    pub fn new(ca: MeshCa, tokens: JoinTokens, cert_ttl: Duration) -> Self {
+    pub fn new(ca: Arc<MeshCa>, tokens: Arc<Mutex<JoinTokens>>, cert_ttl: Duration) -> Self {
         Self {
-            ca: Arc::new(ca),
-            tokens: Arc::new(Mutex::new(tokens)),
+            ca,
+            tokens,
             cert_ttl,
         }
     }
 
     fn tokens(&self) -> std::sync::MutexGuard<'_, JoinTokens> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock_tokens(&self.tokens)
     }
+}
+
+/// The join tokens, shared by the identity service and the registry (which checks what a
+/// token lets its workload register).
+pub fn lock_tokens(tokens: &Mutex<JoinTokens>) -> std::sync::MutexGuard<'_, JoinTokens> {
+    tokens
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn refused(error: CaError) -> Status {
@@ -66,13 +72,19 @@ impl IdentityAdmin for IdentityService {
         &self,
         request: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenReply>, Status> {
-        let workload = request.into_inner().workload;
+        let request = request.into_inner();
+        let workload = request.workload;
         check_workload(&workload).map_err(refused)?;
+        for service in &request.services {
+            crate::registry::check_service_name(service)
+                .map_err(|why| Status::invalid_argument(format!("--services: {why}")))?;
+        }
+        let services = (!request.services.is_empty()).then_some(request.services);
         let token = self
             .tokens()
-            .create(&workload)
+            .create(&workload, services.clone())
             .map_err(|e| Status::internal(e.to_string()))?;
-        tracing::info!(workload, "join token created");
+        tracing::info!(workload, ?services, "join token created");
         Ok(Response::new(CreateJoinTokenReply {
             token,
             spiffe_id: self.ca.spiffe_id(&workload),

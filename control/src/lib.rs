@@ -1,15 +1,18 @@
 //! The Sluice control plane: the API (generated from `proto/`), the store behind it, the
-//! service proxies subscribe to, and the client the CLI and proxies use. The proxy crate
+//! service proxies subscribe to, the mesh registry, and the client the CLI and proxies use. The proxy crate
 //! supplies validation (it owns the Wasm host and config model) through [`ChangeValidator`].
 
 pub mod auth;
 pub mod ca;
 pub mod client;
+pub mod discover;
 pub mod identity;
 pub mod overlay;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod targets;
 pub mod tokens;
 
 /// Types and the tonic service generated from `proto/sluice/control/v1/control.proto`.
@@ -24,5 +27,7 @@ pub use client::{
 };
 pub use identity::IdentitySettings;
 pub use overlay::{FilterAttachment, ListenerRoutes, Overlay};
+pub use registry::{DEFAULT_LEASE_TTL, Registry};
 pub use server::{ControlError, ControlSettings, DEFAULT_MAX_MODULE_SIZE, RunningControl};
 pub use service::{ChangeValidator, ControlService};
+pub use targets::Target;

@@ -22,6 +22,10 @@ pub struct Overlay {
     pub removed_clusters: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<ListenerRoutes>,
+    /// Edits for some proxies only (`--to`), laid over the rest for the proxies they match.
+    /// A proxy receives its own effective overlay, where this is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targeted: Vec<crate::targets::TargetedOverlay>,
 }
 
 /// Filter `name` set on (or removed from) one listener's chain, or every HTTP listener's.
@@ -202,10 +206,12 @@ impl Overlay {
         Ok(next)
     }
 
-    /// The modules the overlay's filters (and canaries) use.
+    /// The modules the overlay's filters (and canaries) use, targeted ones included.
     pub fn modules(&self) -> impl Iterator<Item = &str> {
+        let targeted = self.targeted.iter().flat_map(|t| t.overlay.filters.iter());
         self.filters
             .iter()
+            .chain(targeted)
             .filter(|f| !f.removed)
             .flat_map(|f| {
                 let canary = f.canary.as_ref().map(|c| c.module_sha256.as_str());

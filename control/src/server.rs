@@ -28,6 +28,8 @@ pub struct ControlSettings {
     pub max_module_size: usize,
     /// The mesh CA's trust domain and certificate lifetime.
     pub identity: IdentitySettings,
+    /// How long registered instances outlive their proxy's subscription.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,8 @@ pub enum ControlError {
     Ca(#[from] crate::ca::CaError),
     #[error("certificate lifetime {0:?}: more than zero and at most 7 days")]
     CertTtl(Duration),
+    #[error("lease TTL {0:?}: at least 100ms and at most 1 hour")]
+    LeaseTtl(Duration),
 }
 
 /// A control service serving on a socket.
@@ -70,6 +74,10 @@ impl RunningControl {
         if ttl.is_zero() || ttl > crate::ca::MAX_CERT_TTL {
             return Err(ControlError::CertTtl(ttl));
         }
+        let lease_ttl = settings.lease_ttl;
+        if lease_ttl < Duration::from_millis(100) || lease_ttl > Duration::from_secs(3600) {
+            return Err(ControlError::LeaseTtl(lease_ttl));
+        }
         let store = Store::open(&settings.data_dir)?;
         let current = store.current_version();
         let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -82,10 +90,26 @@ impl RunningControl {
             address: settings.listen,
             source,
         })?;
-        let ca = crate::ca::MeshCa::open(&settings.data_dir, &settings.identity.trust_domain)?;
-        let tokens = crate::tokens::JoinTokens::open(&settings.data_dir)?;
-        let identity = IdentityService::new(ca, tokens, settings.identity.cert_ttl);
-        let service = ControlService::new(store, validator, settings.max_module_size);
+        let ca = Arc::new(crate::ca::MeshCa::open(
+            &settings.data_dir,
+            &settings.identity.trust_domain,
+        )?);
+        let tokens = Arc::new(std::sync::Mutex::new(crate::tokens::JoinTokens::open(
+            &settings.data_dir,
+        )?));
+        let identity = IdentityService::new(
+            Arc::clone(&ca),
+            Arc::clone(&tokens),
+            settings.identity.cert_ttl,
+        );
+        let registry = crate::registry::Registry::start(lease_ttl);
+        let service = ControlService::new(
+            store,
+            validator,
+            settings.max_module_size,
+            registry,
+            crate::service::MeshAuthority { ca, tokens },
+        );
         // Far above the module limit, so the service itself answers an oversize upload with
         // the limit and the flag that sets it.
         let limit = settings.max_module_size.saturating_mul(4) + (1 << 20);

@@ -1,6 +1,7 @@
 //! The proxy's configuration: the YAML model (a contract with outside tools), loading with
 //! field-path errors, validation, and the immutable [`Snapshot`] the data path runs on.
 
+mod discovery;
 mod error;
 mod load;
 mod model;

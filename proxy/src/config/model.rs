@@ -25,6 +25,48 @@ pub struct ProxyConfig {
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// Services this proxy's workload provides, registered in the control service's mesh
+    /// registry while the proxy runs (needs `--control` and `--join-token-file`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub register: Vec<ServiceRegistration>,
+    /// Where this proxy runs, for zone-aware balancing. [the `zone` label of `register:`]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<Locality>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Locality {
+    /// Discovered endpoints with this `zone` label are preferred while one is available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+impl ProxyConfig {
+    /// This proxy's zone: `locality.zone`, else the `zone` label of its registrations.
+    pub fn zone(&self) -> Option<&str> {
+        self.locality
+            .as_ref()
+            .and_then(|l| l.zone.as_deref())
+            .or_else(|| {
+                self.register
+                    .iter()
+                    .find_map(|r| r.labels.get("zone").map(String::as_str))
+            })
+    }
+}
+
+/// One service instance this proxy registers.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRegistration {
+    pub service: String,
+    /// IP:port where callers reach the workload: normally this proxy's inbound listener.
+    pub address: String,
+    /// Such as `version` and `zone`: clusters select subsets by them, and zone-aware
+    /// balancing reads `zone`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -277,6 +319,80 @@ pub enum LbPolicy {
     Random,
     /// Power of two choices over in-flight request counts.
     LeastRequest,
+    /// Power of two choices over peak-EWMA latency times in-flight requests (Linkerd's
+    /// default): slow instances get less.
+    Ewma,
+    /// Consistent hashing of `hash_on` over a ring (Envoy's `ring_hash`): a key stays on one
+    /// endpoint while that endpoint stays.
+    RingHash,
+}
+
+/// What a `ring_hash` cluster hashes to choose an endpoint: `{ header: NAME }`,
+/// `{ cookie: NAME }` or `source_ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "HashOnForm", into = "HashOnForm")]
+pub enum HashOn {
+    /// A request header's value (requests without it are spread at random).
+    Header(String),
+    /// A cookie's value (requests without it are spread at random).
+    Cookie(String),
+    /// The client's IP address.
+    SourceIp,
+}
+
+/// How `hash_on` is written: a word, or a map with one key.
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum HashOnForm {
+    Word(String),
+    Map(HashOnMap),
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct HashOnMap {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cookie: Option<String>,
+}
+
+impl TryFrom<HashOnForm> for HashOn {
+    type Error = String;
+
+    fn try_from(form: HashOnForm) -> Result<Self, String> {
+        match form {
+            HashOnForm::Word(word) if word == "source_ip" => Ok(Self::SourceIp),
+            HashOnForm::Word(word) => Err(format!(
+                "{word:?}: expected source_ip, {{ header: NAME }} or {{ cookie: NAME }}"
+            )),
+            HashOnForm::Map(HashOnMap {
+                header: Some(name),
+                cookie: None,
+            }) => Ok(Self::Header(name)),
+            HashOnForm::Map(HashOnMap {
+                header: None,
+                cookie: Some(name),
+            }) => Ok(Self::Cookie(name)),
+            HashOnForm::Map(_) => Err("give exactly one of header or cookie".to_owned()),
+        }
+    }
+}
+
+impl From<HashOn> for HashOnForm {
+    fn from(hash_on: HashOn) -> Self {
+        match hash_on {
+            HashOn::SourceIp => Self::Word("source_ip".to_owned()),
+            HashOn::Header(name) => Self::Map(HashOnMap {
+                header: Some(name),
+                cookie: None,
+            }),
+            HashOn::Cookie(name) => Self::Map(HashOnMap {
+                header: None,
+                cookie: Some(name),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -294,9 +410,20 @@ pub enum UpstreamProtocol {
 pub struct ClusterConfig {
     pub name: String,
     /// `host:port` entries; host names are resolved and re-resolved every `dns_refresh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// Instead of `endpoints`: the instances of this service in the mesh registry, as the
+    /// control service pushes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// With `service`: only the instances that carry all these labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     pub lb_policy: LbPolicy,
+    /// With `lb_policy: ring_hash`: what to hash. [source_ip]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
     #[serde(default)]
     pub protocol: UpstreamProtocol,
     /// [5s]

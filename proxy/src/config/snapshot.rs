@@ -68,6 +68,7 @@ impl Snapshot {
         let mut reuse = Reuse::from(previous);
 
         let mut built = HashMap::with_capacity(config.clusters.len());
+        let zone = config.zone();
         for (index, c) in config.clusters.iter().enumerate() {
             // Read every time, even for a kept cluster: its certificate files may be new.
             let tls = match &c.tls {
@@ -80,8 +81,8 @@ impl Snapshot {
                 None => None,
             };
             let cluster = reuse
-                .cluster(c)
-                .unwrap_or_else(|| Cluster::new(c, Arc::clone(metrics)));
+                .cluster(c, zone)
+                .unwrap_or_else(|| Cluster::new(c, Arc::clone(metrics), zone));
             cluster.set_tls(tls);
             built.insert(c.name.clone(), cluster);
         }
@@ -359,10 +360,10 @@ impl<'a> Reuse<'a> {
         }
     }
 
-    fn cluster(&self, config: &ClusterConfig) -> Option<Arc<Cluster>> {
+    fn cluster(&self, config: &ClusterConfig, zone: Option<&str>) -> Option<Arc<Cluster>> {
         self.clusters
             .iter()
-            .find(|cluster| cluster.config == *config)
+            .find(|cluster| cluster.config == *config && cluster.local_zone.as_deref() == zone)
             .map(|cluster| Arc::clone(cluster))
     }
 

@@ -60,6 +60,9 @@ pub fn validate(config: &ProxyConfig) -> Result<(), Vec<ConfigProblem>> {
         }
         check.cluster(&path, cluster);
     }
+    check
+        .problems
+        .extend(super::discovery::check_registrations(&config.register));
 
     check.finish()
 }
@@ -295,12 +298,8 @@ impl Checker {
         if cluster.name.is_empty() {
             self.problem(format!("{path}.name"), "must not be empty");
         }
-        if cluster.endpoints.is_empty() {
-            self.problem(
-                format!("{path}.endpoints"),
-                "at least one endpoint is needed",
-            );
-        }
+        self.problems
+            .extend(super::discovery::check_cluster_source(path, cluster));
         for (index, endpoint) in cluster.endpoints.iter().enumerate() {
             if let Err(reason) = crate::upstream::EndpointTarget::parse(endpoint) {
                 self.problem(format!("{path}.endpoints[{index}]"), reason);

@@ -65,6 +65,8 @@ pub struct PushRequest {
     /// Gradual rollout: run the module as a canary beside the filter, for this share of
     /// streams (0 to 100).
     pub canary_percent: Option<f64>,
+    /// `service=NAME`, `label=K=V` or `proxy=ID`: only those proxies. `None`: every proxy.
+    pub to: Option<String>,
 }
 
 pub struct Pushed {
@@ -94,7 +96,7 @@ pub async fn push(client: &mut Client, request: PushRequest) -> Result<Pushed, C
         canary_percent: request.canary_percent,
         route: request.route.unwrap_or_default(),
     };
-    let version = change(client, edit::Edit::SetFilter(set)).await?;
+    let version = change(client, edit::Edit::SetFilter(set), request.to).await?;
     Ok(Pushed { sha256, version })
 }
 
@@ -104,6 +106,8 @@ pub struct FilterTarget {
     pub name: String,
     pub listener: Option<String>,
     pub route: Option<String>,
+    /// Only the proxies of this target (see [`PushRequest::to`]).
+    pub to: Option<String>,
 }
 
 /// Ends a gradual rollout: the canary of the filter becomes the filter. Returns the version.
@@ -113,7 +117,7 @@ pub async fn promote(client: &mut Client, target: FilterTarget) -> Result<u64, C
         listener: target.listener.unwrap_or_default(),
         route: target.route.unwrap_or_default(),
     };
-    change(client, edit::Edit::PromoteFilter(promote)).await
+    change(client, edit::Edit::PromoteFilter(promote), target.to).await
 }
 
 /// Takes the filter off its chain (a filter of the proxy's own file too). Returns the version.
@@ -123,13 +127,18 @@ pub async fn remove(client: &mut Client, target: FilterTarget) -> Result<u64, Co
         listener: target.listener.unwrap_or_default(),
         route: target.route.unwrap_or_default(),
     };
-    change(client, edit::Edit::RemoveFilter(remove)).await
+    change(client, edit::Edit::RemoveFilter(remove), target.to).await
 }
 
-async fn change(client: &mut Client, edit: edit::Edit) -> Result<u64, CommandError> {
+async fn change(
+    client: &mut Client,
+    edit: edit::Edit,
+    to: Option<String>,
+) -> Result<u64, CommandError> {
     let change = ChangeRequest {
         edits: vec![Edit { edit: Some(edit) }],
         description: String::new(),
+        to: to.unwrap_or_default(),
     };
     Ok(client.change(change).await?.into_inner().version)
 }
@@ -145,10 +154,18 @@ pub async fn list_versions(client: &mut Client) -> Result<ListVersionsReply, Com
         .into_inner())
 }
 
-/// Makes `to` current again, as a new version; returns that version.
-pub async fn rollback(client: &mut Client, to: u64) -> Result<u64, CommandError> {
+/// Makes `to` current again, as a new version; returns that version. With `target`, only the
+/// edits made for those proxies go back.
+pub async fn rollback(
+    client: &mut Client,
+    to: u64,
+    target: Option<String>,
+) -> Result<u64, CommandError> {
     Ok(client
-        .rollback(RollbackRequest { to_version: to })
+        .rollback(RollbackRequest {
+            to_version: to,
+            to: target.unwrap_or_default(),
+        })
         .await?
         .into_inner()
         .version)

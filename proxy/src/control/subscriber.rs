@@ -2,16 +2,24 @@
 //! and verifying the modules it names) and acknowledges it as applied or rejected with the
 //! reason. Losing the service changes nothing in the data path: the proxy keeps its last good
 //! config and reconnects with backoff, and the service sends the current version again.
+//!
+//! The subscription also holds the proxy's registrations (`register:`) in the mesh registry,
+//! and beside it runs the discovery stream for the services its clusters name. On shutdown
+//! the proxy withdraws its instances before it drains.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_control::proto::{AckRequest, ConfigUpdate, GetModuleRequest, SubscribeRequest};
+use sluice_control::proto::{
+    AckRequest, ConfigUpdate, DeregisterRequest, GetModuleRequest, Registration, SubscribeRequest,
+};
 use sluice_control::{Client, Overlay};
+use tokio::sync::watch;
 use tonic::Code;
 
-use crate::config::SentModules;
+use crate::config::{SentModules, ServiceRegistration};
+use crate::discovery::DiscoveryFollower;
 use crate::runtime::{ConfigApplier, ControlOverlay};
 use crate::wasm::ModuleBytes;
 
@@ -26,18 +34,80 @@ pub struct SubscriberSettings {
     pub token: Option<String>,
     /// How `sluice status` names this proxy.
     pub proxy_id: String,
+    /// The workload's join token: registering services needs it.
+    pub join_token: Option<String>,
 }
 
 /// Following a control service; dropping it stops following (the config stays).
 pub struct ControlSubscription {
     task: tokio::task::JoinHandle<()>,
+    /// Held: the discovery stream runs as long as the subscription.
+    _discovery: DiscoveryFollower,
+    settings: SubscriberSettings,
+    registrations: watch::Receiver<Vec<ServiceRegistration>>,
 }
+
+/// How long a proxy that shuts down waits for the control service to take its instances
+/// out of every caller's endpoints before it drains anyway.
+const DEREGISTER_LIMIT: Duration = Duration::from_secs(3);
+/// How long a deregistered proxy keeps accepting before it drains.
+const ROUTED_BEFORE_REMOVAL: Duration = Duration::from_millis(200);
 
 impl ControlSubscription {
     /// Starts following in the background. Must be called inside a tokio runtime.
     pub fn start(settings: SubscriberSettings, applier: ConfigApplier) -> Self {
+        let discovery = DiscoveryFollower::start(
+            applier.discovery(),
+            settings.url.clone(),
+            settings.token.clone(),
+            settings.proxy_id.clone(),
+        );
         Self {
-            task: tokio::spawn(follow(settings, applier)),
+            registrations: applier.follow_registrations(),
+            task: tokio::spawn(follow(settings.clone(), applier)),
+            _discovery: discovery,
+            settings,
+        }
+    }
+
+    /// Stops following and, if this proxy registered instances, withdraws them: returns
+    /// once the control service has sent the removal to every caller (or after a bounded
+    /// wait), so callers stop sending here before the proxy drains.
+    pub async fn leave(self) {
+        self.task.abort();
+        let registered = !self.registrations.borrow().is_empty();
+        let (Some(join_token), true) = (self.settings.join_token.clone(), registered) else {
+            return;
+        };
+        let settings = &self.settings;
+        let withdrawn = async {
+            let mut client =
+                sluice_control::connect(&settings.url, settings.token.as_deref()).await?;
+            let request = DeregisterRequest {
+                proxy_id: settings.proxy_id.clone(),
+                join_token,
+            };
+            let removed = client
+                .deregister(request)
+                .await
+                .map_err(|status| format!("{}: {}", status.code(), status.message()))?
+                .into_inner()
+                .removed;
+            Ok::<u32, Box<dyn std::error::Error + Send + Sync>>(removed)
+        };
+        match tokio::time::timeout(DEREGISTER_LIMIT, withdrawn).await {
+            Ok(Ok(removed)) => {
+                tracing::info!(removed, "deregistered from the mesh registry; draining");
+                // Callers have the removal; a request one of them routed here just before
+                // it arrived still gets a listening proxy.
+                tokio::time::sleep(ROUTED_BEFORE_REMOVAL).await;
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not deregister; callers drop this proxy when its lease runs out");
+            }
+            Err(_) => tracing::warn!(
+                "deregistering took longer than {DEREGISTER_LIMIT:?}; draining anyway"
+            ),
         }
     }
 }
@@ -56,6 +126,8 @@ enum Ended {
     Failed(String),
     /// The service refused our token.
     Refused(String),
+    /// The file's `register:` changed: subscribe again with the new set.
+    Reregister,
 }
 
 /// What the subscriber keeps across subscriptions.
@@ -87,9 +159,10 @@ async fn follow(settings: SubscriberSettings, applier: ConfigApplier) {
                 retry
             }
             Ended::Refused(error) => {
-                tracing::error!(url = %settings.url, %error, "the control service refused this proxy; check SLUICE_CONTROL_TOKEN. Keeping the last good config");
+                tracing::error!(url = %settings.url, %error, "the control service refused this proxy (check SLUICE_CONTROL_TOKEN, the join token and `register:`); keeping the last good config");
                 RETRY_AFTER_REFUSAL
             }
+            Ended::Reregister => continue,
         };
         // Jitter keeps a fleet of proxies from reconnecting in lockstep.
         let jitter = wait.mul_f64(fastrand::f64() * 0.2);
@@ -111,9 +184,21 @@ impl Subscriber {
                 Ok(client) => client,
                 Err(error) => return Ended::Failed(error.to_string()),
             };
+        let mut registrations = applier.follow_registrations();
+        let register: Vec<Registration> = registrations
+            .borrow_and_update()
+            .iter()
+            .map(|r| Registration {
+                service: r.service.clone(),
+                address: r.address.clone(),
+                labels: r.labels.clone().into_iter().collect(),
+            })
+            .collect();
         let request = SubscribeRequest {
             proxy_id: settings.proxy_id.clone(),
             applied_version: self.running.as_ref().map_or(0, |(v, _)| *v),
+            registrations: register,
+            join_token: settings.join_token.clone().unwrap_or_default(),
         };
         let mut updates = match client.subscribe(request).await {
             Ok(updates) => updates.into_inner(),
@@ -129,6 +214,13 @@ impl Subscriber {
                     Ok(None) => return Ended::Closed,
                     Err(status) => return ended(&status),
                 },
+                changed = registrations.changed() => {
+                    if changed.is_err() {
+                        return Ended::Closed;
+                    }
+                    tracing::info!("the services this proxy registers changed; registering again");
+                    return Ended::Reregister;
+                }
                 // A refused version that a later file edit let apply.
                 changed = overlay_applied.changed() => {
                     if changed.is_err() {
@@ -239,9 +331,12 @@ async fn ack(
 }
 
 fn ended(status: &tonic::Status) -> Ended {
-    let text = format!("{}: {}", status.code(), status.message());
+    let text = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        Code::Unauthenticated | Code::PermissionDenied => Ended::Refused(text),
+        // A registration the control service refuses will not pass by itself either.
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
+            Ended::Refused(text)
+        }
         _ => Ended::Failed(text),
     }
 }

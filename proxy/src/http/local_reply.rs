@@ -80,11 +80,18 @@ impl LocalReply {
         )
     }
 
-    pub fn no_healthy_upstream(cluster: &str) -> Self {
+    /// `service`: the registry service a discovering cluster takes its endpoints from.
+    pub fn no_healthy_upstream(cluster: &str, service: Option<&str>) -> Self {
+        let text = match service {
+            Some(service) => format!(
+                "no healthy endpoint in cluster {cluster} (service {service}: no healthy instance registered)"
+            ),
+            None => format!("no healthy endpoint in cluster {cluster}"),
+        };
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Reason::NoHealthyUpstream,
-            format!("no healthy endpoint in cluster {cluster}"),
+            text,
         )
     }
 

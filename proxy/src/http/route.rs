@@ -268,7 +268,7 @@ mod tests {
             .config
             .clusters
             .iter()
-            .map(|c| (c.name.clone(), Cluster::new(c, Arc::clone(&metrics))))
+            .map(|c| (c.name.clone(), Cluster::new(c, Arc::clone(&metrics), None)))
             .collect();
         RouteTable::build(
             "l",

@@ -306,8 +306,10 @@ impl Exchange<'_> {
             replay.start_attempt();
             replay.plan().and_then(|plan| plan.per_try_timeout)
         });
-        let Some(endpoint) = cluster.pick_avoiding(tried) else {
-            let reply = LocalReply::no_healthy_upstream(&cluster.name);
+        let key = cluster.hash_key(request.headers(), self.conn.peer);
+        let Some(endpoint) = cluster.pick_avoiding(tried, key) else {
+            let reply =
+                LocalReply::no_healthy_upstream(&cluster.name, cluster.discovered_service());
             return self.upstream_failed(stats, reply).await;
         };
         let active = endpoint.begin_request();
@@ -327,6 +329,8 @@ impl Exchange<'_> {
                 pools.send(cluster, &endpoint, request).await
             }
         };
+        // Only `ewma` balancing reads response latency; others skip the clock.
+        let sent_at = cluster.tracks_latency().then(Instant::now);
         // The route's deadline spans every attempt; the per-try timeout is this one's.
         let per_try_at = per_try_timeout.map(|timeout| Instant::now() + timeout);
         let stop = match (attempt.deadline, per_try_at) {
@@ -349,7 +353,12 @@ impl Exchange<'_> {
             mut response,
             conn_return,
         } = match outcome {
-            Ok(response) => response,
+            Ok(response) => {
+                if let Some(sent_at) = sent_at {
+                    endpoint.observe_latency(sent_at.elapsed(), cluster.now_ms());
+                }
+                response
+            }
             Err(failure) => {
                 // A filter that stopped the request body is why the exchange failed.
                 if let Some(interruption) = self

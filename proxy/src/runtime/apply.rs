@@ -13,7 +13,10 @@ use super::state::ProxyState;
 use sluice_control::Overlay;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, LoadedConfig, SentModules, Snapshot, with_overlay};
+use crate::config::{
+    ConfigError, LoadedConfig, SentModules, ServiceRegistration, Snapshot, with_overlay,
+};
+use crate::discovery::Discovery;
 use crate::listener::BindError;
 use crate::upstream::{Cluster, spawn_cluster_tasks};
 
@@ -48,6 +51,8 @@ struct Applier {
     /// The control version running, for the subscriber (an overlay refused when it came can
     /// apply later, with a file that fits it).
     overlay_applied: watch::Sender<u64>,
+    /// The file's `register:` entries running, for the subscriber, which registers them.
+    registrations: watch::Sender<Vec<ServiceRegistration>>,
 }
 
 /// What the running config was composed from.
@@ -77,7 +82,9 @@ impl ControlOverlay {
 
 impl ConfigApplier {
     pub(super) fn new(state: Arc<ProxyState>, listeners: ListenerSet, file: LoadedConfig) -> Self {
+        let registrations = watch::channel(file.config.register.clone()).0;
         Self(Arc::new(Applier {
+            registrations,
             state,
             listeners: Mutex::new(listeners),
             sources: tokio::sync::Mutex::new(Sources {
@@ -111,6 +118,7 @@ impl ConfigApplier {
                 "the refused control overlay fits the new file; applied"
             );
             self.0.overlay_applied.send_replace(refused.version);
+            self.set_registrations(&loaded);
             sources.file = loaded;
             sources.overlay = Some(refused);
             sources.refused = None;
@@ -122,9 +130,30 @@ impl ConfigApplier {
         };
         let applied = self.settle(self.apply_composed(composed).await);
         if applied.is_ok() {
+            self.set_registrations(&loaded);
             sources.file = loaded;
         }
         applied
+    }
+
+    fn set_registrations(&self, loaded: &LoadedConfig) {
+        self.0.registrations.send_if_modified(|running| {
+            let changed = *running != loaded.config.register;
+            if changed {
+                running.clone_from(&loaded.config.register);
+            }
+            changed
+        });
+    }
+
+    /// The services this proxy registers (the file's `register:`), as edits change them.
+    pub fn follow_registrations(&self) -> watch::Receiver<Vec<ServiceRegistration>> {
+        self.0.registrations.subscribe()
+    }
+
+    /// The registry's instances this proxy knows, for its discovering clusters.
+    pub fn discovery(&self) -> Arc<Discovery> {
+        Arc::clone(&self.0.state.discovery)
     }
 
     /// Applies a control service's overlay over the file's config, the same way.
@@ -207,7 +236,7 @@ impl ConfigApplier {
             });
         }
         let fresh = self.listener_set().bind_new(&snapshot)?;
-        start_new_clusters(&snapshot, Some(&running)).await;
+        start_new_clusters(&snapshot, Some(&running), &self.0.state.discovery).await;
 
         let snapshot = Arc::new(snapshot);
         self.0.state.publish(Arc::clone(&snapshot));
@@ -233,16 +262,36 @@ impl ConfigApplier {
     }
 }
 
-/// Resolves the host names of clusters `snapshot` has and `running` has not, and starts their
-/// DNS and health-check loops (which end by themselves when the cluster is dropped).
-pub(super) async fn start_new_clusters(snapshot: &Snapshot, running: Option<&Snapshot>) {
+/// Resolves the host names of clusters `snapshot` has and `running` has not, hands those that
+/// name a registry service to discovery (waiting briefly for a first answer of a service
+/// no cluster followed before), and starts their DNS and health-check loops (which end by
+/// themselves when the cluster is dropped).
+pub(super) async fn start_new_clusters(
+    snapshot: &Snapshot,
+    running: Option<&Snapshot>,
+    discovery: &Discovery,
+) {
     let is_new = |cluster: &Arc<Cluster>| {
         running.is_none_or(|running| !running.clusters.iter().any(|c| Arc::ptr_eq(c, cluster)))
     };
+    let mut unheard = Vec::new();
     for cluster in snapshot.clusters.iter().filter(|c| is_new(c)) {
         if cluster.has_host_names() {
             cluster.refresh_dns().await;
         }
+        if let Some(service) = cluster.discovered_service() {
+            if discovery.instances(service).is_none() {
+                unheard.push(service.to_owned());
+            }
+            discovery.attach(cluster);
+        }
         spawn_cluster_tasks(cluster);
     }
+    discovery
+        .wait_for_answers(&unheard, FIRST_ANSWER_LIMIT)
+        .await;
 }
+
+/// How long a config change that adds a cluster of a new service waits for its instances
+/// before it is published anyway (the cluster then fills in when they come).
+const FIRST_ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -47,7 +47,8 @@ impl RunningProxy {
     pub async fn start(loaded: &LoadedConfig) -> Result<Self, StartError> {
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(loaded, 1, &metrics, None)?;
-        start_new_clusters(&snapshot, None).await;
+        let discovery = crate::discovery::Discovery::new();
+        start_new_clusters(&snapshot, None, &discovery).await;
 
         // Bind everything before starting anything: a taken port must leave nothing running.
         let worker_count = snapshot.workers;
@@ -66,7 +67,7 @@ impl RunningProxy {
         };
 
         let admin_configured = snapshot.admin_address;
-        let state = ProxyState::new(snapshot, metrics);
+        let state = ProxyState::new(snapshot, metrics, discovery);
         let (drain, drain_watch) = drain_channel();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let mut workers = Vec::with_capacity(worker_count);

@@ -9,12 +9,15 @@ use tokio::sync::watch;
 
 use crate::admin::Metrics;
 use crate::config::Snapshot;
+use crate::discovery::Discovery;
 
 pub struct ProxyState {
     snapshot: ArcSwap<Snapshot>,
     /// The published snapshot's version; workers follow it to retire old VMs and warm new ones.
     published: watch::Sender<u64>,
     pub metrics: Arc<Metrics>,
+    /// The registry's instances, for clusters that discover their endpoints.
+    pub discovery: Arc<Discovery>,
     listeners_bound: AtomicBool,
     draining: AtomicBool,
 }
@@ -31,12 +34,13 @@ pub enum NotReady {
 // === impl ProxyState ===
 
 impl ProxyState {
-    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, discovery: Arc<Discovery>) -> Arc<Self> {
         metrics.set_config_version(snapshot.version);
         Arc::new(Self {
             published: watch::channel(snapshot.version).0,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
+            discovery,
             listeners_bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })

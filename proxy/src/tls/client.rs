@@ -22,6 +22,17 @@ pub struct ClientTls {
     /// What the setting is made of (see [`fingerprint`]): pooled connections are kept apart
     /// by it.
     id: u64,
+    /// Mesh mTLS: what it takes to verify one exact identity, for discovered endpoints.
+    mesh: Option<MeshClient>,
+}
+
+/// A mesh cluster's TLS, and a connector per identity its discovered endpoints registered
+/// with (a service has a handful), made on first use.
+struct MeshClient {
+    identity: Arc<MeshIdentity>,
+    peers: Vec<String>,
+    alpn: Vec<Vec<u8>>,
+    by_identity: std::sync::Mutex<std::collections::HashMap<Arc<str>, TlsConnector>>,
 }
 
 /// A [`ClientTls::id`]: the same for the same settings, files and mesh identity, so pooled
@@ -122,6 +133,7 @@ impl ClientTls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
             id,
+            mesh: None,
         })
     }
 
@@ -147,20 +159,22 @@ impl ClientTls {
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| problem("server_name", format!("{name:?}: {e}")))?;
         let verifier = SpiffeServerVerifier::new(identity, tls.peers.clone());
-        let mut config = ClientConfig::builder_with_provider(identity.provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| problem("mesh", e))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_cert_resolver(Arc::new(CurrentCertificate(Arc::clone(identity))));
-        config.alpn_protocols = alpn(cluster);
+        let protocols = alpn(cluster);
+        let connector = mesh_connector(identity, verifier, protocols.clone())
+            .map_err(|e| problem("mesh", e))?;
         // The identity renews its certificate in place; a new identity is a new setting.
         let identity_address = (Arc::as_ptr(identity) as usize).to_le_bytes();
-        let id = fingerprint(tls, &name, &config.alpn_protocols, &[&identity_address]);
+        let id = fingerprint(tls, &name, &protocols, &[&identity_address]);
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector,
             server_name,
             id,
+            mesh: Some(MeshClient {
+                identity: Arc::clone(identity),
+                peers: tls.peers.clone(),
+                alpn: protocols,
+                by_identity: std::sync::Mutex::default(),
+            }),
         })
     }
 
@@ -169,12 +183,54 @@ impl ClientTls {
         self.id
     }
 
-    /// The client side of a handshake on a fresh connection to an endpoint.
-    pub async fn connect(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
-        self.connector
-            .connect(self.server_name.clone(), stream)
-            .await
+    /// The client side of a handshake on a fresh connection to an endpoint. With mesh mTLS,
+    /// an endpoint that carries the identity that registered it must show exactly that one.
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+        identity: Option<&Arc<str>>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let connector = match (&self.mesh, identity) {
+            (Some(mesh), Some(identity)) => mesh.connector_for(identity)?,
+            _ => self.connector.clone(),
+        };
+        connector.connect(self.server_name.clone(), stream).await
     }
+}
+
+// === impl MeshClient ===
+
+impl MeshClient {
+    fn connector_for(&self, required: &Arc<str>) -> std::io::Result<TlsConnector> {
+        let mut by_identity = self
+            .by_identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(connector) = by_identity.get(required) {
+            return Ok(connector.clone());
+        }
+        let verifier = SpiffeServerVerifier::new(&self.identity, self.peers.clone())
+            .requiring(Arc::clone(required));
+        let connector = mesh_connector(&self.identity, verifier, self.alpn.clone())
+            .map_err(std::io::Error::other)?;
+        by_identity.insert(Arc::clone(required), connector.clone());
+        Ok(connector)
+    }
+}
+
+/// A connector that shows the workload certificate and verifies peers with `verifier`.
+fn mesh_connector(
+    identity: &Arc<MeshIdentity>,
+    verifier: SpiffeServerVerifier,
+    alpn: Vec<Vec<u8>>,
+) -> Result<TlsConnector, rustls::Error> {
+    let mut config = ClientConfig::builder_with_provider(identity.provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(CurrentCertificate(Arc::clone(identity))));
+    config.alpn_protocols = alpn;
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 fn alpn(cluster: &ClusterConfig) -> Vec<Vec<u8>> {

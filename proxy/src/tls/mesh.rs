@@ -192,6 +192,8 @@ pub struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
     peers: Vec<String>,
+    /// A discovered endpoint's: the identity that registered it, and no other.
+    required: Option<Arc<str>>,
 }
 
 impl SpiffeServerVerifier {
@@ -200,15 +202,23 @@ impl SpiffeServerVerifier {
             roots: identity.roots(),
             provider: identity.provider(),
             peers,
+            required: None,
         }
     }
 
+    /// Also requires exactly `spiffe_id`: the identity that registered a discovered endpoint.
+    pub fn requiring(mut self, spiffe_id: Arc<str>) -> Self {
+        self.required = Some(spiffe_id);
+        self
+    }
+
     fn allows(&self, spiffe_id: &str) -> bool {
-        self.peers.is_empty()
+        let listed = self.peers.is_empty()
             || self.peers.iter().any(|peer| match peer.strip_suffix('*') {
                 Some(prefix) => spiffe_id.starts_with(prefix),
                 None => spiffe_id == peer,
-            })
+            });
+        listed && self.required.as_deref().is_none_or(|r| r == spiffe_id)
     }
 }
 

@@ -10,10 +10,12 @@ use arc_swap::ArcSwap;
 use tokio::time::Instant;
 
 use super::endpoint::{Endpoint, EndpointStats, OutlierPolicy};
+use super::endpoint_set::EndpointSet;
 use super::lb::LoadBalancer;
+use super::ring::stable_hash;
 use super::target::EndpointTarget;
 use crate::admin::Metrics;
-use crate::config::{ClusterConfig, UpstreamProtocol};
+use crate::config::{ClusterConfig, HashOn, LbPolicy, UpstreamProtocol};
 
 /// Active health checking, with defaults filled in.
 #[derive(Debug, Clone)]
@@ -37,6 +39,31 @@ pub struct ClusterSettings {
     pub health_check: Option<HealthCheckSettings>,
 }
 
+/// An instance of a registry service, as the control service sent it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveredInstance {
+    pub addr: SocketAddr,
+    pub identity: Option<Arc<str>>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What an endpoint is made from.
+struct EndpointSpec {
+    addr: SocketAddr,
+    identity: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
+}
+
+impl EndpointSpec {
+    fn plain(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+            zone: None,
+        }
+    }
+}
+
 pub struct Cluster {
     pub name: String,
     /// The config it was built from: a new snapshot with the same config keeps this cluster
@@ -44,8 +71,10 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub settings: ClusterSettings,
     targets: Vec<EndpointTarget>,
-    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    endpoints: ArcSwap<EndpointSet>,
     balancer: LoadBalancer,
+    /// This proxy's zone: endpoints in it are preferred.
+    pub local_zone: Option<Arc<str>>,
     /// Ejection deadlines are kept as milliseconds since this instant, so they fit an atomic
     /// and follow tokio's clock (which tests can pause).
     epoch: Instant,
@@ -93,7 +122,11 @@ impl ClusterSettings {
 impl Cluster {
     /// Builds the cluster with its literal IP endpoints; host names join after
     /// [`Cluster::refresh_dns`].
-    pub fn new(config: &ClusterConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        config: &ClusterConfig,
+        metrics: Arc<Metrics>,
+        local_zone: Option<&str>,
+    ) -> Arc<Self> {
         let targets: Vec<EndpointTarget> = config
             .endpoints
             .iter()
@@ -104,8 +137,9 @@ impl Cluster {
             config: config.clone(),
             settings: ClusterSettings::from_config(config),
             targets,
-            endpoints: ArcSwap::from_pointee(Vec::new()),
+            endpoints: ArcSwap::from_pointee(EndpointSet::empty()),
             balancer: LoadBalancer::new(config.lb_policy),
+            local_zone: local_zone.map(Arc::from),
             epoch: Instant::now(),
             metrics,
             tls: arc_swap::ArcSwapOption::empty(),
@@ -118,8 +152,48 @@ impl Cluster {
                 EndpointTarget::Host { .. } => None,
             })
             .collect();
+        let literal: Vec<EndpointSpec> = literal.into_iter().map(EndpointSpec::plain).collect();
         cluster.replace_endpoints(&literal);
         cluster
+    }
+
+    /// The registry service this cluster discovers its endpoints from, if any.
+    pub fn discovered_service(&self) -> Option<&str> {
+        self.config.service.as_deref()
+    }
+
+    /// Takes the instances of its service that match its `subset` as its endpoints.
+    /// Endpoints that stay keep their health, ejections and in-flight counts.
+    pub fn set_discovered(&self, instances: &[DiscoveredInstance]) {
+        let subset = self.config.subset.as_ref();
+        let mut specs: Vec<EndpointSpec> = instances
+            .iter()
+            .filter(|instance| {
+                subset.is_none_or(|subset| {
+                    subset
+                        .iter()
+                        .all(|(key, value)| instance.labels.get(key) == Some(value))
+                })
+            })
+            .map(|instance| EndpointSpec {
+                addr: instance.addr,
+                identity: instance.identity.clone(),
+                zone: instance.labels.get("zone").map(|z| Arc::from(z.as_str())),
+            })
+            .collect();
+        specs.sort_by_key(|spec| spec.addr);
+        let current = self.endpoints();
+        let unchanged = specs.len() == current.len()
+            && specs.iter().zip(current.iter()).all(|(spec, endpoint)| {
+                spec.addr == endpoint.addr
+                    && spec.identity == endpoint.identity
+                    && spec.zone == endpoint.zone
+            });
+        if !unchanged {
+            let addresses: Vec<SocketAddr> = specs.iter().map(|s| s.addr).collect();
+            tracing::info!(cluster = %self.name, service = ?self.config.service, endpoints = ?addresses, "discovered endpoints changed");
+            self.replace_endpoints(&specs);
+        }
     }
 
     /// TLS to the endpoints, if the cluster speaks it.
@@ -136,21 +210,47 @@ impl Cluster {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
         self.endpoints.load_full()
     }
 
-    /// Picks an endpoint for one request; `None` when no endpoint is available.
+    /// Picks an endpoint for a connection or call with no request to hash; `None` when no
+    /// endpoint is available.
     pub fn pick(&self) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.load();
-        self.balancer.pick(&endpoints, self.now_ms())
+        self.balancer.pick(&endpoints, self.now_ms(), None)
     }
 
-    /// An endpoint for another attempt of a request that tried `avoid` already.
-    pub fn pick_avoiding(&self, avoid: &[std::net::SocketAddr]) -> Option<Arc<Endpoint>> {
+    /// An endpoint for an attempt of a request (hashed to `key` for `ring_hash`) that tried
+    /// `avoid` already.
+    pub fn pick_avoiding(
+        &self,
+        avoid: &[std::net::SocketAddr],
+        key: Option<u64>,
+    ) -> Option<Arc<Endpoint>> {
         let endpoints = self.endpoints.load();
         self.balancer
-            .pick_avoiding(&endpoints, self.now_ms(), avoid)
+            .pick_avoiding(&endpoints, self.now_ms(), avoid, key)
+    }
+
+    /// Whether its balancer wants each response's latency (`ewma`).
+    pub fn tracks_latency(&self) -> bool {
+        self.config.lb_policy == LbPolicy::Ewma
+    }
+
+    /// What a `ring_hash` cluster hashes of a request; `None` for other policies, and for a
+    /// request without the header or cookie.
+    pub fn hash_key(&self, headers: &http::HeaderMap, client: SocketAddr) -> Option<u64> {
+        if self.config.lb_policy != LbPolicy::RingHash {
+            return None;
+        }
+        match self.config.hash_on.as_ref().unwrap_or(&HashOn::SourceIp) {
+            HashOn::SourceIp => Some(stable_hash(&client.ip())),
+            HashOn::Header(name) => headers
+                .get(name.as_str())
+                .map(|value| stable_hash(&value.as_bytes())),
+            HashOn::Cookie(name) => cookie(headers, name).map(|value| stable_hash(&value)),
+        }
     }
 
     pub fn has_host_names(&self) -> bool {
@@ -185,26 +285,41 @@ impl Cluster {
                 .all(|(a, e)| *a == e.addr);
         if !unchanged {
             tracing::info!(cluster = %self.name, endpoints = ?addresses, "cluster endpoints changed");
-            self.replace_endpoints(&addresses);
+            let specs: Vec<EndpointSpec> = addresses.into_iter().map(EndpointSpec::plain).collect();
+            self.replace_endpoints(&specs);
         }
     }
 
-    /// Swaps in a new endpoint set, keeping the state (health, in-flight counts) of addresses
-    /// that stay.
-    fn replace_endpoints(&self, addresses: &[SocketAddr]) {
+    /// Swaps in a new endpoint set, keeping the state (health, in-flight counts) of endpoints
+    /// that stay: same address, and for discovered ones the same identity and zone.
+    fn replace_endpoints(&self, specs: &[EndpointSpec]) {
         let current = self.endpoints();
         let known: HashMap<SocketAddr, &Arc<Endpoint>> =
             current.iter().map(|e| (e.addr, e)).collect();
-        let mut next: Vec<Arc<Endpoint>> = addresses
+        let mut next: Vec<Arc<Endpoint>> = specs
             .iter()
-            .map(|address| match known.get(address) {
-                Some(existing) => Arc::clone(existing),
-                None => Arc::new(Endpoint::new(*address, self.endpoint_stats(address))),
+            .map(|spec| match known.get(&spec.addr) {
+                Some(existing)
+                    if existing.identity == spec.identity && existing.zone == spec.zone =>
+                {
+                    Arc::clone(existing)
+                }
+                _ => Arc::new(Endpoint::discovered(
+                    spec.addr,
+                    spec.identity.clone(),
+                    spec.zone.clone(),
+                    self.endpoint_stats(&spec.addr),
+                )),
             })
             .collect();
         next.sort_by_key(|e| e.addr);
         next.dedup_by_key(|e| e.addr);
-        for gone in current.iter().filter(|e| !addresses.contains(&e.addr)) {
+        let with_ring = self.config.lb_policy == LbPolicy::RingHash;
+        let next = EndpointSet::new(next, self.local_zone.as_deref(), with_ring);
+        for gone in current
+            .iter()
+            .filter(|e| !specs.iter().any(|s| s.addr == e.addr))
+        {
             self.metrics
                 .forget_endpoint(&self.name, &gone.addr.to_string());
         }
@@ -218,5 +333,33 @@ impl Cluster {
 
     pub fn record_connect_failure(&self, endpoint: &Endpoint) {
         endpoint.record_connect_failure(&self.settings.outlier, self.now_ms());
+    }
+}
+
+/// The value of cookie `name` in the request's `cookie` headers.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let (key, value) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (key == name.as_bytes()).then(|| &value[1..])
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others_and_in_any_header() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(http::header::COOKIE, "a=1; session=abc".parse().unwrap());
+        headers.append(http::header::COOKIE, "b=2".parse().unwrap());
+        assert_eq!(cookie(&headers, "session"), Some(&b"abc"[..]));
+        assert_eq!(cookie(&headers, "b"), Some(&b"2"[..]));
+        assert_eq!(cookie(&headers, "sess"), None);
     }
 }

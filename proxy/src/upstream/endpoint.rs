@@ -27,11 +27,17 @@ pub struct EndpointStats {
 
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// The SPIFFE ID that registered a discovered endpoint: mesh mTLS requires exactly it.
+    pub identity: Option<Arc<str>>,
+    /// The `zone` label of a discovered endpoint, for zone-aware balancing.
+    pub zone: Option<Arc<str>>,
     active_healthy: AtomicBool,
     consecutive_connect_failures: AtomicU32,
     /// Milliseconds on the cluster's clock until which the endpoint is ejected; 0 = never.
     ejected_until_ms: AtomicU64,
     active_requests: AtomicUsize,
+    /// Response latency, for `ewma` balancing.
+    latency: super::ewma::PeakEwma,
     stats: EndpointStats,
 }
 
@@ -42,15 +48,38 @@ pub struct ActiveRequest(Arc<Endpoint>);
 
 impl Endpoint {
     pub fn new(addr: SocketAddr, stats: EndpointStats) -> Self {
+        Self::discovered(addr, None, None, stats)
+    }
+
+    /// An endpoint from the mesh registry, with the identity that registered it.
+    pub fn discovered(
+        addr: SocketAddr,
+        identity: Option<Arc<str>>,
+        zone: Option<Arc<str>>,
+        stats: EndpointStats,
+    ) -> Self {
         stats.healthy.set(1);
         Self {
             addr,
+            identity,
+            zone,
             active_healthy: AtomicBool::new(true),
             consecutive_connect_failures: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
             active_requests: AtomicUsize::new(0),
+            latency: super::ewma::PeakEwma::default(),
             stats,
         }
+    }
+
+    /// Records how long a response took to arrive (its headers), for `ewma` balancing.
+    pub fn observe_latency(&self, latency: Duration, now_ms: u64) {
+        self.latency.observe(latency, now_ms);
+    }
+
+    /// What `ewma` balancing minimizes: expected latency times the requests waiting for it.
+    pub fn ewma_cost(&self) -> f64 {
+        self.latency.estimate() * (self.in_flight() as f64 + 1.0)
     }
 
     /// May receive traffic: passes active health checks and is not ejected.

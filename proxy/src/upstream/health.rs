@@ -52,13 +52,13 @@ async fn health_check_loop(weak: Weak<Cluster>, settings: HealthCheckSettings) {
         let probes: Vec<_> = endpoints
             .iter()
             .map(|endpoint| {
-                let (addr, cluster_name, settings, tls) = (
-                    endpoint.addr,
+                let (endpoint, cluster_name, settings, tls) = (
+                    Arc::clone(endpoint),
                     cluster.name.clone(),
                     settings.clone(),
                     cluster.tls(),
                 );
-                tokio::spawn(async move { probe(addr, &cluster_name, &settings, tls).await })
+                tokio::spawn(async move { probe(&endpoint, &cluster_name, &settings, tls).await })
             })
             .collect();
         for (endpoint, probe) in endpoints.iter().zip(probes) {
@@ -112,20 +112,20 @@ fn apply_outcome(
 /// One `GET <path>` on a fresh connection (TLS when the cluster speaks it); any 2xx within
 /// the timeout passes.
 async fn probe(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     cluster: &str,
     settings: &HealthCheckSettings,
     tls: Option<Arc<crate::tls::ClientTls>>,
 ) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(addr)
+        let stream = TcpStream::connect(endpoint.addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let Some(tls) = tls else {
             return get_over(stream, false, cluster, settings).await;
         };
         let stream = tls
-            .connect(stream)
+            .connect(stream, endpoint.identity.as_ref())
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");

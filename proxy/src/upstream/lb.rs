@@ -1,12 +1,15 @@
 //! Load balancers: choose one available endpoint of a cluster for a request.
 //!
-//! They never allocate: they scan the endpoint slice in place, skipping endpoints that are
-//! unhealthy or ejected, so an unhealthy endpoint gets no traffic while a healthy one exists.
+//! They scan the endpoint slice in place, skipping endpoints that are unhealthy or ejected,
+//! so an unhealthy endpoint gets no traffic while a healthy one exists. When the proxy has a
+//! zone, endpoints in it are chosen among first, and the others only when none of them is
+//! available (ring hash excepted: affinity comes first there).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::endpoint::Endpoint;
+use super::endpoint_set::EndpointSet;
 use crate::config::LbPolicy;
 
 pub struct LoadBalancer {
@@ -25,17 +28,42 @@ impl LoadBalancer {
         }
     }
 
-    pub fn pick(&self, endpoints: &[Arc<Endpoint>], now_ms: u64) -> Option<Arc<Endpoint>> {
-        if endpoints.is_empty() {
+    /// One endpoint for a request whose hash key (for `ring_hash`) is `key`.
+    pub fn pick(&self, set: &EndpointSet, now_ms: u64, key: Option<u64>) -> Option<Arc<Endpoint>> {
+        if set.is_empty() {
             return None;
         }
+        if let (Some(ring), Some(key)) = (set.ring(), key) {
+            return ring
+                .walk(key)
+                .map(|index| &set[index])
+                .find(|endpoint| endpoint.is_available(now_ms))
+                .cloned();
+        }
+        self.pick_among(set.preferred(now_ms), now_ms)
+    }
+
+    fn pick_among(&self, endpoints: &[Arc<Endpoint>], now_ms: u64) -> Option<Arc<Endpoint>> {
         match self.policy {
             LbPolicy::RoundRobin => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
                 first_available(endpoints, start, now_ms)
             }
-            LbPolicy::Random => {
+            // A ring hash request without a key is spread at random, as in Envoy.
+            LbPolicy::Random | LbPolicy::RingHash => {
                 first_available(endpoints, fastrand::usize(..endpoints.len()), now_ms)
+            }
+            LbPolicy::Ewma => {
+                let first = first_available(endpoints, fastrand::usize(..endpoints.len()), now_ms)?;
+                let second =
+                    first_available(endpoints, fastrand::usize(..endpoints.len()), now_ms)?;
+                // Power of two choices on latency times load: a slow endpoint gets a
+                // share that shrinks with how slow it is, not nothing.
+                Some(if second.ewma_cost() < first.ewma_cost() {
+                    second
+                } else {
+                    first
+                })
             }
             LbPolicy::LeastRequest => {
                 let first = first_available(endpoints, fastrand::usize(..endpoints.len()), now_ms)?;
@@ -56,16 +84,32 @@ impl LoadBalancer {
     /// other is available, as Envoy's `previous_hosts` retry predicate does.
     pub fn pick_avoiding(
         &self,
-        endpoints: &[Arc<Endpoint>],
+        set: &EndpointSet,
         now_ms: u64,
         avoid: &[std::net::SocketAddr],
+        key: Option<u64>,
     ) -> Option<Arc<Endpoint>> {
-        let picked = self.pick(endpoints, now_ms)?;
+        let picked = self.pick(set, now_ms, key)?;
         if !avoid.contains(&picked.addr) {
             return Some(picked);
         }
+        if let (Some(ring), Some(key)) = (set.ring(), key) {
+            // The next owner around the ring, so a retried key still lands predictably.
+            return ring
+                .walk(key)
+                .map(|index| &set[index])
+                .find(|e| e.is_available(now_ms) && !avoid.contains(&e.addr))
+                .cloned()
+                .or(Some(picked));
+        }
+        let endpoints = set.preferred(now_ms);
         first_matching(endpoints, fastrand::usize(..endpoints.len()), |endpoint| {
             endpoint.is_available(now_ms) && !avoid.contains(&endpoint.addr)
+        })
+        .or_else(|| {
+            first_matching(set, fastrand::usize(..set.len()), |endpoint| {
+                endpoint.is_available(now_ms) && !avoid.contains(&endpoint.addr)
+            })
         })
         .or(Some(picked))
     }
@@ -100,16 +144,31 @@ mod tests {
     use super::*;
     use crate::upstream::endpoint::tests::test_stats;
 
-    fn endpoints(count: u16) -> Vec<Arc<Endpoint>> {
-        (1..=count)
-            .map(|port| Arc::new(Endpoint::new(([127, 0, 0, 1], port).into(), test_stats())))
-            .collect()
+    fn endpoints(count: u16) -> EndpointSet {
+        zoned(&vec![None; usize::from(count)], None, false)
     }
 
-    fn spread(lb: &LoadBalancer, endpoints: &[Arc<Endpoint>], picks: usize) -> HashMap<u16, usize> {
+    /// Endpoints on ports 1, 2, … in the given zones, for a proxy in `local`.
+    fn zoned(zones: &[Option<&str>], local: Option<&str>, ring: bool) -> EndpointSet {
+        let all = zones
+            .iter()
+            .zip(1u16..)
+            .map(|(zone, port)| {
+                Arc::new(Endpoint::discovered(
+                    ([127, 0, 0, 1], port).into(),
+                    None,
+                    zone.map(Arc::from),
+                    test_stats(),
+                ))
+            })
+            .collect();
+        EndpointSet::new(all, local, ring)
+    }
+
+    fn spread(lb: &LoadBalancer, endpoints: &EndpointSet, picks: usize) -> HashMap<u16, usize> {
         let mut seen = HashMap::new();
         for _ in 0..picks {
-            let chosen = lb.pick(endpoints, 0).expect("an endpoint");
+            let chosen = lb.pick(endpoints, 0, None).expect("an endpoint");
             *seen.entry(chosen.addr.port()).or_default() += 1;
         }
         seen
@@ -131,6 +190,7 @@ mod tests {
             LbPolicy::RoundRobin,
             LbPolicy::Random,
             LbPolicy::LeastRequest,
+            LbPolicy::Ewma,
         ] {
             let seen = spread(&LoadBalancer::new(policy), &eps, 200);
             assert_eq!(seen, HashMap::from([(2, 200)]), "{policy:?}");
@@ -138,7 +198,7 @@ mod tests {
         eps[1].set_actively_healthy(false, 0);
         assert!(
             LoadBalancer::new(LbPolicy::RoundRobin)
-                .pick(&eps, 0)
+                .pick(&eps, 0, None)
                 .is_none()
         );
     }
@@ -151,17 +211,20 @@ mod tests {
             LbPolicy::RoundRobin,
             LbPolicy::Random,
             LbPolicy::LeastRequest,
+            LbPolicy::Ewma,
         ] {
             let lb = LoadBalancer::new(policy);
             for _ in 0..50 {
-                let picked = lb.pick_avoiding(&eps, 0, &tried).expect("an endpoint");
+                let picked = lb
+                    .pick_avoiding(&eps, 0, &tried, None)
+                    .expect("an endpoint");
                 assert_eq!(picked.addr, eps[2].addr, "{policy:?}");
             }
         }
         // All tried: the balancer's choice stands rather than no endpoint at all.
         let all: Vec<_> = eps.iter().map(|e| e.addr).collect();
         let lb = LoadBalancer::new(LbPolicy::RoundRobin);
-        assert!(lb.pick_avoiding(&eps, 0, &all).is_some());
+        assert!(lb.pick_avoiding(&eps, 0, &all, None).is_some());
     }
 
     #[test]
@@ -180,5 +243,54 @@ mod tests {
         let busy = seen.get(&1).copied().unwrap_or(0);
         assert!(busy < 160, "busy endpoint picked {busy} of 400 times");
         assert!(seen[&2] > 240);
+    }
+
+    #[test]
+    fn ewma_prefers_the_fast_endpoint_but_keeps_trying_the_slow_one() {
+        let eps = endpoints(2);
+        eps[0].observe_latency(std::time::Duration::from_millis(200), 0);
+        eps[1].observe_latency(std::time::Duration::from_millis(2), 0);
+        let seen = spread(&LoadBalancer::new(LbPolicy::Ewma), &eps, 400);
+        // The slow one wins only when it is drawn twice: about a quarter of the time.
+        assert!(seen[&2] > 250, "{seen:?}");
+        assert!(seen.get(&1).copied().unwrap_or(0) > 50, "{seen:?}");
+    }
+
+    #[test]
+    fn the_local_zone_is_preferred_and_others_take_over_when_it_has_no_available_endpoint() {
+        let eps = zoned(&[Some("a"), Some("b"), Some("a"), None], Some("a"), false);
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin);
+        assert_eq!(spread(&lb, &eps, 100), HashMap::from([(1, 50), (3, 50)]));
+        eps[0].set_actively_healthy(false, 0);
+        assert_eq!(spread(&lb, &eps, 100), HashMap::from([(3, 100)]));
+        eps[2].set_actively_healthy(false, 0);
+        let spilled = spread(&lb, &eps, 100);
+        assert_eq!(
+            spilled
+                .keys()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>(),
+            [2, 4].into()
+        );
+        // A retry avoiding the only local endpoint goes to another zone.
+        let eps = zoned(&[Some("a"), Some("b")], Some("a"), false);
+        let picked = lb.pick_avoiding(&eps, 0, &[eps[0].addr], None).unwrap();
+        assert_eq!(picked.addr.port(), 2);
+    }
+
+    #[test]
+    fn ring_hash_sends_a_key_to_one_endpoint_and_the_next_one_when_it_is_down() {
+        let eps = zoned(&[None, None, None], None, true);
+        let lb = LoadBalancer::new(LbPolicy::RingHash);
+        let key = crate::upstream::ring::stable_hash(&"user-42");
+        let owner = lb.pick(&eps, 0, Some(key)).unwrap();
+        for _ in 0..20 {
+            assert_eq!(lb.pick(&eps, 0, Some(key)).unwrap().addr, owner.addr);
+        }
+        owner.set_actively_healthy(false, 0);
+        let next = lb.pick(&eps, 0, Some(key)).unwrap();
+        assert_ne!(next.addr, owner.addr);
+        owner.set_actively_healthy(true, 0);
+        assert_eq!(lb.pick(&eps, 0, Some(key)).unwrap().addr, owner.addr);
     }
 }

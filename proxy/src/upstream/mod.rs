@@ -2,13 +2,17 @@
 
 mod cluster;
 mod endpoint;
+mod endpoint_set;
+mod ewma;
 mod health;
 mod lb;
 mod pool;
+mod ring;
 mod target;
 
-pub use cluster::{Cluster, ClusterSettings, HealthCheckSettings};
+pub use cluster::{Cluster, ClusterSettings, DiscoveredInstance, HealthCheckSettings};
 pub use endpoint::{ActiveRequest, Endpoint, EndpointStats, OutlierPolicy};
+pub use endpoint_set::EndpointSet;
 pub use health::spawn_cluster_tasks;
 pub use pool::{ConnReturn, UpstreamError, UpstreamPools, UpstreamResponse};
 pub use target::EndpointTarget;

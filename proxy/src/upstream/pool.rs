@@ -92,9 +92,19 @@ struct PoolKey {
 
 impl PoolKey {
     fn of(endpoint: &Endpoint, tls: Option<&ClientTls>) -> Self {
+        // A connection verified for one registered identity never serves another.
+        let identity = |tls: &ClientTls| match &endpoint.identity {
+            Some(identity) => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::hash::DefaultHasher::new();
+                (tls.id(), identity).hash(&mut hasher);
+                hasher.finish().max(1)
+            }
+            None => tls.id(),
+        };
         Self {
             endpoint: endpoint.addr,
-            transport: tls.map_or(0, ClientTls::id),
+            transport: tls.map_or(0, identity),
         }
     }
 }
@@ -356,7 +366,8 @@ async fn connect_transport(
     let Some(tls) = tls else {
         return Ok(Transport::Plain(stream));
     };
-    match tokio::time::timeout(cluster.settings.connect_timeout, tls.connect(stream)).await {
+    let handshake = tls.connect(stream, endpoint.identity.as_ref());
+    match tokio::time::timeout(cluster.settings.connect_timeout, handshake).await {
         Ok(Ok(stream)) => Ok(Transport::Tls(Box::new(stream))),
         Ok(Err(source)) => {
             cluster.record_connect_failure(endpoint);

@@ -593,7 +593,7 @@ mod tests {
     fn a_send_after_the_half_close_goes_nowhere() {
         let config: crate::config::ClusterConfig =
             serde_yaml::from_str("{name: grpc, endpoints: [\"127.0.0.1:1\"]}").unwrap();
-        let cluster = Cluster::new(&config, crate::admin::Metrics::new());
+        let cluster = Cluster::new(&config, crate::admin::Metrics::new(), None);
         let (mut handle, mut pending) = open(6, cluster, Vec::new());
         handle.send(b"a", false);
         handle.send(b"b", true);

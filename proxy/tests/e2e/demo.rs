@@ -87,5 +87,51 @@ async fn the_demo_gateway_balances_and_runs_every_standard_filter() {
         metrics.contains(r#"name="requests_total;route=limited;cluster=hello;status_class=4xx",plugin="metrics"} 2"#),
         "{metrics}"
     );
+
+    // The third instance the demo suggests starting by hand registers, and gets traffic.
+    let extra = &mesh.extra_instance;
+    let control = format!("http://{}", mesh.control.address());
+    let mut third = SpawnedProxy::start_listening(
+        &extra.config,
+        &[
+            "--control",
+            &control,
+            "--join-token-file",
+            extra.join_token.to_str().unwrap(),
+            "--id",
+            "hello-3-sidecar",
+        ],
+        "inbound",
+    );
+    let answering = async || {
+        let mut names = std::collections::BTreeSet::new();
+        for _ in 0..9 {
+            let body = get(gateway, "/hello").await.body;
+            names.insert(
+                body.split_whitespace()
+                    .nth(2)
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+        names
+    };
+    let three: std::collections::BTreeSet<String> =
+        ["hello-1", "hello-2", "hello-3"].map(str::to_owned).into();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), async || answering()
+            .await
+            == three)
+        .await,
+        "{}",
+        third.log()
+    );
+    assert!(
+        third
+            .terminate(std::time::Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    assert!(!answering().await.contains("hello-3"));
     mesh.shutdown().await;
 }

@@ -275,6 +275,11 @@ fn the_configuration_reference_lists_every_field() {
     let probes = [
         ("## Top level", "bogus: 1".to_owned()),
         ("## Admin", "admin: { address: x, bogus: 1 }".to_owned()),
+        (
+            "## Registration",
+            "register: [{ service: a, address: x, bogus: 1 }]".to_owned(),
+        ),
+        ("## Locality", "locality: { bogus: 1 }".to_owned()),
         ("## Listener", listener("bogus: 1")),
         (
             "### SNI route",

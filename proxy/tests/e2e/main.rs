@@ -9,6 +9,7 @@ mod balancing;
 mod binary;
 mod control;
 mod demo;
+mod discovery;
 mod docs;
 mod extensions;
 mod failures;

@@ -15,6 +15,7 @@ async fn mesh_control(name: &str, cert_ttl: Duration) -> RunningControl {
         data_dir: temp_folder(name),
         token: None,
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
+        lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
         identity: IdentitySettings {
             trust_domain: "mesh.test".to_owned(),
             cert_ttl,
@@ -37,6 +38,7 @@ async fn identity(
     let token = admin
         .create_join_token(sluice_control::proto::CreateJoinTokenRequest {
             workload: workload.to_owned(),
+            services: Vec::new(),
         })
         .await
         .unwrap()

@@ -51,6 +51,12 @@ impl SpawnedProxy {
 
     /// The same with more arguments.
     pub fn start_with(config: &Path, arguments: &[&str]) -> Self {
+        Self::start_listening(config, arguments, "main")
+    }
+
+    /// The same, with `addr` the address of the listener named `listener`.
+    pub fn start_listening(config: &Path, arguments: &[&str], listener: &str) -> Self {
+        let marker = format!("listener={listener} address=");
         let mut child = sluice()
             .args(["proxy", "--config"])
             .arg(config)
@@ -66,7 +72,7 @@ impl SpawnedProxy {
             move || {
                 let mut listening = None;
                 for line in stderr.lines().map_while(Result::ok) {
-                    if let Some(address) = address_after(&line, "listener=main address=") {
+                    if let Some(address) = address_after(&line, &marker) {
                         listening = Some(address);
                     }
                     if line.contains("watching the config") {
@@ -103,6 +109,22 @@ impl SpawnedProxy {
     }
 }
 
+impl SpawnedProxy {
+    /// SIGTERM, then waits (at most `within`) for it to exit; its exit status.
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().ok()?;
+        let step = Duration::from_millis(20);
+        for _ in 0..=within.as_millis() / step.as_millis() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(step).await;
+        }
+        None
+    }
+}
+
 impl Drop for SpawnedProxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -118,9 +140,15 @@ pub struct SpawnedControl {
 
 impl SpawnedControl {
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, "127.0.0.1:0", &[])
+    }
+
+    /// On `listen`, with more arguments.
+    pub fn start_with(data_dir: &Path, listen: &str, arguments: &[&str]) -> Self {
         let mut child = sluice()
-            .args(["control", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["control", "--listen", listen, "--data-dir"])
             .arg(data_dir)
+            .args(arguments)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -135,6 +163,14 @@ impl SpawnedControl {
             .trim()
             .to_owned();
         Self { child, url }
+    }
+}
+
+impl SpawnedControl {
+    /// Ends it as a crash or a lost machine would: SIGKILL.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

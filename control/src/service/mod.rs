@@ -1,24 +1,33 @@
 //! The control service: validates and stores changes as versions, streams the current
 //! version to every subscribed proxy, and keeps what each proxy acknowledged for `status`.
+//! Subscriptions (`subscription.rs`) also hold registrations in the mesh registry, which
+//! `registry_calls.rs` serves.
+
+mod registry_calls;
+mod subscription;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::ca::MeshCa;
 use crate::overlay::{FilterAttachment, Overlay, describe, is_sha256};
 use crate::proto::control_server::Control;
 use crate::proto::edit::Edit as EditKind;
 use crate::proto::{
-    AckReply, AckRequest, ChangeReply, ChangeRequest, ConfigUpdate, GetModuleReply,
-    GetModuleRequest, ListVersionsReply, ListVersionsRequest, ProxyStatus, RollbackRequest,
-    StatusReply, StatusRequest, SubscribeRequest, UploadModuleReply, UploadModuleRequest,
-    VersionInfo,
+    AckReply, AckRequest, ChangeReply, ChangeRequest, DeregisterReply, DeregisterRequest,
+    DiscoverRequest, EndpointUpdate, GetModuleReply, GetModuleRequest, ListServicesReply,
+    ListServicesRequest, ListVersionsReply, ListVersionsRequest, RollbackRequest, StatusReply,
+    StatusRequest, SubscribeRequest, UploadModuleReply, UploadModuleRequest, VersionInfo,
 };
+use crate::registry::Registry;
 use crate::store::{Store, StoreError, VersionRecord};
+use crate::targets::Target;
+use crate::tokens::JoinTokens;
+use subscription::ProxyRecord;
 
 /// What the service cannot judge alone: whether a module compiles and accepts its
 /// configuration, and whether cluster and route entries are well-formed. The proxy crate
@@ -33,9 +42,6 @@ pub trait ChangeValidator: Send + Sync + 'static {
     fn validate_routes(&self, routes: &serde_json::Value) -> Result<(), String>;
 }
 
-/// How long `status` keeps a proxy that disconnected.
-const FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
-
 #[derive(Clone)]
 pub struct ControlService {
     shared: Arc<Shared>,
@@ -45,27 +51,41 @@ struct Shared {
     /// Held through validation, so changes apply one at a time on the version before them.
     store: tokio::sync::Mutex<Store>,
     validator: Arc<dyn ChangeValidator>,
-    /// The current version, as proxies receive it.
-    current: watch::Sender<Arc<ConfigUpdate>>,
+    /// The current version; each subscription sends its proxy's own view of it.
+    current: watch::Sender<Arc<Published>>,
     proxies: Mutex<BTreeMap<String, ProxyRecord>>,
     max_module_size: usize,
     /// Fired on shutdown: subscriptions end so the server can stop.
     stopping: watch::Sender<bool>,
+    registry: Arc<Registry>,
+    /// Join tokens name the identity a registration carries and what it may register.
+    tokens: Arc<Mutex<JoinTokens>>,
+    ca: Arc<MeshCa>,
 }
 
-struct ProxyRecord {
-    subscriptions: usize,
-    applied: u64,
-    rejected: u64,
-    reason: String,
-    seen: Instant,
+/// The current version as stored.
+struct Published {
+    version: u64,
+    overlay: Overlay,
+}
+
+/// What the service shares with the identity service: the CA and the join tokens.
+pub struct MeshAuthority {
+    pub ca: Arc<MeshCa>,
+    pub tokens: Arc<Mutex<JoinTokens>>,
 }
 
 // === impl ControlService ===
 
 impl ControlService {
-    pub fn new(store: Store, validator: Arc<dyn ChangeValidator>, max_module_size: usize) -> Self {
-        let current = update_of(store.current());
+    pub fn new(
+        store: Store,
+        validator: Arc<dyn ChangeValidator>,
+        max_module_size: usize,
+        registry: Arc<Registry>,
+        authority: MeshAuthority,
+    ) -> Self {
+        let current = published(store.current());
         Self {
             shared: Arc::new(Shared {
                 store: tokio::sync::Mutex::new(store),
@@ -74,6 +94,9 @@ impl ControlService {
                 proxies: Mutex::default(),
                 max_module_size,
                 stopping: watch::channel(false).0,
+                registry,
+                tokens: authority.tokens,
+                ca: authority.ca,
             }),
         }
     }
@@ -140,9 +163,14 @@ impl ControlService {
     fn publish(&self, record: &VersionRecord) {
         self.shared
             .current
-            .send_replace(Arc::new(update_of(Some(record))));
+            .send_replace(Arc::new(published(Some(record))));
         tracing::info!(version = record.version, description = %record.description, "new version");
     }
+}
+
+/// Parses a request's `to`: refused with the reason when it is not a target.
+fn target_of(text: &str) -> Result<Option<Target>, Status> {
+    Target::parse(text).map_err(Status::invalid_argument)
 }
 
 #[tonic::async_trait]
@@ -200,18 +228,30 @@ impl Control for ControlService {
         if request.edits.is_empty() {
             return Err(Status::invalid_argument("a change needs at least one edit"));
         }
+        let target = target_of(&request.to)?;
         let mut store = self.shared.store.lock().await;
         let current = store
             .current()
             .map(|v| v.overlay.clone())
             .unwrap_or_default();
-        let next = current
-            .edited(&request.edits)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let invalid = |e: crate::overlay::EditError| Status::invalid_argument(e.to_string());
+        let next = match &target {
+            None => current.edited(&request.edits).map_err(invalid)?,
+            Some(target) => {
+                let edited = current
+                    .for_target(target)
+                    .edited(&request.edits)
+                    .map_err(invalid)?;
+                current.with_target(target, edited)
+            }
+        };
         self.validate(&store, &request.edits).await?;
-        let description = match request.description {
-            text if text.is_empty() => describe(&request.edits),
-            text => text,
+        let description = match (request.description, &target) {
+            (text, None) if text.is_empty() => describe(&request.edits),
+            (text, Some(target)) if text.is_empty() => {
+                format!("{} (for {target})", describe(&request.edits))
+            }
+            (text, _) => text,
         };
         let record = store.append(next, description).map_err(internal)?;
         self.publish(&record);
@@ -224,18 +264,30 @@ impl Control for ControlService {
         &self,
         request: Request<RollbackRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
-        let to = request.into_inner().to_version;
+        let request = request.into_inner();
+        let (to, target) = (request.to_version, target_of(&request.to)?);
         let mut store = self.shared.store.lock().await;
-        let overlay = match to {
+        let then = match to {
             0 => Overlay::default(),
             _ => store
                 .version(to)
                 .map(|v| v.overlay.clone())
                 .ok_or_else(|| Status::not_found(format!("there is no version {to}")))?,
         };
-        let record = store
-            .append(overlay, format!("rollback to version {to}"))
-            .map_err(internal)?;
+        let (overlay, description) = match &target {
+            None => (then, format!("rollback to version {to}")),
+            Some(target) => {
+                let current = store
+                    .current()
+                    .map(|v| v.overlay.clone())
+                    .unwrap_or_default();
+                (
+                    current.with_target(target, then.for_target(target)),
+                    format!("rollback of the edits for {target} to version {to}"),
+                )
+            }
+        };
+        let record = store.append(overlay, description).map_err(internal)?;
         self.publish(&record);
         Ok(Response::new(ChangeReply {
             version: record.version,
@@ -264,111 +316,64 @@ impl Control for ControlService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        let current_version = self.shared.current.borrow().version;
-        let proxies = self
-            .proxies()
-            .iter()
-            .map(|(id, record)| ProxyStatus {
-                proxy_id: id.clone(),
-                connected: record.subscriptions > 0,
-                applied_version: record.applied,
-                rejected_version: record.rejected,
-                rejected_reason: record.reason.clone(),
-                seconds_since_seen: record.seen.elapsed().as_secs(),
-            })
-            .collect();
-        Ok(Response::new(StatusReply {
-            current_version,
-            proxies,
-        }))
+        Ok(Response::new(self.status_reply()))
     }
 
-    type SubscribeStream = ReceiverStream<Result<ConfigUpdate, Status>>;
+    type SubscribeStream = ReceiverStream<Result<crate::proto::ConfigUpdate, Status>>;
 
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
-        let id = request.proxy_id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("proxy_id is empty"));
-        }
-        {
-            let mut proxies = self.proxies();
-            // A proxy gone for an hour (its id usually dies with its process) leaves the list.
-            proxies.retain(|_, r| r.subscriptions > 0 || r.seen.elapsed() < FORGET_AFTER);
-            let record = proxies.entry(id.clone()).or_insert_with(|| ProxyRecord {
-                subscriptions: 0,
-                applied: 0,
-                rejected: 0,
-                reason: String::new(),
-                seen: Instant::now(),
-            });
-            record.subscriptions += 1;
-            record.applied = request.applied_version;
-            record.seen = Instant::now();
-        }
-        tracing::info!(proxy = %id, applied = request.applied_version, "proxy subscribed");
-
-        let (updates, stream) = mpsc::channel(4);
-        let (mut current, mut stopping) = (
-            self.shared.current.subscribe(),
-            self.shared.stopping.subscribe(),
-        );
-        let service = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let update = ConfigUpdate::clone(&current.borrow_and_update());
-                if updates.send(Ok(update)).await.is_err() {
-                    break;
-                }
-                tokio::select! {
-                    changed = current.changed() => if changed.is_err() { break },
-                    () = updates.closed() => break,
-                    _ = stopping.wait_for(|stop| *stop) => break,
-                }
-            }
-            if let Some(record) = service.proxies().get_mut(&id) {
-                record.subscriptions = record.subscriptions.saturating_sub(1);
-                record.seen = Instant::now();
-            }
-            tracing::info!(proxy = %id, "proxy subscription ended");
-        });
-        Ok(Response::new(ReceiverStream::new(stream)))
+        self.start_subscription(request.into_inner())
+            .map(Response::new)
     }
 
     async fn acknowledge(
         &self,
         request: Request<AckRequest>,
     ) -> Result<Response<AckReply>, Status> {
-        let ack = request.into_inner();
-        let mut proxies = self.proxies();
-        let record = proxies.get_mut(&ack.proxy_id).ok_or_else(|| {
-            Status::failed_precondition(format!("proxy {:?} never subscribed", ack.proxy_id))
-        })?;
-        record.seen = Instant::now();
-        if ack.applied {
-            record.applied = ack.version;
-            tracing::info!(proxy = %ack.proxy_id, version = ack.version, "proxy applied");
-        } else {
-            record.rejected = ack.version;
-            record.reason = ack.error.clone();
-            tracing::warn!(proxy = %ack.proxy_id, version = ack.version, error = %ack.error, "proxy rejected");
-        }
+        self.record_ack(request.into_inner())?;
         Ok(Response::new(AckReply {}))
+    }
+
+    async fn list_services(
+        &self,
+        request: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesReply>, Status> {
+        Ok(Response::new(
+            self.services_reply(&request.into_inner().service),
+        ))
+    }
+
+    type DiscoverStream = ReceiverStream<Result<EndpointUpdate, Status>>;
+
+    async fn discover(
+        &self,
+        request: Request<DiscoverRequest>,
+    ) -> Result<Response<Self::DiscoverStream>, Status> {
+        self.start_discovery(request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<DeregisterRequest>,
+    ) -> Result<Response<DeregisterReply>, Status> {
+        let removed = self.withdraw(request.into_inner()).await?;
+        Ok(Response::new(DeregisterReply { removed }))
     }
 }
 
-fn update_of(record: Option<&VersionRecord>) -> ConfigUpdate {
+fn published(record: Option<&VersionRecord>) -> Published {
     match record {
-        Some(record) => ConfigUpdate {
+        Some(record) => Published {
             version: record.version,
-            overlay_json: serde_json::to_string(&record.overlay).unwrap_or_default(),
+            overlay: record.overlay.clone(),
         },
-        None => ConfigUpdate {
+        None => Published {
             version: 0,
-            overlay_json: "{}".to_owned(),
+            overlay: Overlay::default(),
         },
     }
 }

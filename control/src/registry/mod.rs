@@ -1,0 +1,347 @@
+//! The mesh registry: which instances each service has. A workload's proxy registers the
+//! services it fronts over its subscription; callers ask for the instances of the services
+//! their clusters name (see `discover.rs`).
+//!
+//! Each proxy's instances are held by a lease. While the proxy's subscription is open the
+//! lease cannot run out; when it ends (the proxy died, or lost its way to this service) the
+//! instances stay for the lease TTL, so a passing disconnection removes nothing, and then go.
+//! A proxy about to drain deregisters at once.
+//!
+//! The registry is split along the seam a replicated store needs: [`view`] turns holders into
+//! per-service instance lists and tells watchers what changed, whoever keeps the leases. Here
+//! the leases are timers in this process (`leases.rs`); a store with leases of its own (etcd)
+//! keeps them there instead and feeds the same view from its watch.
+
+mod leases;
+mod view;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use view::RegistryView;
+pub use view::{Change, InstanceRecord};
+
+/// How long instances outlive their proxy's subscription, unless told otherwise.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How long a proxy's deregistration waits for every watcher to have sent the removal.
+const DEREGISTER_FAN_OUT_LIMIT: Duration = Duration::from_secs(2);
+
+/// One instance a proxy registers, as checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub service: String,
+    pub address: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistrationError {
+    #[error("registrations[{index}]: {reason}")]
+    Invalid { index: usize, reason: String },
+    #[error(
+        "registrations[{index}]: the join token of {workload} does not allow registering service {service:?} (it allows: {allowed})"
+    )]
+    NotAllowed {
+        index: usize,
+        workload: String,
+        service: String,
+        allowed: String,
+    },
+}
+
+pub struct Registry {
+    state: Mutex<RegistryView>,
+    changes: broadcast::Sender<Change>,
+    ttl: Duration,
+    started: Instant,
+    /// Each watcher's progress: the last change it has sent on (see [`Registry::deregister`]).
+    watchers: Mutex<Vec<watch::Receiver<u64>>>,
+    /// Woken when a lease starts running out, so the sweeper sleeps until the earliest one.
+    lease_started: tokio::sync::Notify,
+}
+
+/// Holds a proxy's instances while its subscription lasts; dropping it starts the lease.
+pub struct RegistrationGuard {
+    registry: Arc<Registry>,
+    proxy_id: String,
+}
+
+/// A watcher's handle on its progress: it reports each change it has dealt with.
+pub struct WatcherProgress(watch::Sender<u64>);
+
+// === impl Registry ===
+
+impl Registry {
+    /// A registry whose leases last `ttl` past a proxy's subscription. Starts the task that
+    /// ends lapsed leases; call inside a tokio runtime.
+    pub fn start(ttl: Duration) -> Arc<Self> {
+        let registry = Arc::new(Self {
+            state: Mutex::new(RegistryView::default()),
+            changes: broadcast::channel(1024).0,
+            ttl,
+            started: Instant::now(),
+            watchers: Mutex::default(),
+            lease_started: tokio::sync::Notify::new(),
+        });
+        tokio::spawn(leases::end_lapsed_leases(Arc::downgrade(&registry)));
+        registry
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// True for one lease TTL after the start: proxies that were registered with an earlier
+    /// run of this service are still coming back, so the registry is not complete yet.
+    pub fn settling(&self) -> bool {
+        self.started.elapsed() < self.ttl
+    }
+
+    /// When [`Registry::settling`] ends.
+    pub fn settled_at(&self) -> Instant {
+        self.started + self.ttl
+    }
+
+    fn view(&self) -> MutexGuard<'_, RegistryView> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers `instances` for `proxy_id` with `identity`, replacing what that proxy had.
+    /// The instances stay while the returned guard lives, and for the lease TTL after.
+    pub fn register(
+        self: &Arc<Self>,
+        proxy_id: &str,
+        identity: &str,
+        instances: Vec<Registration>,
+    ) -> RegistrationGuard {
+        let changed = self
+            .view()
+            .hold(proxy_id, identity, instances, self.settling());
+        self.announce(changed);
+        RegistrationGuard {
+            registry: Arc::clone(self),
+            proxy_id: proxy_id.to_owned(),
+        }
+    }
+
+    /// Withdraws every instance of `proxy_id` at once, if `identity` registered them. Returns
+    /// how many there were, once every watcher has sent the removal on (or after a bounded
+    /// wait for a stuck one).
+    pub async fn deregister(&self, proxy_id: &str, identity: &str) -> Result<usize, String> {
+        let (removed, changed) = {
+            let mut view = self.view();
+            match view.holder(proxy_id) {
+                None => return Ok(0),
+                Some(holder) if holder.identity != identity => {
+                    return Err(format!(
+                        "proxy {proxy_id:?} registered as {}, not {identity}",
+                        holder.identity
+                    ));
+                }
+                Some(_) => {}
+            }
+            let removed = view.holder(proxy_id).map_or(0, |h| h.instances.len());
+            (removed, view.release(proxy_id, self.settling()))
+        };
+        let Some(sequence) = self.announce(changed) else {
+            return Ok(removed);
+        };
+        let watchers: Vec<watch::Receiver<u64>> = {
+            let mut watchers = self
+                .watchers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            watchers.retain(|w| w.has_changed().is_ok());
+            watchers.clone()
+        };
+        let all_sent = async {
+            for mut watcher in watchers {
+                // A watcher that ended has nothing left to send.
+                let _ = watcher.wait_for(|sent| *sent >= sequence).await;
+            }
+        };
+        if tokio::time::timeout(DEREGISTER_FAN_OUT_LIMIT, all_sent)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                proxy = proxy_id,
+                "a watcher did not send the deregistration on within 2s"
+            );
+        }
+        Ok(removed)
+    }
+
+    /// Tells watchers about changed services; returns the sequence number of the last one.
+    fn announce(&self, changed: Vec<Change>) -> Option<u64> {
+        let last = changed.last().map(|c| c.sequence);
+        for change in changed {
+            tracing::debug!(service = %change.service, sequence = change.sequence, "registry changed");
+            // No receiver is fine: nobody watches that service yet.
+            let _ = self.changes.send(change);
+        }
+        last
+    }
+
+    /// Changes from now on, and a progress handle the watcher reports through.
+    pub fn watch(&self) -> (broadcast::Receiver<Change>, WatcherProgress) {
+        let receiver = self.changes.subscribe();
+        let sequence = self.view().sequence();
+        let (progress, watched) = watch::channel(sequence);
+        self.watchers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(watched);
+        (receiver, WatcherProgress(progress))
+    }
+
+    /// The number of the latest change.
+    pub fn sequence(&self) -> u64 {
+        self.view().sequence()
+    }
+
+    /// The instances of `service` now (empty if it has none).
+    pub fn instances(&self, service: &str) -> Arc<[InstanceRecord]> {
+        self.view().instances(service)
+    }
+
+    /// Addresses of `service` withdrawn while the registry settles (see `EndpointUpdate`).
+    pub fn withdrawn(&self, service: &str) -> Vec<SocketAddr> {
+        self.view().withdrawn(service)
+    }
+
+    /// Every service with its instances, by name.
+    pub fn services(&self) -> Vec<(String, Arc<[InstanceRecord]>)> {
+        self.view().services()
+    }
+
+    /// How long the lease of a disconnected proxy's instances still runs.
+    pub fn lease_left(&self, record: &InstanceRecord) -> Option<Duration> {
+        record
+            .lease_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+    }
+
+    /// Ends the leases that ran out by `now`; returns when the next one runs out.
+    fn end_lapsed(&self, now: Instant) -> Option<Instant> {
+        let (changed, next) = self.view().end_lapsed(now, self.settling());
+        self.announce(changed);
+        next
+    }
+}
+
+// === impl RegistrationGuard ===
+
+impl Drop for RegistrationGuard {
+    fn drop(&mut self) {
+        let lease_until = Instant::now() + self.registry.ttl;
+        self.registry.view().let_go(&self.proxy_id, lease_until);
+        self.registry.lease_started.notify_one();
+    }
+}
+
+// === impl WatcherProgress ===
+
+impl WatcherProgress {
+    /// The watcher has sent on every change up to `sequence`.
+    pub fn sent(&self, sequence: u64) {
+        self.0.send_if_modified(|sent| {
+            let newer = sequence > *sent;
+            if newer {
+                *sent = sequence;
+            }
+            newer
+        });
+    }
+}
+
+/// Service names: letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most
+/// 253 characters (a DNS name fits).
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a service name: letters, digits, '-', '_' and '.', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Label keys: as service names, and `/` for prefixed keys (`topology.kubernetes.io/zone`).
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let valid = !key.is_empty()
+        && key.len() <= 253
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not a label key: letters, digits, '-', '_', '.' and '/'"
+        ))
+    }
+}
+
+/// Checks what a proxy asks to register: names, addresses, and what its token allows.
+pub fn check_registrations(
+    requested: &[crate::proto::Registration],
+    grant: &crate::tokens::TokenGrant,
+) -> Result<Vec<Registration>, RegistrationError> {
+    let mut checked = Vec::with_capacity(requested.len());
+    for (index, registration) in requested.iter().enumerate() {
+        let invalid = |reason: String| RegistrationError::Invalid { index, reason };
+        check_service_name(&registration.service).map_err(invalid)?;
+        let address: SocketAddr = registration
+            .address
+            .parse()
+            .map_err(|_| invalid(format!("address {:?} is not IP:port", registration.address)))?;
+        if address.ip().is_unspecified() || address.port() == 0 {
+            return Err(invalid(format!(
+                "address {address}: callers need a concrete IP and port to reach the workload"
+            )));
+        }
+        for (key, value) in &registration.labels {
+            check_label_key(key).map_err(invalid)?;
+            if value.len() > 253 {
+                return Err(invalid(format!("label {key:?}: its value is too long")));
+            }
+        }
+        if !grant.allows_service(&registration.service) {
+            return Err(RegistrationError::NotAllowed {
+                index,
+                workload: grant.workload.clone(),
+                service: registration.service.clone(),
+                allowed: grant.services.as_deref().unwrap_or_default().join(", "),
+            });
+        }
+        checked.push(Registration {
+            service: registration.service.clone(),
+            address,
+            labels: registration
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        });
+    }
+    Ok(checked)
+}
+
+#[cfg(test)]
+mod tests;

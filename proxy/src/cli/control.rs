@@ -1,0 +1,117 @@
+//! `sluice control` (the control service, the mesh CA and registry) and `sluice join-token`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice::control::ProxyValidator;
+use sluice_control::{ControlSettings, RunningControl};
+
+use super::{Failure, control_token, control_url, parse_duration, wait_for_shutdown_signal};
+
+#[derive(clap::Args)]
+pub struct ControlArgs {
+    #[arg(long, default_value = "127.0.0.1:9990")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "sluice-control")]
+    data_dir: PathBuf,
+    /// Bearer token every client must send (required to listen beyond loopback); also
+    /// read from SLUICE_CONTROL_TOKEN.
+    #[arg(long)]
+    token: Option<String>,
+    /// Largest module accepted, in bytes.
+    #[arg(long, default_value_t = sluice_control::DEFAULT_MAX_MODULE_SIZE)]
+    max_module_size: usize,
+    /// The mesh's trust domain: workload identities are spiffe://<trust domain>/<workload>.
+    #[arg(long, default_value = "sluice.local")]
+    trust_domain: String,
+    /// How long the workload certificates it issues are valid (proxies renew them at two
+    /// thirds of that); at most 7 days.
+    #[arg(long, default_value = "1h", value_parser = parse_cert_ttl)]
+    cert_ttl: Duration,
+    /// How long registered instances outlive their proxy's subscription (a proxy that died
+    /// leaves its callers' endpoints after this); from 100ms to 1h.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+}
+
+#[derive(clap::Args)]
+pub struct JoinTokenArgs {
+    workload: String,
+    /// The services the workload may register (comma-separated) [any].
+    #[arg(long, value_delimiter = ',')]
+    services: Vec<String>,
+    #[arg(long)]
+    control: Option<String>,
+}
+
+pub async fn run(args: ControlArgs) -> Result<(), Failure> {
+    let settings = ControlSettings {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        token: control_token(args.token),
+        max_module_size: args.max_module_size,
+        identity: sluice_control::IdentitySettings {
+            trust_domain: args.trust_domain,
+            cert_ttl: args.cert_ttl,
+        },
+        lease_ttl: args.lease_ttl,
+    };
+    let control = RunningControl::start(settings, ProxyValidator::new())
+        .await
+        .map_err(|e| match e {
+            sluice_control::ControlError::Unguarded(_)
+            | sluice_control::ControlError::CertTtl(_)
+            | sluice_control::ControlError::LeaseTtl(_) => Failure::usage(e),
+            other => Failure::runtime(other),
+        })?;
+    println!("control service listening on http://{}", control.address());
+    wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
+    control.shutdown().await;
+    Ok(())
+}
+
+pub async fn join_token(args: JoinTokenArgs) -> Result<(), Failure> {
+    let url = control_url(args.control);
+    let mut client = sluice_control::connect_identity_admin(&url, control_token(None).as_deref())
+        .await
+        .map_err(Failure::runtime)?;
+    let services: Vec<String> = args
+        .services
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let request = sluice_control::proto::CreateJoinTokenRequest {
+        workload: args.workload,
+        services: services.clone(),
+    };
+    let created = client
+        .create_join_token(request)
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::InvalidArgument => Failure::usage(status.message()),
+            _ => Failure::runtime(format!("{url}: {}", status.message())),
+        })?
+        .into_inner();
+    let may_register = if services.is_empty() {
+        "any service".to_owned()
+    } else {
+        services.join(", ")
+    };
+    eprintln!(
+        "join token for {} (may register: {may_register}):",
+        created.spiffe_id
+    );
+    println!("{}", created.token);
+    Ok(())
+}
+
+/// `--cert-ttl`: a certificate renewed at two thirds of its life needs at least a minute of
+/// it, or the proxies would do little else.
+fn parse_cert_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < Duration::from_secs(60) {
+        return Err(format!("{text}: at least 1m"));
+    }
+    Ok(ttl)
+}

@@ -1,0 +1,432 @@
+//! Service discovery with the real binaries: a control service, app instances behind
+//! sidecars that register them, and a gateway whose cluster names the service.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Short, so a killed instance leaves within the test's patience.
+const LEASE_TTL: &str = "1s";
+
+/// A control service with a short lease TTL, its data in a fresh folder for `test`.
+fn start_control(test: &str) -> (PathBuf, SpawnedControl) {
+    let folder = temp_folder(test);
+    let control = SpawnedControl::start_with(
+        &folder.join("control"),
+        "127.0.0.1:0",
+        &["--lease-ttl", LEASE_TTL],
+    );
+    (folder, control)
+}
+
+/// A port free right now, for addresses a config must name before the proxy binds them.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `sluice join-token WORKLOAD [--services ...]`, written to a file in `folder`.
+fn join_token(control: &str, folder: &Path, workload: &str, services: &[&str]) -> PathBuf {
+    let mut command = sluice();
+    command.args(["join-token", workload, "--control", control]);
+    if !services.is_empty() {
+        command.args(["--services", &services.join(",")]);
+    }
+    let output = command.stderr(Stdio::null()).output().unwrap();
+    assert!(output.status.success(), "join-token failed");
+    let file = folder.join(format!("{}.token", workload.replace('/', "_")));
+    std::fs::write(&file, &output.stdout).unwrap();
+    file
+}
+
+/// `sluice services` against `control`.
+fn services(control: &str) -> String {
+    let output = sluice()
+        .args(["services", "--control", control])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A sidecar: listener `main` on `port` in front of `app`, registering `service` there.
+fn start_sidecar(
+    name: &str,
+    control: &str,
+    token: &Path,
+    port: u16,
+    app: SocketAddr,
+    service: &str,
+    labels: &str,
+) -> SpawnedProxy {
+    let config = write_config(
+        name,
+        &format!(
+            r#"
+admin: {{ address: "127.0.0.1:0" }}
+workers: 1
+register:
+  - {{ service: {service}, address: "127.0.0.1:{port}", labels: {{ {labels} }} }}
+listeners:
+  - name: main
+    address: 127.0.0.1:{port}
+    routes:
+      - match: {{ prefix: / }}
+        cluster: app
+clusters:
+  - name: app
+    endpoints: ["{app}"]
+"#
+        ),
+    );
+    SpawnedProxy::start_with(
+        &config,
+        &[
+            "--control",
+            control,
+            "--join-token-file",
+            token.to_str().unwrap(),
+            "--id",
+            name,
+        ],
+    )
+}
+
+/// A gateway whose cluster discovers `service`.
+fn start_gateway(name: &str, control: &str, cluster_extra: &str) -> SpawnedProxy {
+    let config = write_config(
+        name,
+        &format!(
+            r#"
+admin: {{ address: "127.0.0.1:0" }}
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    routes:
+      - match: {{ prefix: / }}
+        cluster: hello
+clusters:
+  - name: hello
+    service: hello
+{cluster_extra}
+"#
+        ),
+    );
+    SpawnedProxy::start_with(&config, &["--control", control, "--id", name])
+}
+
+/// The upstreams that answered `rounds` requests through `gateway`.
+async fn answering(gateway: SocketAddr, rounds: usize) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for _ in 0..rounds {
+        let reply = get(gateway, "/").await;
+        if reply.status == 200
+            && let Some(name) = reply.header("x-upstream")
+        {
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// Whether, within `within`, `rounds` requests through `gateway` reach exactly `expected`.
+async fn until_answering(gateway: SocketAddr, expected: &[&str], within: Duration) -> bool {
+    let expected = names(expected);
+    let rounds = expected.len() * 4;
+    eventually(within, async || {
+        answering(gateway, rounds).await == expected
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_follow_instances_as_they_register_leave_and_die() {
+    let (folder, control) = start_control("discovery-follow");
+    let token = join_token(&control.url, &folder, "ns/demo/sa/hello", &["hello"]);
+    let apps = [
+        TestUpstream::start("hello-1").await,
+        TestUpstream::start("hello-2").await,
+        TestUpstream::start("hello-3").await,
+    ];
+    let mut sidecars: Vec<SpawnedProxy> = apps
+        .iter()
+        .enumerate()
+        .map(|(i, app)| {
+            start_sidecar(
+                &format!("discovery-sidecar-{i}"),
+                &control.url,
+                &token,
+                free_port(),
+                app.addr,
+                "hello",
+                "version: v1",
+            )
+        })
+        .collect();
+    let gateway = start_gateway("discovery-gateway", &control.url, "");
+
+    let all = ["hello-1", "hello-2", "hello-3"];
+    assert!(
+        until_answering(gateway.addr, &all, Duration::from_secs(10)).await,
+        "the gateway spreads requests over the three instances:\n{}",
+        gateway.log()
+    );
+    let listed = services(&control.url);
+    assert_eq!(
+        listed
+            .matches("spiffe://sluice.local/ns/demo/sa/hello")
+            .count(),
+        3,
+        "{listed}"
+    );
+    assert!(
+        listed.contains("version=v1") && listed.contains("serving"),
+        "{listed}"
+    );
+
+    // SIGTERM: the instance deregisters before it drains, so callers never send to it.
+    let load = SteadyLoad::start(gateway.addr, 4, |parts| parts.status == 200);
+    let mut leaving = sidecars.remove(2);
+    let status = leaving.terminate(Duration::from_secs(10)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", leaving.log());
+    assert!(
+        leaving
+            .log()
+            .contains("deregistered from the mesh registry")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outcome = load.stop().await;
+    assert_eq!(outcome.failed, 0, "{outcome:?}\n{}", gateway.log());
+    assert_eq!(
+        answering(gateway.addr, 12).await,
+        names(&["hello-1", "hello-2"])
+    );
+
+    // SIGKILL: the instance leaves every caller when its lease runs out.
+    let killed = sidecars.remove(1);
+    drop(killed);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            !services(&control.url).contains("hello-2")
+                && answering(gateway.addr, 1).await == names(&["hello-1"])
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            services(&control.url).matches("ns/demo/sa/hello").count() == 1
+        })
+        .await,
+        "the lease of the killed instance ran out:\n{}",
+        services(&control.url)
+    );
+    let load = SteadyLoad::start(gateway.addr, 4, |parts| parts.status == 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let outcome = load.stop().await;
+    assert_eq!(
+        outcome.failed, 0,
+        "no request fails once it is gone: {outcome:?}"
+    );
+
+    // A third instance joins, and callers use it.
+    sidecars.push(start_sidecar(
+        "discovery-sidecar-new",
+        &control.url,
+        &token,
+        free_port(),
+        apps[2].addr,
+        "hello",
+        "version: v2",
+    ));
+    assert!(
+        until_answering(
+            gateway.addr,
+            &["hello-1", "hello-3"],
+            Duration::from_secs(5)
+        )
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_under_load_fails_no_request() {
+    let (folder, control) = start_control("discovery-rolling");
+    let token = join_token(&control.url, &folder, "ns/demo/sa/hello", &[]);
+    let apps = [
+        TestUpstream::start("hello-1").await,
+        TestUpstream::start("hello-2").await,
+        TestUpstream::start("hello-3").await,
+    ];
+    let ports: Vec<u16> = apps.iter().map(|_| free_port()).collect();
+    let start = |i: usize, generation: usize| {
+        start_sidecar(
+            &format!("rolling-{i}-{generation}"),
+            &control.url,
+            &token,
+            ports[i],
+            apps[i].addr,
+            "hello",
+            "version: v1",
+        )
+    };
+    let mut sidecars: Vec<SpawnedProxy> = (0..3).map(|i| start(i, 0)).collect();
+    let gateway = start_gateway("rolling-gateway", &control.url, "");
+    let all = ["hello-1", "hello-2", "hello-3"];
+    assert!(until_answering(gateway.addr, &all, Duration::from_secs(10)).await);
+
+    let load = SteadyLoad::start(gateway.addr, 4, |parts| parts.status == 200);
+    for i in 0..3 {
+        let status = sidecars[i].terminate(Duration::from_secs(10)).await;
+        assert!(status.is_some_and(|s| s.success()));
+        sidecars[i] = start(i, 1);
+        let restarted = apps[i].name;
+        assert!(
+            eventually(Duration::from_secs(5), async || {
+                answering(gateway.addr, 12).await.contains(restarted)
+            })
+            .await,
+            "{restarted} is back"
+        );
+    }
+    let outcome = load.stop().await;
+    assert!(outcome.served > 100, "{outcome:?}");
+    assert_eq!(outcome.failed, 0, "{outcome:?}\n{}", gateway.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_keep_serving_while_the_control_service_restarts_and_register_again() {
+    let folder = temp_folder("discovery-restart");
+    let data_dir = folder.join("control");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let control = SpawnedControl::start_with(&data_dir, &listen, &["--lease-ttl", LEASE_TTL]);
+    let token = join_token(&control.url, &folder, "ns/demo/sa/hello", &["hello"]);
+    let apps = [
+        TestUpstream::start("hello-1").await,
+        TestUpstream::start("hello-2").await,
+    ];
+    let _sidecars: Vec<SpawnedProxy> = apps
+        .iter()
+        .enumerate()
+        .map(|(i, app)| {
+            start_sidecar(
+                &format!("restart-sidecar-{i}"),
+                &control.url,
+                &token,
+                free_port(),
+                app.addr,
+                "hello",
+                "zone: a",
+            )
+        })
+        .collect();
+    let gateway = start_gateway("restart-gateway", &control.url, "");
+    let both = names(&["hello-1", "hello-2"]);
+    assert!(
+        until_answering(
+            gateway.addr,
+            &["hello-1", "hello-2"],
+            Duration::from_secs(10)
+        )
+        .await
+    );
+
+    let url = control.url.clone();
+    control.kill();
+    let load = SteadyLoad::start(gateway.addr, 2, |parts| parts.status == 200);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        answering(gateway.addr, 8).await,
+        both,
+        "the gateway keeps its endpoints without the control service"
+    );
+    let control = SpawnedControl::start_with(&data_dir, &listen, &["--lease-ttl", LEASE_TTL]);
+    assert_eq!(control.url, url);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            services(&control.url).matches("ns/demo/sa/hello").count() == 2
+        })
+        .await,
+        "both sidecars registered again:\n{}",
+        services(&control.url)
+    );
+    // Past the settling window, the restarted registry is the truth again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(answering(gateway.addr, 8).await, both);
+    let outcome = load.stop().await;
+    assert_eq!(outcome.failed, 0, "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_the_token_does_not_allow_is_refused_with_the_reason() {
+    let folder = temp_folder("discovery-refused");
+    let control = SpawnedControl::start_with(&folder.join("control"), "127.0.0.1:0", &[]);
+    let token = join_token(&control.url, &folder, "ns/demo/sa/hello", &["hello"]);
+    let app = TestUpstream::start("billing").await;
+    let sidecar = start_sidecar(
+        "refused-sidecar",
+        &control.url,
+        &token,
+        free_port(),
+        app.addr,
+        "billing",
+        "",
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || sidecar.log().contains(
+            r#"does not allow registering service "billing" (it allows: hello)"#
+        ))
+        .await,
+        "{}",
+        sidecar.log()
+    );
+    assert_eq!(services(&control.url).trim(), "no service is registered");
+    // The proxy itself keeps serving its file's config.
+    assert_eq!(get(sidecar.addr, "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_instances_answers_503_naming_it() {
+    let folder = temp_folder("discovery-empty");
+    let control = SpawnedControl::start_with(&folder.join("control"), "127.0.0.1:0", &[]);
+    let gateway = start_gateway("empty-gateway", &control.url, "");
+    let reply = get(gateway.addr, "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("x-sluice-reason"), Some("no_healthy_upstream"));
+    assert!(reply.body.contains("service hello"), "{}", reply.body);
+
+    // `sluice check` accepts the cluster, and with --control warns that nobody registered it.
+    let config = folder.join("check.yaml");
+    std::fs::write(
+        &config,
+        "listeners: [{ name: main, address: \"127.0.0.1:0\", routes: [{ match: { prefix: / }, cluster: hello }] }]\nclusters: [{ name: hello, service: hello }]\n",
+    )
+    .unwrap();
+    let output = sluice()
+        .args([
+            "check",
+            "--config",
+            config.to_str().unwrap(),
+            "--control",
+            &control.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("clusters[0].service: no instance of \"hello\" is registered"),
+        "{stderr}"
+    );
+}
