@@ -29,6 +29,10 @@ pub use view::{Change, InstanceRecord};
 /// How long instances outlive their proxy's subscription, unless told otherwise.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
+/// Proxies retry a lost control service with a backoff of at most 5s plus 20% jitter, so a
+/// restarted service has heard again from every live proxy by then.
+const PROXIES_BACK_WITHIN: Duration = Duration::from_secs(6);
+
 /// How long a proxy's deregistration waits for every watcher to have sent the removal.
 const DEREGISTER_FAN_OUT_LIMIT: Duration = Duration::from_secs(2);
 
@@ -98,15 +102,16 @@ impl Registry {
         self.ttl
     }
 
-    /// True for one lease TTL after the start: proxies that were registered with an earlier
-    /// run of this service are still coming back, so the registry is not complete yet.
+    /// True for a while after the start (the lease TTL, and at least as long as proxies take
+    /// to reconnect): proxies registered with an earlier run of this service are still
+    /// coming back, so the registry is not complete yet.
     pub fn settling(&self) -> bool {
-        self.started.elapsed() < self.ttl
+        Instant::now() < self.settled_at()
     }
 
     /// When [`Registry::settling`] ends.
     pub fn settled_at(&self) -> Instant {
-        self.started + self.ttl
+        self.started + self.ttl.max(PROXIES_BACK_WITHIN)
     }
 
     fn view(&self) -> MutexGuard<'_, RegistryView> {

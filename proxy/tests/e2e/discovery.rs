@@ -361,11 +361,12 @@ async fn proxies_keep_serving_while_the_control_service_restarts_and_register_ag
         "both sidecars registered again:\n{}",
         services(&control.url)
     );
-    // Past the settling window, the restarted registry is the truth again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the settling window (6s: proxies reconnect within it), the restarted registry is
+    // the truth again.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
     assert_eq!(answering(gateway.addr, 8).await, both);
     let outcome = load.stop().await;
-    assert_eq!(outcome.failed, 0, "{outcome:?}");
+    assert_eq!(outcome.failed, 0, "{outcome:?}\n{}", gateway.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
