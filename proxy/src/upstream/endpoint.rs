@@ -77,9 +77,10 @@ impl Endpoint {
         self.latency.observe(latency, now_ms);
     }
 
-    /// What `ewma` balancing minimizes: expected latency times the requests waiting for it.
-    pub fn ewma_cost(&self) -> f64 {
-        self.latency.estimate() * (self.in_flight() as f64 + 1.0)
+    /// What `ewma` balancing minimizes at `now_ms`: expected latency times the requests
+    /// waiting for it.
+    pub fn ewma_cost(&self, now_ms: u64) -> f64 {
+        self.latency.estimate(now_ms) * (self.in_flight() as f64 + 1.0)
     }
 
     /// May receive traffic: passes active health checks and is not ejected.

@@ -1,7 +1,8 @@
 //! Peak-EWMA latency of one endpoint, as Linkerd balances: a slower response raises the
 //! estimate at once (the peak), faster ones pull it down with an exponential decay over
-//! `DECAY`. Balancers multiply it by the requests in flight, so an endpoint that slows down
-//! loses traffic within a response or two, and wins it back over seconds.
+//! `DECAY`, and so does time without responses (so an endpoint that was slow is tried again
+//! after a while). Balancers multiply it by the requests in flight, so an endpoint that slows
+//! down loses traffic within a response or two, and wins it back over seconds.
 //!
 //! Every worker updates it, so it is two atomics; two updates that race lose one sample,
 //! which an estimate can afford.
@@ -37,21 +38,28 @@ impl PeakEwma {
     /// Folds in one response's latency, measured at `now_ms`.
     pub fn observe(&self, latency: Duration, now_ms: u64) {
         let sample = latency.as_nanos() as f64;
-        let current = self.estimate();
-        let next = if sample > current {
+        let (stored, weight) = self.stored_and_weight(now_ms);
+        let next = if sample > stored {
             sample
         } else {
-            let elapsed = now_ms.saturating_sub(self.updated_ms.load(Ordering::Relaxed));
-            let weight = (-(elapsed as f64) / DECAY.as_millis() as f64).exp();
-            current * weight + sample * (1.0 - weight)
+            stored * weight + sample * (1.0 - weight)
         };
         self.estimate_ns.store(next.to_bits(), Ordering::Relaxed);
         self.updated_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    /// The estimate in nanoseconds.
-    pub fn estimate(&self) -> f64 {
-        f64::from_bits(self.estimate_ns.load(Ordering::Relaxed))
+    /// The estimate in nanoseconds at `now_ms`: decayed toward zero since the last response.
+    pub fn estimate(&self, now_ms: u64) -> f64 {
+        let (stored, weight) = self.stored_and_weight(now_ms);
+        stored * weight
+    }
+
+    /// The last estimate, and the weight time since then leaves it.
+    fn stored_and_weight(&self, now_ms: u64) -> (f64, f64) {
+        let stored = f64::from_bits(self.estimate_ns.load(Ordering::Relaxed));
+        let elapsed = now_ms.saturating_sub(self.updated_ms.load(Ordering::Relaxed));
+        let weight = (-(elapsed as f64) / DECAY.as_millis() as f64).exp();
+        (stored, weight)
     }
 }
 
@@ -63,18 +71,23 @@ mod tests {
     fn a_slow_response_raises_the_estimate_at_once_and_fast_ones_pull_it_down_over_time() {
         let ewma = PeakEwma::default();
         ewma.observe(Duration::from_millis(200), 1_000);
-        assert_eq!(ewma.estimate(), 200e6, "the peak is taken at once");
+        assert_eq!(ewma.estimate(1_000), 200e6, "the peak is taken at once");
         ewma.observe(Duration::from_millis(1), 1_100);
-        let after_100ms = ewma.estimate();
+        let after_100ms = ewma.estimate(1_100);
         assert!(
             after_100ms > 190e6,
             "{after_100ms}: one fast sample moves it little"
         );
         ewma.observe(Duration::from_millis(1), 31_100);
-        let after_30s = ewma.estimate();
+        let after_30s = ewma.estimate(31_100);
         assert!(
             after_30s < 15e6,
             "{after_30s}: decayed over three time constants"
+        );
+        let idle = ewma.estimate(131_100);
+        assert!(
+            idle < 1e3,
+            "{idle}: an endpoint left alone looks cheap again"
         );
     }
 }

@@ -54,12 +54,14 @@ impl LoadBalancer {
                 first_available(endpoints, fastrand::usize(..endpoints.len()), now_ms)
             }
             LbPolicy::Ewma => {
-                let first = first_available(endpoints, fastrand::usize(..endpoints.len()), now_ms)?;
-                let second =
-                    first_available(endpoints, fastrand::usize(..endpoints.len()), now_ms)?;
-                // Power of two choices on latency times load: a slow endpoint gets a
-                // share that shrinks with how slow it is, not nothing.
-                Some(if second.ewma_cost() < first.ewma_cost() {
+                // Two distinct draws, as Linkerd's p2c: the costlier of two never wins, and
+                // a slow endpoint is tried again once its estimate has decayed.
+                let count = endpoints.len();
+                let start = fastrand::usize(..count);
+                let other = (start + 1 + fastrand::usize(..count.max(2) - 1)) % count;
+                let first = first_available(endpoints, start, now_ms)?;
+                let second = first_available(endpoints, other, now_ms)?;
+                Some(if second.ewma_cost(now_ms) < first.ewma_cost(now_ms) {
                     second
                 } else {
                     first
@@ -247,13 +249,22 @@ mod tests {
 
     #[test]
     fn ewma_prefers_the_fast_endpoint_but_keeps_trying_the_slow_one() {
-        let eps = endpoints(2);
+        let eps = endpoints(3);
         eps[0].observe_latency(std::time::Duration::from_millis(200), 0);
         eps[1].observe_latency(std::time::Duration::from_millis(2), 0);
-        let seen = spread(&LoadBalancer::new(LbPolicy::Ewma), &eps, 400);
-        // The slow one wins only when it is drawn twice: about a quarter of the time.
-        assert!(seen[&2] > 250, "{seen:?}");
-        assert!(seen.get(&1).copied().unwrap_or(0) > 50, "{seen:?}");
+        eps[2].observe_latency(std::time::Duration::from_millis(2), 0);
+        let lb = LoadBalancer::new(LbPolicy::Ewma);
+        let seen = spread(&lb, &eps, 300);
+        assert_eq!(
+            seen.get(&1),
+            None,
+            "the slow one loses every draw: {seen:?}"
+        );
+        // Busy fast endpoints cost more than an idle slow one would.
+        let _busy: Vec<_> = (0..200)
+            .flat_map(|_| [eps[1].begin_request(), eps[2].begin_request()])
+            .collect();
+        assert!(spread(&lb, &eps, 100).get(&1).copied().unwrap_or(0) > 0);
     }
 
     #[test]

@@ -97,6 +97,13 @@ impl SpawnedProxy {
         self.log.lock().unwrap().clone()
     }
 
+    /// Its admin endpoint, as it logged it.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.log()
+            .lines()
+            .find_map(|line| address_after(line, "admin endpoint listening address="))
+    }
+
     /// Resident memory, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

@@ -1,155 +1,10 @@
-//! Service discovery with the real binaries: a control service, app instances behind
-//! sidecars that register them, and a gateway whose cluster names the service.
+//! Instances that register, leave on SIGTERM, die, restart in turn, and a control service
+//! that restarts under them.
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use super::*;
 use crate::support::*;
-
-/// Short, so a killed instance leaves within the test's patience.
-const LEASE_TTL: &str = "1s";
-
-/// A control service with a short lease TTL, its data in a fresh folder for `test`.
-fn start_control(test: &str) -> (PathBuf, SpawnedControl) {
-    let folder = temp_folder(test);
-    let control = SpawnedControl::start_with(
-        &folder.join("control"),
-        "127.0.0.1:0",
-        &["--lease-ttl", LEASE_TTL],
-    );
-    (folder, control)
-}
-
-/// A port free right now, for addresses a config must name before the proxy binds them.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `sluice join-token WORKLOAD [--services ...]`, written to a file in `folder`.
-fn join_token(control: &str, folder: &Path, workload: &str, services: &[&str]) -> PathBuf {
-    let mut command = sluice();
-    command.args(["join-token", workload, "--control", control]);
-    if !services.is_empty() {
-        command.args(["--services", &services.join(",")]);
-    }
-    let output = command.stderr(Stdio::null()).output().unwrap();
-    assert!(output.status.success(), "join-token failed");
-    let file = folder.join(format!("{}.token", workload.replace('/', "_")));
-    std::fs::write(&file, &output.stdout).unwrap();
-    file
-}
-
-/// `sluice services` against `control`.
-fn services(control: &str) -> String {
-    let output = sluice()
-        .args(["services", "--control", control])
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// A sidecar: listener `main` on `port` in front of `app`, registering `service` there.
-fn start_sidecar(
-    name: &str,
-    control: &str,
-    token: &Path,
-    port: u16,
-    app: SocketAddr,
-    service: &str,
-    labels: &str,
-) -> SpawnedProxy {
-    let config = write_config(
-        name,
-        &format!(
-            r#"
-admin: {{ address: "127.0.0.1:0" }}
-workers: 1
-register:
-  - {{ service: {service}, address: "127.0.0.1:{port}", labels: {{ {labels} }} }}
-listeners:
-  - name: main
-    address: 127.0.0.1:{port}
-    routes:
-      - match: {{ prefix: / }}
-        cluster: app
-clusters:
-  - name: app
-    endpoints: ["{app}"]
-"#
-        ),
-    );
-    SpawnedProxy::start_with(
-        &config,
-        &[
-            "--control",
-            control,
-            "--join-token-file",
-            token.to_str().unwrap(),
-            "--id",
-            name,
-        ],
-    )
-}
-
-/// A gateway whose cluster discovers `service`.
-fn start_gateway(name: &str, control: &str, cluster_extra: &str) -> SpawnedProxy {
-    let config = write_config(
-        name,
-        &format!(
-            r#"
-admin: {{ address: "127.0.0.1:0" }}
-workers: 1
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes:
-      - match: {{ prefix: / }}
-        cluster: hello
-clusters:
-  - name: hello
-    service: hello
-{cluster_extra}
-"#
-        ),
-    );
-    SpawnedProxy::start_with(&config, &["--control", control, "--id", name])
-}
-
-/// The upstreams that answered `rounds` requests through `gateway`.
-async fn answering(gateway: SocketAddr, rounds: usize) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for _ in 0..rounds {
-        let reply = get(gateway, "/").await;
-        if reply.status == 200
-            && let Some(name) = reply.header("x-upstream")
-        {
-            names.insert(name.to_owned());
-        }
-    }
-    names
-}
-
-fn names(list: &[&str]) -> BTreeSet<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// Whether, within `within`, `rounds` requests through `gateway` reach exactly `expected`.
-async fn until_answering(gateway: SocketAddr, expected: &[&str], within: Duration) -> bool {
-    let expected = names(expected);
-    let rounds = expected.len() * 4;
-    eventually(within, async || {
-        answering(gateway, rounds).await == expected
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_follow_instances_as_they_register_leave_and_die() {
@@ -175,7 +30,7 @@ async fn callers_follow_instances_as_they_register_leave_and_die() {
             )
         })
         .collect();
-    let gateway = start_gateway("discovery-gateway", &control.url, "");
+    let gateway = start_gateway("discovery-gateway", &control.url);
 
     let all = ["hello-1", "hello-2", "hello-3"];
     assert!(
@@ -282,7 +137,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         )
     };
     let mut sidecars: Vec<SpawnedProxy> = (0..3).map(|i| start(i, 0)).collect();
-    let gateway = start_gateway("rolling-gateway", &control.url, "");
+    let gateway = start_gateway("rolling-gateway", &control.url);
     let all = ["hello-1", "hello-2", "hello-3"];
     assert!(until_answering(gateway.addr, &all, Duration::from_secs(10)).await);
 
@@ -331,7 +186,7 @@ async fn proxies_keep_serving_while_the_control_service_restarts_and_register_ag
             )
         })
         .collect();
-    let gateway = start_gateway("restart-gateway", &control.url, "");
+    let gateway = start_gateway("restart-gateway", &control.url);
     let both = names(&["hello-1", "hello-2"]);
     assert!(
         until_answering(
@@ -401,7 +256,7 @@ async fn a_registration_the_token_does_not_allow_is_refused_with_the_reason() {
 async fn a_service_without_instances_answers_503_naming_it() {
     let folder = temp_folder("discovery-empty");
     let control = SpawnedControl::start_with(&folder.join("control"), "127.0.0.1:0", &[]);
-    let gateway = start_gateway("empty-gateway", &control.url, "");
+    let gateway = start_gateway("empty-gateway", &control.url);
     let reply = get(gateway.addr, "/").await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("x-sluice-reason"), Some("no_healthy_upstream"));
