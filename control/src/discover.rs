@@ -18,6 +18,7 @@ pub async fn stream_endpoints(
     updates: mpsc::Sender<Result<EndpointUpdate, Status>>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    let _watched = registry.watch_services(&services);
     let wanted: HashSet<Arc<str>> = services.iter().map(|s| Arc::from(s.as_str())).collect();
     let (mut changes, progress) = registry.watch();
     let mut settle = registry.settling().then(|| registry.settled_at());

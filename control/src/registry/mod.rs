@@ -69,6 +69,14 @@ pub struct Registry {
     watchers: Mutex<Vec<watch::Receiver<u64>>>,
     /// Woken when a lease starts running out, so the sweeper sleeps until the earliest one.
     lease_started: tokio::sync::Notify,
+    /// How many discovery streams ask for each service, to show services callers wait for.
+    watched: Mutex<BTreeMap<String, usize>>,
+}
+
+/// Counts a discovery stream's services as watched until dropped.
+pub struct WatchedServices {
+    registry: Arc<Registry>,
+    services: Vec<String>,
 }
 
 /// Holds a proxy's instances while its subscription lasts; dropping it starts the lease.
@@ -93,6 +101,7 @@ impl Registry {
             started: Instant::now(),
             watchers: Mutex::default(),
             lease_started: tokio::sync::Notify::new(),
+            watched: Mutex::default(),
         });
         tokio::spawn(leases::end_lapsed_leases(Arc::downgrade(&registry)));
         registry
@@ -214,6 +223,34 @@ impl Registry {
         self.view().sequence()
     }
 
+    /// Counts `services` as asked for by one more discovery stream, until the guard drops.
+    pub fn watch_services(self: &Arc<Self>, services: &[String]) -> WatchedServices {
+        let mut watched = self.watched();
+        for service in services {
+            *watched.entry(service.clone()).or_default() += 1;
+        }
+        WatchedServices {
+            registry: Arc::clone(self),
+            services: services.to_vec(),
+        }
+    }
+
+    /// Services some discovery stream asks for that have no instance, with how many ask.
+    pub fn unregistered_wanted(&self) -> Vec<(String, usize)> {
+        let view = self.view();
+        self.watched()
+            .iter()
+            .filter(|(service, _)| view.instances(service).is_empty())
+            .map(|(service, watchers)| (service.clone(), *watchers))
+            .collect()
+    }
+
+    fn watched(&self) -> MutexGuard<'_, BTreeMap<String, usize>> {
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The instances of `service` now (empty if it has none).
     pub fn instances(&self, service: &str) -> Arc<[InstanceRecord]> {
         self.view().instances(service)
@@ -251,6 +288,22 @@ impl Drop for RegistrationGuard {
         let lease_until = Instant::now() + self.registry.ttl;
         self.registry.view().let_go(&self.proxy_id, lease_until);
         self.registry.lease_started.notify_one();
+    }
+}
+
+// === impl WatchedServices ===
+
+impl Drop for WatchedServices {
+    fn drop(&mut self) {
+        let mut watched = self.registry.watched();
+        for service in &self.services {
+            if let Some(count) = watched.get_mut(service) {
+                *count -= 1;
+                if *count == 0 {
+                    watched.remove(service);
+                }
+            }
+        }
     }
 }
 

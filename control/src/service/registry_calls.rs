@@ -12,7 +12,7 @@ use super::subscription::HeldRegistration;
 use crate::identity::lock_tokens;
 use crate::proto::{
     DeregisterRequest, DiscoverRequest, EndpointUpdate, ListServicesReply, ServiceInstances,
-    SubscribeRequest,
+    SubscribeRequest, WantedService,
 };
 use crate::registry::{RegistrationError, check_registrations, check_service_name};
 use crate::targets::ProxyFacts;
@@ -132,9 +132,19 @@ impl ControlService {
                 withdrawn: Vec::new(),
             })
             .collect();
+        let unregistered = registry
+            .unregistered_wanted()
+            .into_iter()
+            .filter(|(name, _)| only.is_empty() || name == only)
+            .map(|(service, watchers)| WantedService {
+                service,
+                watchers: u32::try_from(watchers).unwrap_or(u32::MAX),
+            })
+            .collect();
         ListServicesReply {
             services,
             lease_ttl_ms: registry.ttl().as_millis() as u64,
+            unregistered,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `sluice services [NAME]`: the mesh registry as the control service holds it.
 
-use sluice_control::proto::{Instance, ListServicesRequest};
+use sluice_control::proto::{Instance, ListServicesRequest, WantedService};
 
 use super::{Failure, control_client};
 
@@ -22,6 +22,7 @@ pub async fn run(args: ServicesArgs) -> Result<(), Failure> {
         .await
         .map_err(|status| Failure::runtime(status.message()))?
         .into_inner();
+    print_unregistered(&reply.unregistered);
     if reply.services.is_empty() {
         match args.service {
             Some(service) => println!("no instance of {service} is registered"),
@@ -51,6 +52,16 @@ pub async fn run(args: ServicesArgs) -> Result<(), Failure> {
         std::time::Duration::from_millis(reply.lease_ttl_ms)
     );
     Ok(())
+}
+
+/// Services that clusters discover and nobody registered: their requests get 503.
+fn print_unregistered(wanted: &[WantedService]) {
+    for service in wanted {
+        println!(
+            "warning: {} is discovered by {} proxy stream(s) but has no instance registered",
+            service.service, service.watchers
+        );
+    }
 }
 
 fn health(instance: &Instance) -> String {

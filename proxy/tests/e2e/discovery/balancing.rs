@@ -224,3 +224,53 @@ async fn ewma_sends_most_requests_to_the_fast_instance() {
         "the 40ms instance should get a small share: {seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_take_a_failing_discovered_instance_out() {
+    let (folder, control) = start_control("balancing-health");
+    let token = join_token(&control.url, &folder, "ns/demo/sa/hello", &["hello"]);
+    let apps = [
+        TestUpstream::start("hello-1").await,
+        TestUpstream::start("hello-2").await,
+    ];
+    let _sidecars: Vec<SpawnedProxy> = apps
+        .iter()
+        .enumerate()
+        .map(|(i, app)| {
+            start_sidecar(
+                &format!("health-{i}"),
+                &control.url,
+                &token,
+                free_port(),
+                app.addr,
+                "hello",
+                "",
+            )
+        })
+        .collect();
+    let gateway = start_gateway_with(
+        "health-gateway",
+        &control.url,
+        "",
+        "    health_check: { path: /healthz, interval: 100ms, unhealthy_threshold: 1, healthy_threshold: 1 }",
+    );
+    assert!(
+        until_answering(
+            gateway.addr,
+            &["hello-1", "hello-2"],
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    apps[0].set_health(503);
+    assert!(until_answering(gateway.addr, &["hello-2"], Duration::from_secs(5)).await);
+    apps[0].set_health(200);
+    assert!(
+        until_answering(
+            gateway.addr,
+            &["hello-1", "hello-2"],
+            Duration::from_secs(5)
+        )
+        .await
+    );
+}

@@ -261,6 +261,13 @@ async fn a_service_without_instances_answers_503_naming_it() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.header("x-sluice-reason"), Some("no_healthy_upstream"));
     assert!(reply.body.contains("service hello"), "{}", reply.body);
+    let listed = services(&control.url);
+    assert!(
+        listed.contains(
+            "warning: hello is discovered by 1 proxy stream(s) but has no instance registered"
+        ),
+        "{listed}"
+    );
 
     // `sluice check` accepts the cluster, and with --control warns that nobody registered it.
     let config = folder.join("check.yaml");

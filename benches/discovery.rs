@@ -1,0 +1,629 @@
+//! What service discovery costs and how fast it is, on loopback, with the control service as
+//! its own process (the release `sluice` binary; `SLUICE_BIN` overrides where it is).
+//!
+//! 1. **Propagation.** Ten caller proxies (in this process, one worker each) have a cluster
+//!    `service: hello`. An instance (a proxy with `register:`) registers, then leaves as
+//!    SIGTERM makes it (`ControlSubscription::leave`), 30 times. Timed: from the start of
+//!    each to the moment the last of the ten callers' endpoint sets shows it.
+//! 2. **Rolling restart under load.** A caller in front of three instances (sidecar proxies in
+//!    front of a small app); eight keep-alive clients send requests back to back while each
+//!    instance in turn leaves, drains and comes back. Counted: failed requests.
+//! 3. **Scale.** 1,000 services × 5 instances registered by plain subscription clients, and
+//!    100 plain discovery streams that each watch all 1,000 services. Then 100 membership
+//!    changes (an instance joins one service, then leaves it). Measured: the control
+//!    service's CPU and memory, the payload bytes pushed per change over all watchers, and
+//!    the time until all 100 watchers have it.
+//!
+//! Run: `cargo bench -p sluice-benches --bench discovery`
+
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use prost::Message;
+use sluice::RunningProxy;
+use sluice::control::{ControlSubscription, SubscriberSettings};
+use sluice_benches::{ms, percentile};
+use sluice_control::proto::{
+    CreateJoinTokenRequest, DeregisterRequest, DiscoverRequest, Registration, SubscribeRequest,
+};
+use tokio::time::Instant;
+
+const CALLERS: usize = 10;
+const ROUNDS: usize = 30;
+const SERVICES: usize = 1_000;
+const INSTANCES: usize = 5;
+const WATCHERS: usize = 100;
+const CHANGES: usize = 100;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let control = ControlProcess::start();
+    let token = create_token(&control.url).await;
+    propagation(&control, &token).await;
+    rolling_restart(&control, &token).await;
+    scale(&control, &token).await;
+}
+
+// === the control service as a process ===
+
+struct ControlProcess {
+    child: Child,
+    url: String,
+    _data: tempdir::Folder,
+}
+
+mod tempdir {
+    /// A folder removed when dropped.
+    pub struct Folder(pub std::path::PathBuf);
+
+    impl Drop for Folder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl ControlProcess {
+    fn start() -> Self {
+        let binary = sluice_binary();
+        let data =
+            std::env::temp_dir().join(format!("sluice-discovery-bench-{}", std::process::id()));
+        let mut child = Command::new(&binary)
+            .args(["control", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("control service listening on ")
+            .unwrap_or_else(|| panic!("unexpected: {line}"))
+            .to_owned();
+        Self {
+            child,
+            url,
+            _data: tempdir::Folder(data),
+        }
+    }
+
+    /// User plus system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|k| k.parse().ok())
+            .unwrap();
+        kib / 1024.0
+    }
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `SLUICE_BIN`, else the release build in this tree (built if missing).
+fn sluice_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SLUICE_BIN") {
+        return PathBuf::from(path);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = root.join("target/release/sluice");
+    if !binary.exists() {
+        println!("building the release sluice binary...");
+        let built = Command::new("cargo")
+            .args(["build", "--release", "-p", "sluice"])
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(built.success(), "cargo build --release -p sluice failed");
+    }
+    binary
+}
+
+async fn create_token(url: &str) -> String {
+    let mut admin = sluice_control::connect_identity_admin(url, None)
+        .await
+        .unwrap();
+    admin
+        .create_join_token(CreateJoinTokenRequest {
+            workload: "ns/bench/sa/app".into(),
+            services: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+// === 1. propagation ===
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_proxy(yaml: &str) -> RunningProxy {
+    let loaded = sluice::config::load_str(yaml, Path::new("bench.yaml")).unwrap();
+    RunningProxy::start(&loaded).await.unwrap()
+}
+
+fn subscribe(
+    url: &str,
+    id: &str,
+    token: Option<&str>,
+    proxy: &RunningProxy,
+) -> ControlSubscription {
+    ControlSubscription::start(
+        SubscriberSettings {
+            url: url.to_owned(),
+            token: None,
+            proxy_id: id.to_owned(),
+            join_token: token.map(str::to_owned),
+        },
+        proxy.applier(),
+    )
+}
+
+fn caller_yaml(extra_cluster: &str) -> String {
+    format!(
+        "workers: 1\nlisteners:\n  - name: main\n    address: 127.0.0.1:0\n    routes: [{{ match: {{ prefix: / }}, cluster: hello }}]\nclusters:\n  - name: hello\n    service: hello\n{extra_cluster}"
+    )
+}
+
+fn instance_yaml(port: u16, app: SocketAddr) -> String {
+    format!(
+        "workers: 1\nregister: [{{ service: hello, address: \"127.0.0.1:{port}\" }}]\nlisteners:\n  - name: main\n    address: 127.0.0.1:{port}\n    routes: [{{ match: {{ prefix: / }}, cluster: app }}]\nclusters: [{{ name: app, endpoints: [\"{app}\"] }}]\n"
+    )
+}
+
+/// Whether `proxy`'s cluster `hello` has `address` among its endpoints.
+fn has_endpoint(proxy: &RunningProxy, address: SocketAddr) -> bool {
+    proxy
+        .state()
+        .snapshot()
+        .clusters
+        .iter()
+        .find(|c| c.name == "hello")
+        .is_some_and(|c| c.endpoints().iter().any(|e| e.addr == address))
+}
+
+/// Waits until every caller agrees that `address` is (or is not) an endpoint.
+async fn until_all(
+    callers: &[(RunningProxy, ControlSubscription)],
+    address: SocketAddr,
+    present: bool,
+) {
+    while !callers
+        .iter()
+        .all(|(c, _)| has_endpoint(c, address) == present)
+    {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+async fn propagation(control: &ControlProcess, token: &str) {
+    let app = start_app().await;
+    let mut callers = Vec::new();
+    for index in 0..CALLERS {
+        let proxy = start_proxy(&caller_yaml("")).await;
+        let subscription = subscribe(&control.url, &format!("caller-{index}"), None, &proxy);
+        callers.push((proxy, subscription));
+    }
+    let (mut joins, mut leaves) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let port = free_port();
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let instance = start_proxy(&instance_yaml(port, app)).await;
+        let started = Instant::now();
+        let subscription = subscribe(
+            &control.url,
+            &format!("instance-{round}"),
+            Some(token),
+            &instance,
+        );
+        until_all(&callers, address, true).await;
+        joins.push(started.elapsed());
+        let started = Instant::now();
+        let leaving = tokio::spawn(subscription.leave());
+        until_all(&callers, address, false).await;
+        leaves.push(started.elapsed());
+        leaving.await.unwrap();
+        instance.shutdown().await;
+    }
+    joins.sort();
+    leaves.sort();
+    println!("\n1. Propagation to {CALLERS} callers ({ROUNDS} rounds)\n");
+    println!("| event | p50 | p99 | max |");
+    println!("|---|---:|---:|---:|");
+    for (event, times) in [
+        ("registration → all callers route to it", &joins),
+        ("SIGTERM (deregistration) → no caller routes to it", &leaves),
+    ] {
+        println!(
+            "| {event} | {} | {} | {} |",
+            ms(percentile(times, 0.5)),
+            ms(percentile(times, 0.99)),
+            ms(*times.last().unwrap())
+        );
+    }
+    for (proxy, subscription) in callers {
+        drop(subscription);
+        proxy.shutdown().await;
+    }
+}
+
+// === 2. rolling restart under load ===
+
+/// A small HTTP/1.1 app that answers 200 to everything.
+async fn start_app() -> SocketAddr {
+    use hyper::service::service_fn;
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Keep-alive clients sending `GET /` back to back; counts (served, failed).
+fn start_load(
+    target: SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let tasks = (0..clients)
+        .map(|_| {
+            let (served, failed, stop) =
+                (Arc::clone(&served), Arc::clone(&failed), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(stream) = tokio::net::TcpStream::connect(target).await else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let Ok((mut sender, connection)) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                    else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    tokio::spawn(connection);
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = hyper::Request::get("/")
+                            .header("host", "bench")
+                            .body(http_body_util::Full::<bytes::Bytes>::default())
+                            .unwrap();
+                        let ok = match sender.send_request(request).await {
+                            Ok(response) => {
+                                let status = response.status();
+                                http_body_util::BodyExt::collect(response.into_body())
+                                    .await
+                                    .is_ok()
+                                    && status == 200
+                            }
+                            Err(_) => false,
+                        };
+                        (if ok { &served } else { &failed }).fetch_add(1, Ordering::Relaxed);
+                        if sender.ready().await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    (served, failed, tasks)
+}
+
+async fn rolling_restart(control: &ControlProcess, token: &str) {
+    let app = start_app().await;
+    let caller = start_proxy(&caller_yaml("")).await;
+    let caller_subscription = subscribe(&control.url, "rolling-caller", None, &caller);
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut instances = Vec::new();
+    for (index, port) in ports.iter().enumerate() {
+        let proxy = start_proxy(&instance_yaml(*port, app)).await;
+        let subscription = subscribe(
+            &control.url,
+            &format!("rolling-{index}"),
+            Some(token),
+            &proxy,
+        );
+        instances.push((proxy, subscription));
+    }
+    let callers = [(caller, caller_subscription)];
+    for port in &ports {
+        until_all(&callers, ([127, 0, 0, 1], *port).into(), true).await;
+    }
+    let target = callers[0].0.listener_address("main").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed, tasks) = start_load(target, 8, Arc::clone(&stop));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    for (index, port) in ports.iter().enumerate() {
+        let (proxy, subscription) = instances.remove(0);
+        subscription.leave().await;
+        proxy.shutdown().await;
+        let proxy = start_proxy(&instance_yaml(*port, app)).await;
+        let subscription = subscribe(
+            &control.url,
+            &format!("rolling-{index}-again"),
+            Some(token),
+            &proxy,
+        );
+        until_all(&callers, ([127, 0, 0, 1], *port).into(), true).await;
+        instances.push((proxy, subscription));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    println!("\n2. Rolling restart of 3 instances under load (8 keep-alive clients, {took:.1?})\n");
+    println!("| requests served | requests failed |");
+    println!("|---:|---:|");
+    println!(
+        "| {} | {} |",
+        served.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    for (proxy, subscription) in instances {
+        subscription.leave().await;
+        proxy.shutdown().await;
+    }
+    let [(caller, subscription)] = callers;
+    drop(subscription);
+    caller.shutdown().await;
+}
+
+// === 3. scale ===
+
+fn service_name(index: usize) -> String {
+    format!("svc-{index:04}")
+}
+
+/// Loopback addresses no traffic is ever sent to: the watchers here only read the registry.
+fn instance_address(service: usize, instance: usize) -> String {
+    format!(
+        "127.{}.{}.{}:8080",
+        1 + service / 256,
+        service % 256,
+        instance + 1
+    )
+}
+
+/// What one watcher received, for the change being timed.
+struct Received {
+    at: Instant,
+    bytes: usize,
+    services: Vec<String>,
+}
+
+async fn scale(control: &ControlProcess, token: &str) {
+    // Registering clients: one subscription per service, spread over 20 connections.
+    let mut channels = Vec::new();
+    for _ in 0..20 {
+        channels.push(sluice_control::connect(&control.url, None).await.unwrap());
+    }
+    let (cpu_before, rss_before) = (control.cpu(), control.rss_mib());
+    let started = Instant::now();
+    let mut held = Vec::new();
+    let connections = channels.len();
+    for service in 0..SERVICES {
+        let client = &mut channels[service % connections];
+        let registrations = (0..INSTANCES)
+            .map(|i| Registration {
+                service: service_name(service),
+                address: instance_address(service, i),
+                labels: [("zone".to_owned(), format!("z{}", i % 3))].into(),
+            })
+            .collect();
+        let stream = client
+            .subscribe(SubscribeRequest {
+                proxy_id: format!("registrant-{service}"),
+                applied_version: 0,
+                registrations,
+                join_token: token.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        held.push(stream);
+    }
+    let registered_in = started.elapsed();
+    let (cpu_registered, rss_registered) = (control.cpu(), control.rss_mib());
+
+    // Watchers: each asks for all 1,000 services.
+    let everything: Vec<String> = (0..SERVICES).map(service_name).collect();
+    let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel::<Received>();
+    let synced = Arc::new(AtomicUsize::new(0));
+    let mut watch_channels = Vec::new();
+    for _ in 0..10 {
+        watch_channels.push(sluice_control::connect(&control.url, None).await.unwrap());
+    }
+    let initial_bytes = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    for watcher in 0..WATCHERS {
+        let mut client = watch_channels[watcher % watch_channels.len()].clone();
+        let mut stream = client
+            .discover(DiscoverRequest {
+                proxy_id: format!("watcher-{watcher}"),
+                services: everything.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (tx, synced, initial_bytes) = (
+            received_tx.clone(),
+            Arc::clone(&synced),
+            Arc::clone(&initial_bytes),
+        );
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok(Some(update)) = stream.message().await {
+                let bytes = update.encoded_len();
+                if first {
+                    first = false;
+                    initial_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    synced.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let services = update.services.iter().map(|s| s.service.clone()).collect();
+                let _ = tx.send(Received {
+                    at: Instant::now(),
+                    bytes,
+                    services,
+                });
+            }
+        });
+    }
+    while synced.load(Ordering::Relaxed) < WATCHERS {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let synced_in = started.elapsed();
+    let (cpu_synced, rss_synced) = (control.cpu(), control.rss_mib());
+
+    // Membership changes: an instance joins one service, then leaves it.
+    let mut client = channels[0].clone();
+    let mut reach = Vec::new();
+    let mut change_bytes = Vec::new();
+    let cpu_changes_start = control.cpu();
+    for change in 0..CHANGES {
+        let service = (change * 37) % SERVICES;
+        let name = service_name(service);
+        for joining in [true, false] {
+            while received.try_recv().is_ok() {}
+            let started = Instant::now();
+            if joining {
+                let stream = client
+                    .subscribe(SubscribeRequest {
+                        proxy_id: "churn".into(),
+                        applied_version: 0,
+                        registrations: vec![Registration {
+                            service: name.clone(),
+                            address: instance_address(service, INSTANCES),
+                            labels: Default::default(),
+                        }],
+                        join_token: token.to_owned(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                held.push(stream);
+            } else {
+                client
+                    .deregister(DeregisterRequest {
+                        proxy_id: "churn".into(),
+                        join_token: token.to_owned(),
+                    })
+                    .await
+                    .unwrap();
+            }
+            let (mut got, mut bytes, mut last) = (0, 0, started);
+            while got < WATCHERS {
+                let update = received.recv().await.unwrap();
+                if update.services.contains(&name) {
+                    got += 1;
+                    bytes += update.bytes;
+                    last = last.max(update.at);
+                }
+            }
+            reach.push(last - started);
+            change_bytes.push(bytes);
+        }
+        // The churn client's stream ends here; its (now empty) registration goes too.
+        held.pop();
+    }
+    let cpu_per_change = (control.cpu() - cpu_changes_start) / (2 * CHANGES) as u32;
+    reach.sort();
+    let bytes_per_change = change_bytes.iter().sum::<usize>() / change_bytes.len();
+
+    println!(
+        "\n3. Scale: {SERVICES} services × {INSTANCES} instances, {WATCHERS} watchers of every service\n"
+    );
+    println!("| what | time | control CPU | control RSS |");
+    println!("|---|---:|---:|---:|");
+    println!("| control service idle | | | {rss_before:.1} MiB |");
+    println!(
+        "| registering {} instances ({SERVICES} subscriptions) | {registered_in:.2?} | {:?} | {rss_registered:.1} MiB |",
+        SERVICES * INSTANCES,
+        cpu_registered - cpu_before
+    );
+    println!(
+        "| {WATCHERS} watchers' first full sync ({:.1} MiB sent in all) | {synced_in:.2?} | {:?} | {rss_synced:.1} MiB |",
+        initial_bytes.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
+        cpu_synced - cpu_registered
+    );
+    println!(
+        "| one membership change, to all {WATCHERS} watchers (p50 / p99 of {}) | {} / {} | {cpu_per_change:?} per change | {:.1} MiB |",
+        reach.len(),
+        ms(percentile(&reach, 0.5)),
+        ms(percentile(&reach, 0.99)),
+        control.rss_mib()
+    );
+    println!(
+        "\nPayload per membership change over all {WATCHERS} watchers: {bytes_per_change} bytes ({} per watcher); the whole registry is {} bytes per watcher, so a change costs O(changed service), not O(mesh).",
+        bytes_per_change / WATCHERS,
+        initial_bytes.load(Ordering::Relaxed) / WATCHERS
+    );
+    drop(held);
+}
