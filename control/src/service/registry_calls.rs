@@ -24,16 +24,19 @@ const MAX_DISCOVERED_SERVICES: usize = 10_000;
 // === impl ControlService (registry) ===
 
 impl ControlService {
-    /// Holds what a subscribing proxy registers. `None` for a proxy without a join token
-    /// (which cannot register).
+    /// Holds what a subscribing proxy registers. `None` for a proxy that registers nothing
+    /// and shows no join token this service knows (it just follows the config).
     pub(super) fn hold_registrations(
         &self,
         request: &SubscribeRequest,
     ) -> Result<Option<HeldRegistration>, Status> {
-        if request.join_token.is_empty() {
-            if request.registrations.is_empty() {
+        if request.registrations.is_empty() {
+            // An empty set still replaces what this proxy registered before, when it can
+            // say who it is; a token this service does not know just registers nothing.
+            if request.join_token.is_empty() || self.grant(&request.join_token).is_err() {
                 return Ok(None);
             }
+        } else if request.join_token.is_empty() {
             return Err(Status::unauthenticated(
                 "registering services needs the workload's join token: start the proxy with --join-token-file",
             ));

@@ -22,6 +22,7 @@ pub(super) struct ProxyRecord {
     reason: String,
     seen: Instant,
     services: Vec<String>,
+    registration_error: String,
 }
 
 // === impl ControlService (subscriptions) ===
@@ -35,9 +36,15 @@ impl ControlService {
         if id.is_empty() {
             return Err(Status::invalid_argument("proxy_id is empty"));
         }
-        // Registrations are checked before anything is recorded: a refused one refuses the
-        // subscription, with the reason.
-        let registration = self.hold_registrations(&request)?;
+        // A refused registration does not refuse the subscription: the proxy keeps following
+        // its config and hears (and `status` shows) why it is not registered.
+        let (registration, registration_error) = match self.hold_registrations(&request) {
+            Ok(held) => (held, String::new()),
+            Err(refused) => {
+                tracing::warn!(proxy = %id, reason = %refused.message(), "registration refused");
+                (None, refused.message().to_owned())
+            }
+        };
         let facts = match &registration {
             Some(held) => held.facts.clone(),
             None => ProxyFacts {
@@ -56,11 +63,13 @@ impl ControlService {
                 reason: String::new(),
                 seen: Instant::now(),
                 services: Vec::new(),
+                registration_error: String::new(),
             });
             record.subscriptions += 1;
             record.applied = request.applied_version;
             record.seen = Instant::now();
             record.services = facts.services.clone();
+            record.registration_error.clone_from(&registration_error);
         }
         tracing::info!(proxy = %id, applied = request.applied_version, services = ?facts.services, "proxy subscribed");
 
@@ -80,6 +89,7 @@ impl ControlService {
                     ConfigUpdate {
                         version: published.version,
                         overlay_json: serde_json::to_string(&overlay).unwrap_or_default(),
+                        registration_error: registration_error.clone(),
                     }
                 };
                 if updates.send(Ok(update)).await.is_err() {
@@ -130,6 +140,7 @@ impl ControlService {
                 rejected_reason: record.reason.clone(),
                 seconds_since_seen: record.seen.elapsed().as_secs(),
                 services: record.services.clone(),
+                registration_error: record.registration_error.clone(),
             })
             .collect();
         StatusReply {

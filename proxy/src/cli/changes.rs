@@ -208,6 +208,8 @@ fn print_status(status: &StatusReply) {
                 "rejected version {}: {}",
                 proxy.rejected_version, proxy.rejected_reason
             )
+        } else if !proxy.registration_error.is_empty() {
+            format!("registration refused: {}", proxy.registration_error)
         } else {
             String::new()
         };

@@ -159,7 +159,7 @@ async fn follow(settings: SubscriberSettings, applier: ConfigApplier) {
                 retry
             }
             Ended::Refused(error) => {
-                tracing::error!(url = %settings.url, %error, "the control service refused this proxy (check SLUICE_CONTROL_TOKEN, the join token and `register:`); keeping the last good config");
+                tracing::error!(url = %settings.url, %error, "the control service refused this proxy; check SLUICE_CONTROL_TOKEN. Keeping the last good config");
                 RETRY_AFTER_REFUSAL
             }
             Ended::Reregister => continue,
@@ -207,6 +207,7 @@ impl Subscriber {
         *retry = FIRST_RETRY;
         tracing::info!(url = %settings.url, proxy_id = %settings.proxy_id, "subscribed to the control service");
         let mut overlay_applied = applier.follow_overlay();
+        let mut told_refusal = false;
         loop {
             let update = tokio::select! {
                 message = updates.message() => match message {
@@ -236,6 +237,10 @@ impl Subscriber {
                     continue;
                 }
             };
+            if !update.registration_error.is_empty() && !told_refusal {
+                told_refusal = true;
+                tracing::error!(url = %settings.url, reason = %update.registration_error, "the control service refused this proxy's registrations (check the join token and `register:`); it follows the config without registering");
+            }
             let already = self
                 .running
                 .as_ref()
@@ -333,10 +338,7 @@ async fn ack(
 fn ended(status: &tonic::Status) -> Ended {
     let text = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        // A registration the control service refuses will not pass by itself either.
-        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => {
-            Ended::Refused(text)
-        }
+        Code::Unauthenticated | Code::PermissionDenied => Ended::Refused(text),
         _ => Ended::Failed(text),
     }
 }

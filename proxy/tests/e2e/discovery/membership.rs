@@ -248,8 +248,21 @@ async fn a_registration_the_token_does_not_allow_is_refused_with_the_reason() {
         sidecar.log()
     );
     assert_eq!(services(&control.url).trim(), "no service is registered");
-    // The proxy itself keeps serving its file's config.
+    // The proxy itself keeps serving its file's config, and following the control service.
     assert_eq!(get(sidecar.addr, "/").await.status, 200);
+    let status = sluice()
+        .args(["status", "--control", &control.url])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("refused-sidecar"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("connected") && line.contains("registration refused: registrations[0]"),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
