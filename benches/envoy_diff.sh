@@ -76,9 +76,10 @@ CASE_NO=0
 
 # headers: on request it counts the request headers it sees (x-wasm-header-count), adds
 # x-wasm-order: <config>, removes x-wasm-remove-me, sets x-wasm-plugin/-source/-method from
-# properties, rewrites /rewrite* to /rewritten and answers /deny* itself (403, x-denied-by:
-# <config>); on response it sets x-wasm-tag, adds x-wasm-order and copies :status to
-# x-wasm-saw-status.
+# properties, rewrites /rewrite* to /rewritten, copies `host` to x-wasm-host on /host*, sets
+# `host` on /set-host*, copies `cookie` to x-wasm-cookie on /cookie* and answers /deny* itself
+# (403, x-denied-by: <config>); on response it sets x-wasm-tag, adds x-wasm-order and copies
+# :status to x-wasm-saw-status.
 cases_headers() {
   req plain GET /plain
   # The proxy's own headers: Envoy adds x-forwarded-proto and x-request-id before the filters
@@ -92,6 +93,15 @@ cases_headers() {
   req upstream-headers GET /upstream-headers -H 'x-echo-add: x-wasm-tag=from-upstream' \
     -H 'x-echo-add: x-wasm-order=upstream'
   req post-body POST /post --data-binary @"$WORK/small.txt"
+  # `host` is `:authority` to filters: /host* copies what reading it gives to x-wasm-host, over
+  # HTTP/1.1 and HTTP/2; /set-host sets it, and the upstream must get that one Host.
+  req host-read GET /host
+  req host-read-h2 GET /host --http2-prior-knowledge
+  req set-host GET /set-host
+  req set-host-h2 GET /set-host --http2-prior-knowledge
+  # Two cookie fields from an HTTP/2 client: one header, joined with "; ", for the filter
+  # (x-wasm-cookie on /cookie*) and for the HTTP/1.1 upstream.
+  req cookies-h2 GET /cookie --http2-prior-knowledge -H 'cookie: session=abc' -H 'cookie: theme=dark'
 }
 
 # body: drops content-length both ways, upper-cases the whole request body (buffering it until

@@ -87,6 +87,27 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// HTTP/2 clients may split `cookie` into one field per cookie (RFC 9113, 8.2.3); before
+/// anyone sees the request they are one header again, joined with `; `, as Envoy's codec
+/// does, so filters read every cookie and an HTTP/1.1 upstream gets the one header it expects.
+pub fn join_http2_cookies(version: http::Version, headers: &mut HeaderMap) {
+    if version != http::Version::HTTP_2 {
+        return;
+    }
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (cookies.next(), cookies.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Identifies the request before anyone sees it: `x-forwarded-proto` (kept when an earlier
 /// proxy set it) and an `x-request-id` when absent. Envoy adds both before its filters run.
 pub fn add_request_identity(headers: &mut HeaderMap, scheme: &'static str) {
@@ -189,6 +210,25 @@ pub fn shape_for_upstream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http2_cookies_become_one_header() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let mut http1 = headers.clone();
+        join_http2_cookies(http::Version::HTTP_2, &mut headers);
+        assert_eq!(
+            headers.get_all(header::COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+        join_http2_cookies(http::Version::HTTP_11, &mut http1);
+        assert_eq!(
+            http1.get_all(header::COOKIE).iter().count(),
+            2,
+            "HTTP/1.1 is left alone"
+        );
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -18,8 +18,8 @@ use super::body::{BoxError, Completion, ProxyBody, UpstreamBody};
 use super::connection::DownstreamConn;
 use super::deadline::request_deadline;
 use super::headers::{
-    add_request_identity, append_forwarded_for, is_upgrade_request, remove_hop_by_hop,
-    shape_for_upstream,
+    add_request_identity, append_forwarded_for, is_upgrade_request, join_http2_cookies,
+    remove_hop_by_hop, shape_for_upstream,
 };
 use super::local_reply::{LocalReply, Reason};
 use super::replay::ReplayableBody;
@@ -136,6 +136,7 @@ impl Exchange<'_> {
         // see `x-request-id` and `x-forwarded-proto` and never hop-by-hop headers.
         let upgrade = is_upgrade_request(parts.version, &parts.headers);
         remove_hop_by_hop(&mut parts.headers, upgrade);
+        join_http2_cookies(parts.version, &mut parts.headers);
         // hyper answers `100 Continue` itself when the body is first read, which is when the
         // upstream connection is ready for it.
         parts.headers.remove(header::EXPECT);

@@ -7,6 +7,7 @@
 mod admin;
 mod balancing;
 mod binary;
+mod compat;
 mod control;
 mod demo;
 mod discovery;

@@ -11,6 +11,7 @@ use crate::wasm::state::{HostState, MapSlot};
 use crate::wasm::status::{AbiVersion, Status};
 
 const MAX_MAP_TYPE: u32 = 7;
+const REQUEST_HEADERS: u32 = 0;
 const CALL_RESPONSE_HEADERS: u32 = 6;
 const CALL_RESPONSE_TRAILERS: u32 = 7;
 
@@ -43,7 +44,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     .into_iter()
                     .map(|(mut k, v)| {
                         k.make_ascii_lowercase();
-                        (k, v)
+                        (alias(kind as u32, k), v)
                     })
                     .collect();
                 with_writable(&mut caller, kind as u32, |list| *list = new_pairs)
@@ -97,9 +98,9 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          value_len: i32| {
             let result: CallResult = (|| {
                 check_kind(kind)?;
-                let key = read_key(&caller, key_ptr, key_len)?;
+                let key = alias(kind as u32, read_key(&caller, key_ptr, key_len)?);
                 let value = read(&caller, value_ptr, value_len)?;
-                with_writable(&mut caller, kind as u32, |list| list.push((key, value)))
+                with_writable(&mut caller, kind as u32, |list| add(list, key, value))
             })();
             finish(result)
         },
@@ -115,7 +116,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          value_len: i32| {
             let result: CallResult = (|| {
                 check_kind(kind)?;
-                let key = read_key(&caller, key_ptr, key_len)?;
+                let key = alias(kind as u32, read_key(&caller, key_ptr, key_len)?);
                 let value = read(&caller, value_ptr, value_len)?;
                 with_writable(&mut caller, kind as u32, |list| replace(list, key, value))
             })();
@@ -128,7 +129,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, HostState>, kind: i32, key_ptr: i32, key_len: i32| {
             let result: CallResult = (|| {
                 check_kind(kind)?;
-                let key = read_key(&caller, key_ptr, key_len)?;
+                let key = alias(kind as u32, read_key(&caller, key_ptr, key_len)?);
                 with_writable(&mut caller, kind as u32, |list| {
                     list.retain(|(k, _)| *k != key)
                 })
@@ -145,6 +146,16 @@ fn read_key(caller: &Caller<'_, HostState>, ptr: i32, len: i32) -> Result<String
     let mut key = read_string(caller, ptr, len)?;
     key.make_ascii_lowercase();
     Ok(key)
+}
+
+/// In request headers `host` is `:authority`, as in Envoy's header map (its legacy alias):
+/// reading it gives the authority, and writing it sets the one `Host` the upstream gets.
+fn alias(kind: u32, key: String) -> String {
+    if kind == REQUEST_HEADERS && key == "host" {
+        ":authority".to_owned()
+    } else {
+        key
+    }
 }
 
 fn check_kind(kind: i32) -> Result<(), Status> {
@@ -215,6 +226,23 @@ fn with_writable(
     Ok(())
 }
 
+/// Envoy's add: a new entry at the end; but `:authority`, one of Envoy's inline headers,
+/// holds one value, so a second one is appended to it after a comma.
+fn add(list: &mut Vec<Pair>, key: String, value: Vec<u8>) {
+    if key == ":authority"
+        && let Some((_, existing)) = list.iter_mut().find(|(k, _)| *k == key)
+    {
+        if existing.is_empty() {
+            *existing = value;
+        } else {
+            existing.push(b',');
+            existing.extend_from_slice(&value);
+        }
+        return;
+    }
+    list.push((key, value));
+}
+
 /// Envoy's replace: every entry of the key goes, and the new value is appended at the end.
 fn replace(list: &mut Vec<Pair>, key: String, value: Vec<u8>) {
     list.retain(|(k, _)| *k != key);
@@ -230,7 +258,7 @@ fn get_value(
     size_out: i32,
 ) -> CallResult {
     check_kind(kind)?;
-    let key = read_key(caller, key_ptr, key_len)?;
+    let key = alias(kind as u32, read_key(caller, key_ptr, key_len)?);
     let legacy = caller.data().abi == AbiVersion::V0_1_0;
     let in_log = caller.data_mut().acting_stream().is_some_and(|s| s.in_log);
     let found = with_map(caller, kind as u32, |slot| match &slot.pairs {
@@ -251,6 +279,26 @@ fn get_value(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_is_authority_in_request_headers_only() {
+        assert_eq!(alias(REQUEST_HEADERS, "host".into()), ":authority");
+        assert_eq!(
+            alias(2, "host".into()),
+            "host",
+            "response headers keep a host header"
+        );
+        assert_eq!(alias(REQUEST_HEADERS, "x-host".into()), "x-host");
+        let mut list: Vec<Pair> = vec![(":authority".into(), b"a.example".to_vec())];
+        add(&mut list, ":authority".into(), b"b.example".to_vec());
+        assert_eq!(
+            list,
+            vec![(":authority".into(), b"a.example,b.example".to_vec())]
+        );
+        add(&mut list, "x-a".into(), b"1".to_vec());
+        add(&mut list, "x-a".into(), b"2".to_vec());
+        assert_eq!(list.len(), 3, "other names get an entry each");
+    }
 
     #[test]
     fn replace_drops_every_entry_and_appends_as_envoy_does() {
