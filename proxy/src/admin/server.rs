@@ -79,6 +79,13 @@ fn respond(state: &ProxyState, request: &Request<Incoming>) -> Response<Full<Byt
                     "not ready: plugin {plugin} is crash-looping (its VM keeps failing and is rebuilt with backoff)\n"
                 ),
             ),
+            Err(NotReady::Discovering(services)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not ready: waiting for the control service's first answer for services {} (at most 15s after the start)\n",
+                    services.join(", ")
+                ),
+            ),
         },
         "/config" => {
             let body =

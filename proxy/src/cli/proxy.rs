@@ -39,6 +39,18 @@ pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
             args.config.display()
         )));
     }
+    if args.control.is_none()
+        && let Some(index) = loaded
+            .config
+            .clusters
+            .iter()
+            .position(|c| c.service.is_some())
+    {
+        return Err(Failure::usage(format!(
+            "{}: clusters[{index}].service: discovered endpoints come from the control service's registry: start the proxy with --control",
+            args.config.display()
+        )));
+    }
     let renewal = match (&args.control, &join_token) {
         (Some(url), Some(token)) => {
             let source = IdentitySource {

@@ -20,9 +20,15 @@ pub use follower::DiscoveryFollower;
 
 use crate::upstream::{Cluster, DiscoveredInstance};
 
-#[derive(Default)]
+/// How long `/ready` waits at start for the control service's first answer about each
+/// discovered service (Envoy's `initial_fetch_timeout` default): after that the proxy is
+/// ready anyway, and its discovering clusters fill in when the answers come.
+const FIRST_ANSWER_AT_START: Duration = Duration::from_secs(15);
+
 pub struct Discovery {
     state: Mutex<State>,
+    /// When the proxy started, for [`Discovery::awaiting_first_answers`].
+    started: tokio::time::Instant,
     /// The services clusters name; the follower asks the control service for these.
     wanted: watch::Sender<BTreeSet<String>>,
     /// Bumped whenever an answer arrives, for [`Discovery::wait_for_answers`].
@@ -42,7 +48,27 @@ struct State {
 
 impl Discovery {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            state: Mutex::default(),
+            started: tokio::time::Instant::now(),
+            wanted: watch::Sender::default(),
+            answered: watch::Sender::default(),
+            connected: watch::Sender::default(),
+        })
+    }
+
+    /// The discovered services the control service has not answered for yet, while the
+    /// proxy is young enough to wait for them before it calls itself ready.
+    pub fn awaiting_first_answers(&self) -> Vec<String> {
+        if self.started.elapsed() >= FIRST_ANSWER_AT_START {
+            return Vec::new();
+        }
+        let state = self.state();
+        state
+            .wanted()
+            .into_iter()
+            .filter(|service| !state.known.contains_key(service))
+            .collect()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

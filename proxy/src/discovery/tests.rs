@@ -147,3 +147,24 @@ fn a_dropped_cluster_is_let_go() {
     assert!(discovery.state().clusters["hello"].is_empty());
     assert_eq!(discovery.instances("hello").map(|i| i.len()), Some(1));
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn readiness_waits_for_first_answers_for_at_most_15s() {
+    let discovery = Discovery::new();
+    let hello = cluster("{ name: hello, service: hello }");
+    discovery.attach(&hello);
+    assert_eq!(discovery.awaiting_first_answers(), ["hello"]);
+    // An answer, even "no instances", is an answer.
+    discovery.apply(&update("hello", Vec::new(), false));
+    assert!(discovery.awaiting_first_answers().is_empty());
+
+    let unanswered = Discovery::new();
+    unanswered.attach(&hello);
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert_eq!(unanswered.awaiting_first_answers(), ["hello"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        unanswered.awaiting_first_answers().is_empty(),
+        "ready anyway"
+    );
+}

@@ -29,6 +29,9 @@ pub enum NotReady {
     Draining,
     /// A plugin's VM keeps failing on some worker (named).
     PluginCrashLooping(String),
+    /// Clusters discover these services and the control service has not answered for them
+    /// yet (for at most 15s after the start).
+    Discovering(Vec<String>),
 }
 
 // === impl ProxyState ===
@@ -80,7 +83,12 @@ impl ProxyState {
         } else if let Some(plugin) = self.snapshot().plugins().find(|p| p.is_crash_looping()) {
             Err(NotReady::PluginCrashLooping(plugin.info.name.clone()))
         } else {
-            Ok(())
+            let waiting = self.discovery.awaiting_first_answers();
+            if waiting.is_empty() {
+                Ok(())
+            } else {
+                Err(NotReady::Discovering(waiting))
+            }
         }
     }
 }
