@@ -31,13 +31,13 @@ pub async fn run(args: ServicesArgs) -> Result<(), Failure> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<22} {:<24} {:<40} {:<8} labels",
+        "{:<20} {:<22} {:<30} {:<40} {:<8} labels",
         "service", "address", "health", "identity", "age"
     );
     for service in &reply.services {
         for instance in &service.instances {
             println!(
-                "{:<20} {:<22} {:<24} {:<40} {:<8} {}",
+                "{:<20} {:<22} {:<30} {:<40} {:<8} {}",
                 service.service,
                 instance.address,
                 health(instance),
