@@ -155,17 +155,16 @@ impl Registry {
     pub async fn deregister(&self, proxy_id: &str, identity: &str) -> Result<usize, String> {
         let (removed, changed) = {
             let mut view = self.view();
-            match view.holder(proxy_id) {
-                None => return Ok(0),
-                Some(holder) if holder.identity != identity => {
-                    return Err(format!(
-                        "proxy {proxy_id:?} registered as {}, not {identity}",
-                        holder.identity
-                    ));
-                }
-                Some(_) => {}
+            let Some(holder) = view.holder(proxy_id) else {
+                return Ok(0);
+            };
+            if holder.identity != identity {
+                return Err(format!(
+                    "proxy {proxy_id:?} registered as {}, not {identity}",
+                    holder.identity
+                ));
             }
-            let removed = view.holder(proxy_id).map_or(0, |h| h.instances.len());
+            let removed = holder.instances.len();
             (removed, view.release(proxy_id, self.settling()))
         };
         let Some(sequence) = self.announce(changed) else {

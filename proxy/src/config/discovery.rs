@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 
 use sluice_control::registry::{check_label_key, check_service_name};
 
+use super::discovery_model::ServiceRegistration;
 use super::error::ConfigProblem;
-use super::model::{ClusterConfig, ServiceRegistration};
+use super::model::ClusterConfig;
 
 pub fn check_registrations(register: &[ServiceRegistration]) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
@@ -83,8 +84,9 @@ pub fn check_cluster_source(path: &str, cluster: &ClusterConfig) -> Vec<ConfigPr
     if cluster.hash_on.is_some() && cluster.lb_policy != super::model::LbPolicy::RingHash {
         problem("hash_on", "is for `lb_policy: ring_hash`");
     }
-    if let Some(super::model::HashOn::Header(name) | super::model::HashOn::Cookie(name)) =
-        &cluster.hash_on
+    if let Some(
+        super::discovery_model::HashOn::Header(name) | super::discovery_model::HashOn::Cookie(name),
+    ) = &cluster.hash_on
         && http::HeaderName::from_bytes(name.as_bytes()).is_err()
     {
         problem(

@@ -2,6 +2,7 @@
 //! field-path errors, validation, and the immutable [`Snapshot`] the data path runs on.
 
 mod discovery;
+mod discovery_model;
 mod error;
 mod load;
 mod model;
@@ -10,6 +11,7 @@ mod snapshot;
 mod units;
 mod validate;
 
+pub use discovery_model::{HashOn, Locality, ServiceRegistration};
 pub use error::{ConfigError, ConfigProblem};
 pub use load::{LoadedConfig, SentModules, load_file, load_str};
 pub use model::*;

@@ -126,21 +126,8 @@ async fn ring_hash_keeps_a_key_on_its_instance_while_another_one_leaves() {
         TestUpstream::start("hello-2").await,
         TestUpstream::start("hello-3").await,
     ];
-    let mut sidecars: Vec<SpawnedProxy> = apps
-        .iter()
-        .enumerate()
-        .map(|(i, app)| {
-            start_sidecar(
-                &format!("ring-{i}"),
-                &control.url,
-                &token,
-                free_port(),
-                app.addr,
-                "hello",
-                "",
-            )
-        })
-        .collect();
+    let mut sidecars: Vec<SpawnedProxy> =
+        start_hello_instances("ring", &control.url, &token, &apps, "");
     let gateway = start_gateway_with(
         "ring-gateway",
         &control.url,
@@ -233,21 +220,8 @@ async fn health_checks_take_a_failing_discovered_instance_out() {
         TestUpstream::start("hello-1").await,
         TestUpstream::start("hello-2").await,
     ];
-    let _sidecars: Vec<SpawnedProxy> = apps
-        .iter()
-        .enumerate()
-        .map(|(i, app)| {
-            start_sidecar(
-                &format!("health-{i}"),
-                &control.url,
-                &token,
-                free_port(),
-                app.addr,
-                "hello",
-                "",
-            )
-        })
-        .collect();
+    let _sidecars: Vec<SpawnedProxy> =
+        start_hello_instances("health", &control.url, &token, &apps, "");
     let gateway = start_gateway_with(
         "health-gateway",
         &control.url,

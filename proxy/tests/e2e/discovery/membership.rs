@@ -15,21 +15,13 @@ async fn callers_follow_instances_as_they_register_leave_and_die() {
         TestUpstream::start("hello-2").await,
         TestUpstream::start("hello-3").await,
     ];
-    let mut sidecars: Vec<SpawnedProxy> = apps
-        .iter()
-        .enumerate()
-        .map(|(i, app)| {
-            start_sidecar(
-                &format!("discovery-sidecar-{i}"),
-                &control.url,
-                &token,
-                free_port(),
-                app.addr,
-                "hello",
-                "version: v1",
-            )
-        })
-        .collect();
+    let mut sidecars: Vec<SpawnedProxy> = start_hello_instances(
+        "discovery-sidecar",
+        &control.url,
+        &token,
+        &apps,
+        "version: v1",
+    );
     let gateway = start_gateway("discovery-gateway", &control.url);
 
     let all = ["hello-1", "hello-2", "hello-3"];
@@ -171,21 +163,8 @@ async fn proxies_keep_serving_while_the_control_service_restarts_and_register_ag
         TestUpstream::start("hello-1").await,
         TestUpstream::start("hello-2").await,
     ];
-    let _sidecars: Vec<SpawnedProxy> = apps
-        .iter()
-        .enumerate()
-        .map(|(i, app)| {
-            start_sidecar(
-                &format!("restart-sidecar-{i}"),
-                &control.url,
-                &token,
-                free_port(),
-                app.addr,
-                "hello",
-                "zone: a",
-            )
-        })
-        .collect();
+    let _sidecars: Vec<SpawnedProxy> =
+        start_hello_instances("restart-sidecar", &control.url, &token, &apps, "zone: a");
     let gateway = start_gateway("restart-gateway", &control.url);
     let both = names(&["hello-1", "hello-2"]);
     assert!(

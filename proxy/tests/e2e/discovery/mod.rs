@@ -106,6 +106,31 @@ clusters:
     )
 }
 
+/// A sidecar per app, each registering `hello` with `labels`, named `<prefix>-<index>`.
+pub fn start_hello_instances(
+    prefix: &str,
+    control: &str,
+    token: &Path,
+    apps: &[TestUpstream],
+    labels: &str,
+) -> Vec<SpawnedProxy> {
+    apps.iter()
+        .enumerate()
+        .map(|(i, app)| {
+            let name = format!("{prefix}-{i}");
+            start_sidecar(
+                &name,
+                control,
+                token,
+                free_port(),
+                app.addr,
+                "hello",
+                labels,
+            )
+        })
+        .collect()
+}
+
 /// A gateway whose cluster `hello` discovers the service `hello`.
 pub fn start_gateway(name: &str, control: &str) -> SpawnedProxy {
     start_gateway_with(name, control, "", "")
