@@ -312,6 +312,9 @@ EOF
     fail_open) echo "                        fail_open: true" ;;
     *) echo "                        failure_policy: $5" ;;
   esac
+  # A filter that pauses in a headers callback still gets the body, and may decide there:
+  # Sluice's behaviour (../shared/design/architecture.md), which Envoy has only with this flag.
+  echo "                        allow_on_headers_stop_iteration: true"
   echo "                        vm_config:"
   [[ -z ${3:-} ]] || echo "                          vm_id: $3"
   cat <<EOF

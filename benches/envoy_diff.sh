@@ -46,6 +46,10 @@ readonly ALL_RUNS=(
   "hostile-open-legacy hostile -     open-legacy"
   "hostile-memory      hostile -     closed"
   "pauser              pauser  -     closed"
+  "signer              signer  -     closed"
+  "gate                gate    -     closed"
+  "cookies             cookies session,theme closed"
+  "callout             callout -     closed"
   "bench               bench   -     closed"
   "ratelimit           filter:ratelimit {\"key\":\"header:x-user\",\"rate\":2,\"per\":\"1m\"} closed"
   "metrics             filter:metrics   -     closed"
@@ -64,6 +68,8 @@ declare -A EXPECTED=(
   [hostile-open/bad-pointers-after-panic]="The same deliberate difference with fail_open: after the trap Sluice rebuilds the VM, so the filter runs again and sets x-log-status/x-map-status; Envoy's failed VM stays failed and fail-open skips the filter for every later request."
   [hostile-open-legacy/bad-pointers-after-panic]="As hostile-open/bad-pointers-after-panic: Sluice rebuilds the trapped VM, Envoy skips the failed filter from then on."
   [hostile-open/panic]="Sluice's fail_open: true is Envoy's legacy fail_open field (the config contract's field), which lets the trapping request through; the hostile-open-legacy run shows Sluice matches it. Envoy's newer failure_policy: FAIL_OPEN, used in this run, still answers 503 to the request that trapped."
+  [headers/deny-with-body]="Sluice answers a request its filter refused without reading the body it will not forward (over HTTP/1.1 with connection: close, as Envoy does), so request.size, the body bytes received, is 0. Envoy's codec had read the 22 bytes that came with the headers before the filter ran."
+  [headers/deny-unread-body]="As headers/deny-with-body: Sluice did not read the refused request's body, Envoy's codec had."
   [hostile-memory/hog]="Sluice caps each VM's linear memory (limits.memory, 256MiB by default; README, \"Wasm filters\"), so the 512MiB allocation traps and the request gets the fail-closed 503. Envoy sets no such cap on V8, so the allocation succeeds."
 )
 
@@ -73,6 +79,7 @@ CASE_NO=0
 
 # === the cases ===
 # req CASE METHOD PATH [curl args...]: one request through the proxy under test; see req.
+# KEEP=a,b req ...: keeps those framing headers (content-length, connection) in the comparison.
 
 # headers: on request it counts the request headers it sees (x-wasm-header-count), adds
 # x-wasm-order: <config>, removes x-wasm-remove-me, sets x-wasm-plugin/-source/-method from
@@ -102,6 +109,66 @@ cases_headers() {
   # Two cookie fields from an HTTP/2 client: one header, joined with "; ", for the filter
   # (x-wasm-cookie on /cookie*) and for the HTTP/1.1 upstream.
   req cookies-h2 GET /cookie --http2-prior-knowledge -H 'cookie: session=abc' -H 'cookie: theme=dark'
+  # A header HTTP cannot carry, set by the filter: the request fails with 503, naming it.
+  req invalid-name GET /invalid-name
+  req invalid-value GET /invalid-value
+  # Properties: request.size (content-length, or the body received), response.code_details and
+  # response.flags, xds.route_name / xds.cluster_name and the bare names Envoy dropped, and the
+  # clock's precision. Every reply other than a 200 shows them too (deny, upstream-404 above).
+  req props GET /props
+  req props-post POST /props --data-binary @"$WORK/small.txt"
+  req props-chunked POST /props -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/small.txt"
+  # The filter's local reply: its length (not chunks), HEAD with the length and no body over
+  # HTTP/1.1 and HTTP/2, and connection: close when the request body was not read.
+  KEEP=content-length,transfer-encoding req deny-framing GET /deny
+  KEEP=content-length,transfer-encoding req deny-head HEAD /deny
+  KEEP=content-length,transfer-encoding req deny-head-h2 HEAD /deny --http2-prior-knowledge
+  KEEP=connection req deny-unread-body POST /deny/upload --data-binary @"$WORK/small.txt"
+}
+
+# signer: holds the request headers until the body ended, then sets x-signature over method,
+# host, path and body, x-signed-host, x-signed-bytes and x-body-calls (data,end(n) or end(n)).
+cases_signer() {
+  req no-body GET /sign
+  req content-length POST /sign --data-binary @"$WORK/small.txt"
+  req chunked POST /sign -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/small.txt"
+  req large POST /sign --data-binary @"$WORK/large.txt"
+  req h2 POST /sign --http2-prior-knowledge --data-binary @"$WORK/small.txt"
+}
+
+# gate: /gate* pauses in the headers callbacks and decides in the body callbacks (403 for a
+# body with "forbidden", an error page for a 5xx); elsewhere it watches the body callbacks'
+# shape (x-request-body-calls, and a last line response-body-calls on the response body).
+cases_gate() {
+  req watch-get GET /watch -H 'x-echo-reply: body'
+  req watch-content-length POST /watch -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
+  req watch-chunked POST /watch -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/small.txt"
+  req watch-h2 POST /watch -H 'x-echo-reply: body' --http2-prior-knowledge --data-binary @"$WORK/small.txt"
+  req watch-response-chunks GET /watch -H 'x-echo-size: 600' -H 'x-echo-chunks: 3'
+  req gate-get GET /gate -H 'x-echo-reply: body'
+  req gate-pass POST /gate -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
+  req gate-forbidden POST /gate -H 'x-echo-reply: body' --data-binary 'this is forbidden'
+  req gate-large POST /gate -H 'x-echo-reply: body' --data-binary @"$WORK/large.txt"
+  req gate-chunked POST /gate -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/small.txt"
+  req gate-h2 POST /gate -H 'x-echo-reply: body' --http2-prior-knowledge --data-binary @"$WORK/small.txt"
+  req gate-first POST /gate-first -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
+  req gate-5xx GET /gate -H 'x-echo-reply: body' -H 'x-echo-status: 503'
+  req gate-response-chunks GET /gate -H 'x-echo-size: 600' -H 'x-echo-chunks: 3'
+}
+
+# cookies (configured with session,theme): x-cookie-session/-theme from the cookie header,
+# x-cookie-count, and x-set-cookie-count on the response.
+cases_cookies() {
+  req h1 GET /c -H 'cookie: session=abc; theme=dark; other=1'
+  req h2-two-fields GET /c --http2-prior-knowledge -H 'cookie: session=abc' -H 'cookie: theme=dark'
+  req set-cookies GET /c -H 'x-echo-add: set-cookie=a=1' -H 'x-echo-add: set-cookie=b=2'
+}
+
+# callout: asks the upstream (x-check-cluster) at x-check-path before letting the request go;
+# x-auth-saw-path is the request target the upstream got for the callout.
+cases_callout() {
+  req absolute-form GET /c -H 'x-check-cluster: upstream' -H 'x-check-path: http://idp.example/jwks'
+  req origin-form GET /c -H 'x-check-cluster: upstream' -H 'x-check-path: /jwks?kid=1'
 }
 
 # body: drops content-length both ways, upper-cases the whole request body (buffering it until
@@ -269,9 +336,12 @@ req() {
   file=$(printf '%s/%02d-%s' "$CUR_DIR" "$CASE_NO" "$name")
   raw="$file.raw"
   before=$(upstream_count)
+  # HEAD: -I, or curl waits for the body the length announces.
+  local how=(-X "$method")
+  [[ $method != HEAD ]] || how=(-I)
   # Expect: off, so no 100-continue round (each proxy answers it itself, not the filter).
   curl -s -i --http1.1 --max-time "$CURL_TIMEOUT" -H "Host: $REQUEST_HOST" -H 'Expect:' \
-    -X "$method" "$@" -o "$raw" "http://$HOST:$CUR_PORT$path" || status=$?
+    "${how[@]}" "$@" -o "$raw" "http://$HOST:$CUR_PORT$path" || status=$?
   [[ -f $raw ]] || : >"$raw"
   after=$(upstream_count)
   local arg shown="$method $path"
@@ -279,7 +349,8 @@ req() {
     arg=${arg//"$WORK"\//}
     if [[ $arg == *' '* ]]; then shown+=" '$arg'"; else shown+=" $arg"; fi
   done
-  "$PYTHON" "$BENCHES/envoy_diff_normalize.py" "$raw" "$status" "$((after - before))" "$shown" >"$file.txt"
+  "$PYTHON" "$BENCHES/envoy_diff_normalize.py" "$raw" "$status" "$((after - before))" "$shown" \
+    "${KEEP:-}" >"$file.txt"
 }
 
 # Request bodies: a small one, one of 260 KiB that arrives in many reads, and one of 2 MiB, past

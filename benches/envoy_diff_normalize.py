@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Normalizes one `curl -s -i` answer for envoy_diff.sh, so Envoy's and Sluice's compare as text.
 
-    envoy_diff_normalize.py RAW CURL_EXIT UPSTREAM_REQUESTS REQUEST_LINE > normalized.txt
+    envoy_diff_normalize.py RAW CURL_EXIT UPSTREAM_REQUESTS REQUEST_LINE [KEEP] > normalized.txt
+
+KEEP, comma-separated header names, keeps those of the dropped headers for cases about framing
+(content-length, connection) in the response the client got.
 
 Takes away only what legitimately differs between two proxies and is not about Wasm (the list
 is in benches/README.md, "envoy_diff.sh"); everything else is kept byte for byte: the status
@@ -33,10 +36,12 @@ CURL_EXITS = {
 }
 
 
-def normalize_header(name, value):
+def normalize_header(name, value, keep=()):
     """(name, value) as compared, or None to leave the header out."""
     name = name.strip().lower()
     value = value.strip()
+    if name in keep:
+        return name, value
     if name in DROPPED or name.startswith(DROPPED_PREFIXES):
         return None
     if name == "x-request-id":
@@ -94,6 +99,9 @@ def render_body(body):
 
 def main():
     raw_path, curl_exit, upstream, request = sys.argv[1:5]
+    keep = {name.strip().lower() for name in (sys.argv[5] if len(sys.argv) > 5 else "").split(",") if name.strip()}
+    if keep:
+        request += f" (kept: {', '.join(sorted(keep))})"
     with open(raw_path, "rb") as f:
         raw = f.read()
     out = [f"request: {request}"]
@@ -105,7 +113,7 @@ def main():
         code = status.split()[1] if len(status.split()) > 1 else status
         out.append(f"status: {code}")  # the reason phrase is each proxy's own text
         for name, value in headers:
-            kept = normalize_header(name, value)
+            kept = normalize_header(name, value, keep)
             if kept is not None:
                 out.append(f"header: {kept[0]}: {kept[1]}")
         out.append("body:")

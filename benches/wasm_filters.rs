@@ -77,14 +77,15 @@ fn per_request(c: &mut Criterion) {
                     let chain = Rc::new(RefCell::new(FilterChain::new(Rc::clone(&info), 1 << 20)));
                     chain.borrow_mut().extend(&plugins, &specs[..count]);
                     let pairs = sluice::wasm::request_pairs(&request, "http");
-                    let pairs = sluice::wasm::request_headers(&chain, pairs, true, 0)
+                    let pairs = sluice::wasm::request_headers(&chain, pairs, true, 0, None)
                         .await
                         .unwrap();
                     let mut parts = request_parts();
-                    sluice::wasm::apply_request_pairs(&mut parts, &pairs);
+                    sluice::wasm::apply_request_pairs(&mut parts, &pairs)
+                        .expect("the bench filters write valid headers");
                     let last = count.saturating_sub(1);
                     let pairs = sluice::wasm::response_pairs(&response);
-                    let pairs = sluice::wasm::response_headers(&chain, pairs, true, last)
+                    let pairs = sluice::wasm::response_headers(&chain, pairs, true, last, None)
                         .await
                         .unwrap();
                     chain.borrow_mut().finish();

@@ -31,6 +31,8 @@ pub enum Reason {
     BodyTooLarge,
     /// A filter paused the request and did not resume it within the stream idle timeout.
     StreamIdleTimeout,
+    /// A filter left a request header HTTP cannot carry (Envoy's 503 at upstream encode).
+    FilterInvalidHeader,
 }
 
 #[derive(Debug)]
@@ -38,7 +40,14 @@ pub struct LocalReply {
     pub status: StatusCode,
     pub reason: Reason,
     pub message: String,
+    /// Envoy's response code details when they say more than the reason's (see `Reason`).
+    pub details: Option<String>,
 }
+
+/// The response code details of a reply the proxy or a filter made (`response.code_details`),
+/// carried in the response's extensions to the response filters.
+#[derive(Debug, Clone)]
+pub struct ReplyDetails(pub String);
 
 // === impl Reason ===
 
@@ -57,9 +66,75 @@ impl Reason {
             Self::FilterLocalReply => "filter_local_reply",
             Self::BodyTooLarge => "body_too_large",
             Self::StreamIdleTimeout => "stream_idle_timeout",
+            Self::FilterInvalidHeader => "filter_invalid_header",
         }
     }
 }
+
+impl Reason {
+    /// The reason a reply's `x-sluice-reason` names, if it is one of the proxy's.
+    pub fn parse(text: &str) -> Option<Self> {
+        ALL_REASONS
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+    }
+
+    /// Envoy's response code details for the same reply (`response.code_details`).
+    pub fn envoy_details(self) -> &'static str {
+        match self {
+            Self::NoRoute => "route_not_found",
+            Self::NoHealthyUpstream => "no_healthy_upstream",
+            Self::UpstreamConnectFailure => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            Self::UpstreamConnectTimeout => {
+                "upstream_reset_before_response_started{connection_timeout}"
+            }
+            Self::UpstreamReset => "upstream_reset_before_response_started{remote_reset}",
+            Self::UpstreamProtocolError => "upstream_reset_before_response_started{protocol_error}",
+            Self::UpstreamTimeout => "upstream_response_timeout",
+            Self::UpstreamPerTryTimeout => "upstream_per_try_timeout",
+            Self::WasmFailStream => "wasm_fail_stream",
+            Self::FilterLocalReply => "",
+            Self::BodyTooLarge => "request_payload_too_large",
+            Self::StreamIdleTimeout => "stream_idle_timeout",
+            Self::FilterInvalidHeader => "filter_removed_required_request_headers",
+        }
+    }
+
+    /// Envoy's response flags for the same reply (`response.flags`): bit n is Envoy's core
+    /// response flag n (UH 1, UT 2, UR 4, UF 5, NR 8, SI 16, DPE 18, UPE 23).
+    pub fn envoy_flags(self) -> u64 {
+        let bit = match self {
+            Self::NoHealthyUpstream => 1,
+            Self::UpstreamTimeout | Self::UpstreamPerTryTimeout => 2,
+            Self::UpstreamReset => 4,
+            Self::UpstreamConnectFailure | Self::UpstreamConnectTimeout => 5,
+            Self::NoRoute => 8,
+            Self::StreamIdleTimeout => 16,
+            Self::FilterInvalidHeader => 18,
+            Self::UpstreamProtocolError => 23,
+            Self::WasmFailStream | Self::FilterLocalReply | Self::BodyTooLarge => return 0,
+        };
+        1 << bit
+    }
+}
+
+const ALL_REASONS: [Reason; 13] = [
+    Reason::NoRoute,
+    Reason::NoHealthyUpstream,
+    Reason::UpstreamConnectFailure,
+    Reason::UpstreamConnectTimeout,
+    Reason::UpstreamReset,
+    Reason::UpstreamProtocolError,
+    Reason::UpstreamTimeout,
+    Reason::UpstreamPerTryTimeout,
+    Reason::WasmFailStream,
+    Reason::FilterLocalReply,
+    Reason::BodyTooLarge,
+    Reason::StreamIdleTimeout,
+    Reason::FilterInvalidHeader,
+];
 
 // === impl LocalReply ===
 
@@ -69,7 +144,13 @@ impl LocalReply {
             status,
             reason,
             message: message.into(),
+            details: None,
         }
+    }
+
+    pub fn with_details(mut self, details: String) -> Self {
+        self.details = Some(details);
+        self
     }
 
     pub fn no_route(method: &http::Method, path: &str) -> Self {
@@ -174,7 +255,16 @@ impl LocalReply {
 
     /// The reply as a response. To a gRPC request it is a trailers-only gRPC reply (its HTTP
     /// status mapped to a gRPC status, the message as `grpc-message`), as Envoy answers.
-    pub fn into_response(self, grpc_request: bool) -> Response<ProxyBody> {
+    pub fn into_response(mut self, grpc_request: bool) -> Response<ProxyBody> {
+        let details = self.details.take().map(ReplyDetails);
+        let mut response = self.response(grpc_request);
+        if let Some(details) = details {
+            response.extensions_mut().insert(details);
+        }
+        response
+    }
+
+    fn response(self, grpc_request: bool) -> Response<ProxyBody> {
         if grpc_request {
             let mut response = Response::new(ProxyBody::Empty);
             let headers = response.headers_mut();
@@ -187,6 +277,7 @@ impl LocalReply {
             return response;
         }
         let has_body = !self.message.is_empty();
+        let length = self.message.len();
         let body = if self.message.is_empty() {
             ProxyBody::Empty
         } else {
@@ -197,6 +288,9 @@ impl LocalReply {
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         if has_body {
+            // A length, not chunks, as Envoy sends its replies (filters after may change both),
+            // in Envoy's order.
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         headers.insert(

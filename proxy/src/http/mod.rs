@@ -15,5 +15,5 @@ mod upgrade;
 pub use body::{BoxError, ProxyBody};
 pub use connection::{Activity, ConnectionSettings, DownstreamConn, MIN_HEADER_BUFFER, serve_http};
 pub use headers::{client_address, shape_for_upstream};
-pub use local_reply::{LocalReply, REASON_HEADER, Reason};
+pub use local_reply::{LocalReply, REASON_HEADER, Reason, ReplyDetails};
 pub use route::RouteTable;

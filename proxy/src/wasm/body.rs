@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use super::chain::{BodyStep, FilterChain, Interruption};
+use super::chain::{BodyStep, EarlyBody, FilterChain, Interruption};
 use super::convert::{header_pairs, pairs_header_map};
 use crate::http::{BoxError, ProxyBody};
 
@@ -29,6 +29,10 @@ pub struct FilteredBody {
     ready: VecDeque<Frame<Bytes>>,
     /// A filter holds the body at its end and we wait for it to resume.
     waiting: Option<(usize, ResumeWait)>,
+    /// The peer speaks HTTP/1: its last data frame is not marked as the end (see `request`).
+    split_end: bool,
+    /// Body read while a filter held the headers, passed on before anything else.
+    early: Option<EarlyBody>,
     inner_done: bool,
     done: bool,
 }
@@ -38,15 +42,34 @@ pub struct FilteredBody {
 pub struct StreamStopped(pub String);
 
 impl FilteredBody {
-    pub fn request(inner: ProxyBody, chain: Rc<RefCell<FilterChain>>) -> Self {
-        Self::new(inner, chain, false, 0)
+    /// The request body. `split_end` when the client speaks HTTP/1: Envoy's HTTP/1 codec
+    /// hands filters every data chunk as not the last and then an empty chunk that ends the
+    /// stream, even when a Content-Length body came in one read; over HTTP/2 a DATA frame
+    /// with END_STREAM is one callback marked as the end. Filters that check or sign the
+    /// body depend on that sequence.
+    pub fn request(inner: ProxyBody, chain: Rc<RefCell<FilterChain>>, split_end: bool) -> Self {
+        Self::new(inner, chain, false, 0, split_end)
     }
 
-    pub fn response(inner: ProxyBody, chain: Rc<RefCell<FilterChain>>, upto: usize) -> Self {
-        Self::new(inner, chain, true, upto)
+    /// The response body, through filters `..=upto`; `split_end` for an HTTP/1 upstream's body
+    /// (as for `request`).
+    pub fn response(
+        inner: ProxyBody,
+        chain: Rc<RefCell<FilterChain>>,
+        upto: usize,
+        split_end: bool,
+    ) -> Self {
+        Self::new(inner, chain, true, upto, split_end)
     }
 
-    fn new(inner: ProxyBody, chain: Rc<RefCell<FilterChain>>, response: bool, upto: usize) -> Self {
+    fn new(
+        inner: ProxyBody,
+        chain: Rc<RefCell<FilterChain>>,
+        response: bool,
+        upto: usize,
+        split_end: bool,
+    ) -> Self {
+        let early = chain.borrow_mut().take_early(response);
         Self {
             inner,
             chain,
@@ -54,8 +77,66 @@ impl FilteredBody {
             upto,
             ready: VecDeque::new(),
             waiting: None,
+            split_end,
+            early: Some(early),
             inner_done: false,
             done: false,
+        }
+    }
+
+    /// Passes on the body read while a filter held the headers, each chunk from the filter it
+    /// had not reached yet.
+    fn pass_early(&mut self, early: EarlyBody) -> Result<(), BoxError> {
+        self.inner_done = early.ended;
+        for chunk in early.chunks {
+            let step = match chunk.next {
+                None => BodyStep::Forward(chunk.data),
+                Some(from) => {
+                    let mut chain = self.chain.borrow_mut();
+                    if self.response {
+                        chain.response_body(chunk.data, chunk.end_of_stream, from)
+                    } else {
+                        chain.request_body_from(chunk.data, chunk.end_of_stream, from)
+                    }
+                }
+            };
+            self.take_step(step, chunk.end_of_stream)?;
+        }
+        if let Some(trailers) = early.trailers {
+            self.pass_trailers(&trailers)?;
+        }
+        // A filter that kept the whole body while the headers waited holds it until it resumes.
+        if self.inner_done && self.waiting.is_none() {
+            let holder = self.chain.borrow().first_holder(self.response);
+            if let Some(holder) = holder {
+                self.waiting = Some((holder, self.resume_wait(holder)));
+            }
+        }
+        Ok(())
+    }
+
+    /// `request.size` without a content-length counts what the client sent.
+    fn count_request_bytes(&self, len: usize) {
+        let chain = self.chain.borrow();
+        let received = &chain.info().request_body_bytes;
+        received.set(received.get().saturating_add(len as u64));
+    }
+
+    /// Trailers through the filters, after the bytes they held (as Envoy flushes them).
+    fn pass_trailers(&mut self, trailers: &http::HeaderMap) -> Result<(), BoxError> {
+        self.flush_held()?;
+        let filtered = self
+            .chain
+            .borrow_mut()
+            .trailers(self.response, header_pairs(trailers));
+        match filtered {
+            Ok(pairs) => {
+                self.ready
+                    .push_back(Frame::trailers(pairs_header_map(pairs)));
+                self.inner_done = true;
+                Ok(())
+            }
+            Err(interruption) => Err(self.stopped(interruption)),
         }
     }
 
@@ -65,6 +146,9 @@ impl FilteredBody {
             if self.response {
                 chain.response_body(data, end_of_stream, self.upto)
             } else {
+                if end_of_stream {
+                    chain.mark_request_body_read();
+                }
                 chain.request_body(data, end_of_stream)
             }
         };
@@ -149,6 +233,11 @@ impl Body for FilteredBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(early) = this.early.take()
+            && let Err(error) = this.pass_early(early)
+        {
+            return Poll::Ready(Some(Err(error)));
+        }
         loop {
             if let Some(frame) = this.ready.pop_front() {
                 return Poll::Ready(Some(Ok(frame)));
@@ -202,9 +291,20 @@ impl Body for FilteredBody {
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(Err(error))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let end_of_stream = this.inner.is_end_stream();
-                        this.inner_done = end_of_stream;
-                        if let Err(error) = this.run(data.to_vec(), end_of_stream) {
+                        if !this.response {
+                            this.count_request_bytes(data.len());
+                        }
+                        let at_end = this.inner.is_end_stream();
+                        this.inner_done = at_end;
+                        if let Err(error) = this.run(data.to_vec(), at_end && !this.split_end) {
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                        // The empty end at once: a peer that knows the length (hyper's client)
+                        // may never ask for the body's end.
+                        if at_end
+                            && this.split_end
+                            && let Err(error) = this.run(Vec::new(), true)
+                        {
                             return Poll::Ready(Some(Err(error)));
                         }
                     }
@@ -212,23 +312,9 @@ impl Body for FilteredBody {
                         let Ok(trailers) = frame.into_trailers() else {
                             continue;
                         };
-                        // Bytes a filter held go on before the trailers, as Envoy flushes them.
-                        if let Err(error) = this.flush_held() {
+                        if let Err(error) = this.pass_trailers(&trailers) {
                             return Poll::Ready(Some(Err(error)));
                         }
-                        let filtered = this
-                            .chain
-                            .borrow_mut()
-                            .trailers(this.response, header_pairs(&trailers));
-                        match filtered {
-                            Ok(pairs) => this
-                                .ready
-                                .push_back(Frame::trailers(pairs_header_map(pairs))),
-                            Err(interruption) => {
-                                return Poll::Ready(Some(Err(this.stopped(interruption))));
-                            }
-                        }
-                        this.inner_done = true;
                     }
                 },
             }

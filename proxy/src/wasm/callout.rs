@@ -248,6 +248,8 @@ const CONNECT_FAILURE: &str = "upstream connect error or disconnect/reset before
 
 /// The upstream request of a callout to `cluster`: the guest's pseudo-headers become the
 /// method, the path and the Host, and the rest are shaped as any request to that cluster.
+/// An absolute-form `:path` (`http://idp.example/jwks`) goes to an HTTP/1 upstream as that
+/// request target, as Envoy sends it; HTTP/2 carries its parts as pseudo-headers.
 pub fn upstream_request(
     headers: Vec<Pair>,
     body: ProxyBody,
@@ -274,12 +276,18 @@ pub fn upstream_request(
     }
     *request.headers_mut() = pairs_header_map(plain);
     let (mut parts, body) = request.into_parts();
+    let absolute_form = parts.uri.scheme().is_some().then(|| parts.uri.clone());
     shape_for_upstream(
         &mut parts.uri,
         &mut parts.version,
         &mut parts.headers,
         cluster.settings.protocol,
     );
+    if let Some(uri) = absolute_form
+        && parts.version < http::Version::HTTP_2
+    {
+        parts.uri = uri;
+    }
     Request::from_parts(parts, body)
 }
 

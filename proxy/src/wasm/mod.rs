@@ -28,7 +28,7 @@ mod worker;
 pub use body::FilteredBody;
 pub use build::{build_wasm_packages, build_wasm_workspace, build_wasm_workspace_for};
 pub use callout::Clusters;
-pub use chain::{BodyStep, FilterChain, Interruption, request_headers, response_headers};
+pub use chain::{BodyStep, FilterChain, Interruption, PeerBody, request_headers, response_headers};
 pub use convert::{
     apply_request_pairs, apply_response_pairs, local_response, request_pairs, response_pairs,
 };

@@ -113,6 +113,7 @@ impl PluginSpec {
                 vm_config: config_bytes(filter.vm_config.as_ref()),
                 plugin_config: config_bytes(filter.config.as_ref()),
                 log_level: log_level(filter.log_level),
+                warned_invalid_header: Default::default(),
             }),
             digest,
             abi,

@@ -28,6 +28,8 @@ pub struct PluginInfo {
     pub plugin_config: Vec<u8>,
     /// Most verbose level logged: 0 trace … 5 critical.
     pub log_level: u32,
+    /// The plugin wrote a header HTTP cannot carry, and that was logged (once per plugin).
+    pub warned_invalid_header: std::sync::atomic::AtomicBool,
 }
 
 /// A locally generated reply a filter asked for with `proxy_send_local_response`.
@@ -66,6 +68,11 @@ pub struct StreamInfo {
     pub replay: RefCell<Replay>,
     /// What the TLS handshake of the downstream connection established, if it was TLS.
     pub tls: Option<Rc<crate::tls::TlsInfo>>,
+    /// Envoy's `response.code_details` and `response.flags` of the response the filters see.
+    pub response_details: RefCell<Option<String>>,
+    pub response_flags: Cell<u64>,
+    /// Request body bytes received from the client (`request.size` without a content-length).
+    pub request_body_bytes: Cell<u64>,
 }
 
 /// Where a stream was routed: the `route_name` and `cluster_name` properties.
@@ -90,6 +97,9 @@ impl StreamInfo {
             protocol,
             start: SystemTime::now(),
             routed: std::cell::OnceCell::new(),
+            response_details: RefCell::new(None),
+            response_flags: Cell::new(0),
+            request_body_bytes: Cell::new(0),
             upstream: Cell::new(None),
             upstream_failure: Cell::new(None),
             replay: RefCell::default(),
@@ -196,6 +206,9 @@ pub struct HostState {
     pub last_call_token: u32,
     /// Callouts the guest asked for in the callback in progress, sent when it returns.
     pub pending_calls: Vec<super::callout::PendingCall>,
+    /// HTTP and unary gRPC calls not answered yet, by token, with the stream context that made
+    /// them: a stream waiting for its own call keeps its headers held (see `chain::early`).
+    pub call_owners: HashMap<u32, u32>,
     /// The response being delivered by `proxy_on_http_call_response` (maps 6/7, buffer 4).
     pub call_response: Option<super::callout::CallResponse>,
     /// gRPC call tokens are 5, 9, 13, … (low two bits 01).
@@ -290,6 +303,7 @@ impl HostState {
             clusters: None,
             last_call_token: 0,
             pending_calls: Vec::new(),
+            call_owners: HashMap::new(),
             call_response: None,
             call_status: (0, Vec::new()),
             last_grpc_token: 1,

@@ -350,7 +350,20 @@ impl PluginVm {
     }
 
     /// Ends a stream context the way Envoy does for HTTP: `on_log`, `on_done`, `on_delete`.
+    /// Whether stream `context` made an HTTP or gRPC call that has not been answered yet.
+    pub fn awaits_call(&self, context: u32) -> bool {
+        self.store
+            .data()
+            .call_owners
+            .values()
+            .any(|owner| *owner == context)
+    }
+
     pub fn finish_stream(&mut self, context: u32) -> Result<(), VmFailure> {
+        self.store
+            .data_mut()
+            .call_owners
+            .retain(|_, owner| *owner != context);
         if let Some(stream) = self.stream(context) {
             stream.in_log = true;
             stream.request_headers.writable = false;
@@ -568,6 +581,7 @@ impl PluginVm {
             CallOutcome::Reset => ((0, 0, 0), None, (11, b"reset".to_vec())),
         };
         let state = self.store.data_mut();
+        state.call_owners.remove(&token);
         state.call_response = response;
         state.call_status = status;
         let outcome = match &self.callbacks.http_call_response {
@@ -599,6 +613,7 @@ impl PluginVm {
     /// the message in buffer 5, or `proxy_on_grpc_close` with the status (message via
     /// `proxy_get_status`), as Envoy does.
     pub fn on_grpc_response(&mut self, token: u32, outcome: GrpcOutcome) -> Result<(), VmFailure> {
+        self.store.data_mut().call_owners.remove(&token);
         // A call the guest cancelled (or closed) meanwhile has nobody to hear it.
         if self.store.data_mut().grpc_calls.remove(&token).is_none() {
             return Ok(());

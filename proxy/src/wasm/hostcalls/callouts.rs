@@ -52,6 +52,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let state = caller.data_mut();
                 state.last_call_token += 4;
                 let token = state.last_call_token;
+                note_owner(state, token);
                 state.pending_calls.push(PendingCall {
                     kind: CallKind::Http,
                     token,
@@ -101,6 +102,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 let state = caller.data_mut();
                 state.last_grpc_token += 4;
                 let token = state.last_grpc_token;
+                note_owner(state, token);
                 let (cancel, cancelled) = tokio::sync::oneshot::channel();
                 state.grpc_calls.insert(token, cancel);
                 state.pending_calls.push(PendingCall {
@@ -237,6 +239,14 @@ fn grpc_target(
 
 /// `proxy_grpc_cancel`: resets a call or a stream. Dropping its handle does that, so no
 /// callback follows.
+/// Remembers which stream made call `token`, if a stream context is acting.
+fn note_owner(state: &mut HostState, token: u32) {
+    let acting = state.contexts.acting();
+    if state.streams.contains_key(&acting) {
+        state.call_owners.insert(token, acting);
+    }
+}
+
 fn cancel(state: &mut HostState, token: u32) -> Status {
     let found = match token & TOKEN_KIND {
         GRPC_CALL => state.grpc_calls.remove(&token).is_some(),

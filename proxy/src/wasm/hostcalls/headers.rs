@@ -47,6 +47,9 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                         (alias(kind as u32, k), v)
                     })
                     .collect();
+                for (key, value) in &new_pairs {
+                    warn_if_invalid(caller.data(), kind as u32, key, value);
+                }
                 with_writable(&mut caller, kind as u32, |list| *list = new_pairs)
             })();
             finish(result)
@@ -100,6 +103,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 check_kind(kind)?;
                 let key = alias(kind as u32, read_key(&caller, key_ptr, key_len)?);
                 let value = read(&caller, value_ptr, value_len)?;
+                warn_if_invalid(caller.data(), kind as u32, &key, &value);
                 with_writable(&mut caller, kind as u32, |list| add(list, key, value))
             })();
             finish(result)
@@ -118,6 +122,7 @@ pub fn register(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 check_kind(kind)?;
                 let key = alias(kind as u32, read_key(&caller, key_ptr, key_len)?);
                 let value = read(&caller, value_ptr, value_len)?;
+                warn_if_invalid(caller.data(), kind as u32, &key, &value);
                 with_writable(&mut caller, kind as u32, |list| replace(list, key, value))
             })();
             finish(result)
@@ -156,6 +161,39 @@ fn alias(kind: u32, key: String) -> String {
     } else {
         key
     }
+}
+
+/// Says once per plugin, with the reason, that it wrote a header HTTP cannot carry: the
+/// request then fails with 503 as in Envoy (`convert::InvalidHeader`), and response headers
+/// and trailers go on without it, so the filter's author needs to hear why.
+fn warn_if_invalid(state: &HostState, kind: u32, key: &str, value: &[u8]) {
+    if kind > 3 {
+        return;
+    }
+    let name = key.strip_prefix(':').unwrap_or(key);
+    let problem = if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        "its name is not a valid HTTP field name"
+    } else if http::HeaderValue::from_bytes(value).is_err() {
+        "its value holds a control character (a newline, NUL, ...)"
+    } else {
+        return;
+    };
+    let plugin = &state.plugin;
+    if plugin
+        .warned_invalid_header
+        .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        return;
+    }
+    let effect = match kind {
+        REQUEST_HEADERS => "the request fails with 503, as in Envoy",
+        _ => "it is dropped",
+    };
+    tracing::warn!(
+        plugin = %plugin.name,
+        header = %key.escape_debug(),
+        "a filter wrote a header HTTP cannot carry ({problem}): {effect}; said once per plugin"
+    );
 }
 
 fn check_kind(kind: i32) -> Result<(), Status> {

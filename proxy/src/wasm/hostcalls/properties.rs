@@ -232,11 +232,21 @@ fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
                 None => Value::Map(list.clone()),
             }
         }
-        (b"xds", Some(b"route_name")) | (b"route_name", None) => {
-            text(info.routed.get()?.route_name.clone())
+        // Envoy 1.33 dropped the bare `route_name` and `cluster_name`: only `xds.*` names
+        // them (the bare ones fall through to filter state, NotFound unless a filter set it).
+        (b"xds", Some(b"route_name")) => text(info.routed.get()?.route_name.clone()),
+        (b"xds", Some(b"cluster_name")) => text(info.routed.get()?.cluster_name.clone()),
+        // Envoy: the request's content-length while its headers are visible, else the body
+        // bytes received so far.
+        (b"request", Some(b"size")) => {
+            let declared = header("content-length").and_then(|length| length.parse::<i64>().ok());
+            Value::Int(declared.unwrap_or_else(|| {
+                i64::try_from(info.request_body_bytes.get()).unwrap_or(i64::MAX)
+            }))
         }
-        (b"xds", Some(b"cluster_name")) | (b"cluster_name", None) => {
-            text(info.routed.get()?.cluster_name.clone())
+        (b"response", Some(b"code_details")) => text(info.response_details.borrow().clone()?),
+        (b"response", Some(b"flags")) => {
+            Value::Int(i64::try_from(info.response_flags.get()).unwrap_or(i64::MAX))
         }
         (b"upstream", Some(b"address")) => text(info.upstream.get()?.to_string()),
         (b"upstream", Some(b"port")) => Value::Int(i64::from(info.upstream.get()?.port())),

@@ -1,5 +1,5 @@
-//! Proxy-Wasm behaviour that filters written outside this project rely on, as Envoy 1.40
-//! shows it (benches/envoy_diff.sh runs the same cases through Envoy).
+//! Header maps as filters in the field use them: `host`, HTTP/2 cookies, headers HTTP
+//! cannot carry, and the properties Envoy gives.
 
 use bytes::Bytes;
 use http::Request;
@@ -7,21 +7,8 @@ use http_body_util::Full;
 
 use crate::support::*;
 
-fn headers_fixture_config() -> String {
-    format!(
-        r#"
-workers: 1
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    filters: [{{ name: tagger, module: "{}", config: t }}]
-    routes: [{{ match: {{ prefix: / }}, cluster: backend }}]
-clusters:
-  - name: backend
-    endpoints: ["{{app}}"]
-"#,
-        fixture("headers").display()
-    )
+pub(super) fn headers_fixture_config() -> String {
+    super::one_filter_config("headers", Some("t"), "")
 }
 
 /// The `host` lines of the upstream's echo of the request it got.
@@ -111,4 +98,65 @@ async fn http2_cookies_are_one_header_for_filters_and_the_upstream() {
         "{}",
         reply.body
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_header_http_cannot_carry_fails_the_request_naming_it() {
+    let upstream = TestUpstream::start("app").await;
+    // The binary, for its log.
+    let yaml = headers_fixture_config().replace("{app}", &upstream.addr.to_string());
+    let proxy = SpawnedProxy::start(&write_config("invalid-header", &yaml));
+    let reply = get(proxy.addr, "/invalid-value").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body, "invalid header value for: x-bad-value");
+    let reply = get(proxy.addr, "/invalid-name").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert_eq!(reply.body, "invalid header name: bad name");
+    assert_eq!(upstream.requests(), 0, "nothing went upstream");
+    // Said once per plugin, with the reason.
+    let _ = get(proxy.addr, "/invalid-value").await;
+    let log = proxy.log();
+    assert_eq!(
+        log.matches("a filter wrote a header HTTP cannot carry")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_read_envoys_response_and_route_properties() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&headers_fixture_config(), &[&upstream]).await;
+    let reply = send(
+        proxy.addr,
+        Request::post("/props")
+            .header("host", "shop.example")
+            .body(Full::new(Bytes::from_static(b"0123456789")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        reply.echoed("x-wasm-request-size"),
+        Some("10"),
+        "{}",
+        reply.body
+    );
+    let stamped = |name| reply.header(name).unwrap_or("absent").to_owned();
+    assert_eq!(stamped("x-wasm-code-details"), "'via_upstream'");
+    assert_eq!(stamped("x-wasm-flags"), "0");
+    assert_eq!(stamped("x-wasm-later-request-size"), "10");
+    // An unnamed route's name is empty, which the Rust SDK reads as absent (in Envoy too).
+    assert_eq!(stamped("x-wasm-route"), "not-found");
+    assert_eq!(stamped("x-wasm-cluster"), "'backend'");
+    assert_eq!(stamped("x-wasm-bare-cluster"), "not-found");
+    assert_eq!(stamped("x-wasm-bare-route"), "not-found");
+    assert_eq!(stamped("x-wasm-clock"), "us");
+
+    // A filter's own reply: its details, none from the Rust SDK (which reads an empty property
+    // as absent, in Envoy too); no flags.
+    let denied = get(proxy.addr, "/deny").await;
+    assert_eq!(denied.header("x-wasm-code-details"), Some("not-found"));
+    assert_eq!(denied.header("x-wasm-flags"), Some("0"));
 }

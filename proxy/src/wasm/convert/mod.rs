@@ -2,6 +2,7 @@
 //! (`:method`, `:scheme`, `:authority`, `:path`; `:status`) first, then the headers, names
 //! lowercase.
 
+use crate::http::ReplyDetails;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, request, response};
 
@@ -69,7 +70,23 @@ fn append_headers(pairs: &mut Vec<Pair>, headers: &HeaderMap) {
 /// Writes what the filters left back into the request: method, path (origin form),
 /// `:authority` as `Host`, and the headers. What the filters did not change is not parsed
 /// again (see [`apply_headers`]).
-pub fn apply_request_pairs(parts: &mut request::Parts, pairs: &[Pair]) {
+/// A header a filter wrote that HTTP cannot carry (a space in a name, a newline in a value).
+/// On the request path Envoy fails the request with 503 and this text as the body, when it
+/// encodes the request for the upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidHeader {
+    #[error("invalid header name: {0}")]
+    Name(String),
+    #[error("invalid header value for: {0}")]
+    Value(String),
+}
+
+/// Writes the filters' request header pairs back into `parts`. A header HTTP cannot carry
+/// fails the request, as in Envoy, instead of reaching the upstream.
+pub fn apply_request_pairs(
+    parts: &mut request::Parts,
+    pairs: &[Pair],
+) -> Result<(), InvalidHeader> {
     let mut authority = None;
     for (name, value) in pairs.iter().filter(|(name, _)| name.starts_with(':')) {
         match name.as_str() {
@@ -95,12 +112,13 @@ pub fn apply_request_pairs(parts: &mut request::Parts, pairs: &[Pair]) {
         name: &http::header::HOST,
         keep: host.is_some(),
     };
-    apply_headers(&mut parts.headers, pairs, Some(excluded));
+    let invalid = apply_headers(&mut parts.headers, pairs, Some(excluded));
     if let Some(host) = host
         && parts.headers.get(http::header::HOST) != Some(&host)
     {
         parts.headers.insert(http::header::HOST, host);
     }
+    invalid.map_or(Ok(()), Err)
 }
 
 /// A header the pairs leave out, which the caller sets itself afterwards.
@@ -133,7 +151,10 @@ pub fn apply_response_pairs(parts: &mut response::Parts, pairs: &[Pair]) {
     {
         parts.status = status;
     }
-    apply_headers(&mut parts.headers, pairs, None);
+    // Response headers go on without it (see `insert_or_drop`).
+    if let Some(error) = apply_headers(&mut parts.headers, pairs, None) {
+        tracing::debug!(%error, "dropping a response header a filter set that HTTP cannot carry");
+    }
 }
 
 /// Makes `headers` what the filters' `pairs` say (pseudo-headers aside), given that the pairs
@@ -142,7 +163,13 @@ pub fn apply_response_pairs(parts: &mut response::Parts, pairs: &[Pair]) {
 /// only the added pairs are parsed and appended. Otherwise the map is rebuilt without
 /// `excluded` (the caller sets it), and headers that kept their place reuse their parsed name
 /// and value.
-fn apply_headers(headers: &mut HeaderMap, pairs: &[Pair], excluded: Option<Excluded<'_>>) {
+/// Returns the first header it left out because HTTP cannot carry it.
+fn apply_headers(
+    headers: &mut HeaderMap,
+    pairs: &[Pair],
+    excluded: Option<Excluded<'_>>,
+) -> Option<InvalidHeader> {
+    let mut invalid = None;
     let excluded_name = excluded.map(|e| e.name);
     let regular = || pairs.iter().filter(|(name, _)| !name.starts_with(':'));
     let mut originals = headers
@@ -163,9 +190,9 @@ fn apply_headers(headers: &mut HeaderMap, pairs: &[Pair], excluded: Option<Exclu
     let must_drop = excluded.is_some_and(|e| !e.keep && headers.contains_key(e.name));
     if originals.peek().is_none() && !must_drop {
         for (name, value) in regular().skip(kept) {
-            insert(headers, name, value);
+            note_invalid(&mut invalid, insert(headers, name, value));
         }
-        return;
+        return invalid;
     }
     // Something was removed, changed or reordered: rebuild, reusing what matches in order.
     let previous = std::mem::replace(headers, HeaderMap::with_capacity(pairs.len()));
@@ -179,8 +206,15 @@ fn apply_headers(headers: &mut HeaderMap, pairs: &[Pair], excluded: Option<Exclu
                 headers.append((*name).clone(), (*value).clone());
                 originals.next();
             }
-            _ => insert(headers, &pair.0, &pair.1),
+            _ => note_invalid(&mut invalid, insert(headers, &pair.0, &pair.1)),
         }
+    }
+    invalid
+}
+
+fn note_invalid(first: &mut Option<InvalidHeader>, result: Result<(), InvalidHeader>) {
+    if let Err(error) = result {
+        first.get_or_insert(error);
     }
 }
 
@@ -191,24 +225,48 @@ fn same_header((name, value): (&HeaderName, &HeaderValue), (pair_name, pair_valu
 pub fn pairs_header_map(pairs: Vec<Pair>) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(pairs.len());
     for (name, value) in pairs {
-        insert(&mut headers, &name, &value);
+        insert_or_drop(&mut headers, &name, &value);
     }
     headers
 }
 
-/// A header the guest wrote that HTTP cannot carry (a newline in a value, a space in a
-/// name) is dropped: forwarding it would corrupt the message.
-fn insert(headers: &mut HeaderMap, name: &str, value: &[u8]) {
-    match (
-        HeaderName::from_bytes(name.as_bytes()),
-        HeaderValue::from_bytes(value),
-    ) {
-        (Ok(name), Ok(value)) => {
-            headers.append(name, value);
+/// Appends one pair. A header HTTP cannot carry (a newline in a value, a space in a name) is
+/// left out, since forwarding it would corrupt the message; the caller decides what that
+/// costs the stream.
+fn insert(headers: &mut HeaderMap, name: &str, value: &[u8]) -> Result<(), InvalidHeader> {
+    let Ok(parsed) = HeaderName::from_bytes(name.as_bytes()) else {
+        return Err(InvalidHeader::Name(escaped(name.as_bytes())));
+    };
+    let Ok(value) = HeaderValue::from_bytes(value) else {
+        return Err(InvalidHeader::Value(escaped(name.as_bytes())));
+    };
+    headers.append(parsed, value);
+    Ok(())
+}
+
+/// A header name for a message, control characters escaped as in JSON (as Envoy prints it).
+fn escaped(name: &[u8]) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in String::from_utf8_lossy(name).chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
         }
-        _ => {
-            tracing::debug!(header = %name, "dropping a header a filter set that HTTP cannot carry")
-        }
+    }
+    out
+}
+
+/// Appends one pair where a header HTTP cannot carry can only be left out (response headers,
+/// trailers, a filter's own reply): Envoy writes such bytes as they are, which corrupts an
+/// HTTP/1 message, so Sluice drops the header and says so.
+fn insert_or_drop(headers: &mut HeaderMap, name: &str, value: &[u8]) {
+    if let Err(error) = insert(headers, name, value) {
+        tracing::debug!(%error, "dropping a header a filter set that HTTP cannot carry");
     }
 }
 
@@ -222,7 +280,7 @@ pub fn local_response(local: LocalResponse, grpc_request: bool) -> http::Respons
     let mut headers = HeaderMap::new();
     // The filter's headers first, then what the reply adds, as Envoy orders them.
     for (name, value) in &local.headers {
-        insert(&mut headers, name, value);
+        insert_or_drop(&mut headers, name, value);
     }
     let body = if grpc_request {
         let grpc_status = local
@@ -231,208 +289,30 @@ pub fn local_response(local: LocalResponse, grpc_request: bool) -> http::Respons
         grpc_reply::add_status_headers(&mut headers, grpc_status, &local.body);
         ProxyBody::Empty
     } else {
-        if !local.body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
+        // Envoy sends a filter's reply with its length, not in chunks, and then its type.
+        if !local.body.is_empty() {
             headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain"),
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(local.body.len()),
             );
+            if !headers.contains_key(http::header::CONTENT_TYPE) {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain"),
+                );
+            }
         }
         ProxyBody::full(local.body)
     };
     let mut response = http::Response::new(body);
     *response.status_mut() = if grpc_request { StatusCode::OK } else { status };
     *response.headers_mut() = headers;
+    // Envoy's `response.code_details` of a filter's reply: the details it gave, spaces as `_`.
+    response
+        .extensions_mut()
+        .insert(ReplyDetails(local.details.replace(' ', "_")));
     response
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_round_trip_through_pairs_with_rewrites() {
-        let request = http::Request::post("/a?b=1")
-            .header("host", "svc.local")
-            .header("x-one", "1")
-            .header("x-one", "2")
-            .body(())
-            .unwrap();
-        let (mut parts, ()) = request.into_parts();
-        let mut pairs = request_pairs(&parts, "http");
-        assert_eq!(
-            &pairs[..4],
-            &[
-                (":authority".to_owned(), b"svc.local".to_vec()),
-                (":path".to_owned(), b"/a?b=1".to_vec()),
-                (":method".to_owned(), b"POST".to_vec()),
-                (":scheme".to_owned(), b"http".to_vec()),
-            ]
-        );
-        pairs[1].1 = b"/rewritten".to_vec();
-        pairs.push(("x-added".into(), b"yes".to_vec()));
-        pairs.push(("bad name".into(), b"dropped".to_vec()));
-        apply_request_pairs(&mut parts, &pairs);
-        assert_eq!(parts.uri, "/rewritten");
-        assert_eq!(parts.method, Method::POST);
-        assert_eq!(parts.headers["host"], "svc.local");
-        assert_eq!(parts.headers.get_all("x-one").iter().count(), 2);
-        assert_eq!(parts.headers["x-added"], "yes");
-        assert_eq!(parts.headers.len(), 4);
-    }
-
-    fn response_with(headers: &[(&str, &str)]) -> response::Parts {
-        let mut response = http::Response::builder().status(200);
-        for (name, value) in headers {
-            response = response.header(*name, *value);
-        }
-        response.body(()).unwrap().into_parts().0
-    }
-
-    fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
-        headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn response_maps_follow_additions_removals_and_changes() {
-        const ORIGINAL: &[(&str, &str)] = &[
-            ("a", "1"),
-            ("set-cookie", "x"),
-            ("set-cookie", "y"),
-            ("b", "2"),
-        ];
-        /// A case: its name, what the filter does to the pairs, and the headers it leaves.
-        type Case = (
-            &'static str,
-            fn(&mut Vec<Pair>),
-            &'static [(&'static str, &'static str)],
-        );
-        let cases: [Case; 5] = [
-            ("unchanged", |_| {}, ORIGINAL),
-            (
-                "added",
-                |p| p.push(("set-cookie".into(), b"z".to_vec())),
-                &[
-                    ("a", "1"),
-                    ("set-cookie", "x"),
-                    ("set-cookie", "y"),
-                    ("set-cookie", "z"),
-                    ("b", "2"),
-                ],
-            ),
-            (
-                "removed in the middle",
-                |p| p.retain(|(_, v)| v.as_slice() != b"x"),
-                &[("a", "1"), ("set-cookie", "y"), ("b", "2")],
-            ),
-            (
-                "removed at the end",
-                |p| {
-                    p.pop();
-                },
-                &[("a", "1"), ("set-cookie", "x"), ("set-cookie", "y")],
-            ),
-            (
-                "changed and added",
-                |p| {
-                    p[1].1 = b"9".to_vec();
-                    p.push(("c".into(), b"3".to_vec()));
-                },
-                &[
-                    ("a", "9"),
-                    ("set-cookie", "x"),
-                    ("set-cookie", "y"),
-                    ("b", "2"),
-                    ("c", "3"),
-                ],
-            ),
-        ];
-        for (case, change, expected) in cases {
-            let mut parts = response_with(ORIGINAL);
-            let mut pairs = response_pairs(&parts);
-            change(&mut pairs);
-            apply_response_pairs(&mut parts, &pairs);
-            let expected: Vec<(String, String)> = expected
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                .collect();
-            assert_eq!(header_list(&parts.headers), expected, "{case}");
-        }
-    }
-
-    #[test]
-    fn host_follows_authority_and_absolute_uris_become_origin_form() {
-        let request = http::Request::get("http://svc.local/a?b=1")
-            .header("x-one", "1")
-            .body(())
-            .unwrap();
-        let (mut parts, ()) = request.into_parts();
-        let mut pairs = request_pairs(&parts, "http");
-        pairs[0].1 = b"other.local".to_vec();
-        apply_request_pairs(&mut parts, &pairs);
-        assert_eq!(parts.uri, "/a?b=1");
-        assert_eq!(parts.headers["host"], "other.local");
-
-        let request = http::Request::get("/")
-            .header("host", "svc.local")
-            .body(())
-            .unwrap();
-        let (mut parts, ()) = request.into_parts();
-        let pairs = request_pairs(&parts, "http");
-        apply_request_pairs(&mut parts, &pairs);
-        assert_eq!(
-            header_list(&parts.headers),
-            [("host".to_owned(), "svc.local".to_owned())]
-        );
-    }
-
-    #[test]
-    fn dropping_host_keeps_the_order_of_the_other_headers() {
-        // A Host that is not visible ASCII gives an empty :authority, so Host goes; found by
-        // the `headers` fuzz target (proxy/fuzz).
-        let request = http::Request::get("/")
-            .header("host", HeaderValue::from_bytes(b"bad\x9a").unwrap())
-            .header("b", "1")
-            .header("c", "2")
-            .header("d", "3")
-            .body(())
-            .unwrap();
-        let (mut parts, ()) = request.into_parts();
-        let pairs = request_pairs(&parts, "http");
-        apply_request_pairs(&mut parts, &pairs);
-        let names: Vec<&str> = parts.headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["b", "c", "d"]);
-    }
-
-    #[test]
-    fn grpc_requests_get_trailers_only_replies_and_others_plain_ones() {
-        let reply = |grpc_status, grpc_request| {
-            local_response(
-                LocalResponse {
-                    status: 403,
-                    details: "denied".into(),
-                    body: b"no access\n".to_vec(),
-                    headers: vec![("x-why".into(), b"policy".to_vec())],
-                    grpc_status,
-                },
-                grpc_request,
-            )
-        };
-        // What Envoy 1.40 answers for the same calls (checked with an AssemblyScript filter).
-        let grpc = reply(Some(2), true);
-        assert_eq!(grpc.status(), 200);
-        assert_eq!(grpc.headers()["content-type"], "application/grpc");
-        assert_eq!(grpc.headers()["grpc-status"], "2");
-        assert_eq!(grpc.headers()["grpc-message"], "no access%0A");
-        assert_eq!(grpc.headers()["x-why"], "policy");
-        // No gRPC status given: the HTTP status mapped, 403 -> PERMISSION_DENIED.
-        assert_eq!(reply(None, true).headers()["grpc-status"], "7");
-        // A plain request ignores the gRPC status.
-        let plain = reply(Some(2), false);
-        assert_eq!(plain.status(), 403);
-        assert_eq!(plain.headers()["content-type"], "text/plain");
-        assert!(!plain.headers().contains_key("grpc-status"));
-    }
-}
+mod tests;
