@@ -152,6 +152,7 @@ cases_gate() {
   req gate-chunked POST /gate -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/small.txt"
   req gate-h2 POST /gate -H 'x-echo-reply: body' --http2-prior-knowledge --data-binary @"$WORK/small.txt"
   req gate-first POST /gate-first -H 'x-echo-reply: body' --data-binary @"$WORK/small.txt"
+  req gate-first-large POST /gate-first -H 'x-echo-reply: body' -H 'Transfer-Encoding: chunked' --data-binary @"$WORK/large.txt"
   req gate-5xx GET /gate -H 'x-echo-reply: body' -H 'x-echo-status: 503'
   req gate-response-chunks GET /gate -H 'x-echo-size: 600' -H 'x-echo-chunks: 3'
 }

@@ -125,7 +125,12 @@ impl FilterChain {
         // A filter that failed (fail-open) since it paused has no map left: the backup goes on.
         let _ = filter.slot.with_vm(filter.generation, |vm| {
             if let Some(stream) = vm.stream(context) {
-                held = slot_for(stream, phase).pairs.take();
+                let slot = slot_for(stream, phase);
+                held = slot.pairs.take();
+                // As in Envoy, the filter keeps the map it paused with: later body callbacks
+                // may still read and write it (the headers left already, so writes go nowhere),
+                // where a missing map would fail the SDKs' header calls.
+                slot.pairs.clone_from(&held);
             }
             Ok(())
         });
