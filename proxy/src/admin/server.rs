@@ -30,7 +30,10 @@ pub async fn serve_admin(socket: TcpListener, state: Arc<ProxyState>) {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(respond(&state, &request)) }
             });
+            // The same head timeout as a listener's default: a slow client holds nothing long.
             if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -39,6 +42,9 @@ pub async fn serve_admin(socket: TcpListener, state: Arc<ProxyState>) {
         });
     }
 }
+
+/// How long an admin request head may take to arrive (listeners' `request_header_timeout`).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn respond(state: &ProxyState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {

@@ -74,6 +74,18 @@ pub struct ListenerConfig {
     /// Close a downstream connection after this long without traffic; `0` never. [1h]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<ConfigDuration>,
+    /// HTTP/1: close a connection whose request head (line and headers) has not fully
+    /// arrived this long after its first byte (slowloris); `0` never. [10s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_header_timeout: Option<ConfigDuration>,
+    /// Reset a connection whose client accepts no response bytes for this long, freeing the
+    /// upstream request behind it; `0` never. [30s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_timeout: Option<ConfigDuration>,
+    /// Most connections open at once on this listener (all workers); more are closed at
+    /// accept. [none]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
     /// Most body bytes a Wasm filter may hold while it pauses (buffers) a request or response;
     /// more gets 413 (request) or a reset (response already started). [1MiB]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -38,6 +38,9 @@ pub struct ListenerSnapshot {
     /// `protocol: tcp` with `sni_routes`: the cluster by the server name of the TLS hello.
     pub sni_routes: Option<Arc<crate::tls::NameTable<Arc<Cluster>>>>,
     pub idle_timeout: Option<Duration>,
+    pub request_header_timeout: Option<Duration>,
+    pub send_timeout: Option<Duration>,
+    pub max_connections: Option<u32>,
     pub max_request_headers_size: usize,
     pub max_body_buffer: usize,
     /// Set on a TLS listener.
@@ -174,6 +177,13 @@ impl Snapshot {
                 idle_timeout: listener
                     .idle_timeout
                     .map_or(Some(Duration::from_secs(3600)), |t| t.non_zero()),
+                request_header_timeout: listener
+                    .request_header_timeout
+                    .map_or(Some(Duration::from_secs(10)), |t| t.non_zero()),
+                send_timeout: listener
+                    .send_timeout
+                    .map_or(Some(Duration::from_secs(30)), |t| t.non_zero()),
+                max_connections: listener.max_connections,
                 max_request_headers_size: listener
                     .max_request_headers_size
                     .map_or(60 * 1024, |s| s.0 as usize),

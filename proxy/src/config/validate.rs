@@ -124,6 +124,12 @@ impl Checker {
                 "must be at least 8KiB",
             );
         }
+        if listener.max_connections == Some(0) {
+            self.problem(
+                format!("{path}.max_connections"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
         match listener.protocol {
             ListenerProtocol::Http => {
                 if listener.routes.is_empty() {

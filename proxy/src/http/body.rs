@@ -5,7 +5,9 @@
 //! recorded, the in-flight counts drop; and it enforces the route's deadline and idle timeout
 //! while the body streams.
 
+use std::cell::RefCell;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +30,7 @@ pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
     /// A downstream request body streamed to the upstream as it arrives.
-    Downstream(Incoming),
+    Downstream(Box<DownstreamBody>),
     Upstream(Box<UpstreamBody>),
     /// A body passing through Wasm filters.
     Filtered(Box<crate::wasm::FilteredBody>),
@@ -66,6 +68,70 @@ enum StreamError {
     Idle(Duration),
 }
 
+/// The client's request body failed: the client's fault, not the upstream's, whatever the
+/// upstream exchange it broke reports (hyper's client reports it as the connection closing).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("the client's request body is malformed: {0}")]
+    Malformed(String),
+    #[error("the client went away before its request body ended: {0}")]
+    Disconnected(String),
+}
+
+impl ClientBodyError {
+    /// Invalid framing (a bad chunk size, a broken HTTP/2 DATA frame) is malformed; anything
+    /// else (an early end of file, a reset, a cancelled stream) is the client leaving.
+    fn classify(error: &hyper::Error) -> Self {
+        let malformed = io_kinds(error).any(|kind| {
+            matches!(
+                kind,
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        }) || error.is_parse();
+        if malformed {
+            Self::Malformed(error.to_string())
+        } else {
+            Self::Disconnected(error.to_string())
+        }
+    }
+}
+
+/// The kinds of the I/O errors in `error`'s chain of causes.
+fn io_kinds<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = std::io::ErrorKind> + 'a {
+    std::iter::successors(Some(error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>().map(std::io::Error::kind))
+}
+
+/// A client's request body, which remembers how it failed for the exchange to blame the client.
+pub struct DownstreamBody {
+    incoming: Incoming,
+    failed: Rc<RefCell<Option<ClientBodyError>>>,
+}
+
+impl DownstreamBody {
+    /// The body, and where its failure will be found.
+    pub fn new(incoming: Incoming) -> (Self, Rc<RefCell<Option<ClientBodyError>>>) {
+        let failed = Rc::default();
+        let body = Self {
+            incoming,
+            failed: Rc::clone(&failed),
+        };
+        (body, failed)
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.incoming)
+            .poll_frame(cx)
+            .map_err(|error| {
+                let failure = ClientBodyError::classify(&error);
+                self.failed.borrow_mut().get_or_insert(failure.clone());
+                Box::new(failure).into()
+            })
+    }
+}
+
 // === impl ProxyBody ===
 
 impl ProxyBody {
@@ -89,7 +155,7 @@ impl Body for ProxyBody {
                     .filter(|d| !d.is_empty())
                     .map(|d| Ok(Frame::data(d))),
             ),
-            Self::Downstream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Self::Downstream(downstream) => downstream.poll_frame(cx),
             Self::Upstream(upstream) => Pin::new(upstream.as_mut()).poll_frame(cx),
             Self::Filtered(filtered) => Pin::new(filtered.as_mut()).poll_frame(cx),
             Self::Replayable(replayable) => Pin::new(replayable.as_mut()).poll_frame(cx),
@@ -103,7 +169,7 @@ impl Body for ProxyBody {
         match self {
             Self::Empty => true,
             Self::Full(data) => data.as_ref().is_none_or(Bytes::is_empty),
-            Self::Downstream(incoming) => incoming.is_end_stream(),
+            Self::Downstream(downstream) => downstream.incoming.is_end_stream(),
             Self::Upstream(upstream) => upstream.inner.is_end_stream(),
             Self::Filtered(filtered) => filtered.is_end_stream(),
             Self::Replayable(replayable) => replayable.is_end_stream(),
@@ -115,7 +181,7 @@ impl Body for ProxyBody {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
-            Self::Downstream(incoming) => incoming.size_hint(),
+            Self::Downstream(downstream) => downstream.incoming.size_hint(),
             Self::Upstream(upstream) => upstream.inner.size_hint(),
             Self::Filtered(filtered) => filtered.size_hint(),
             Self::Replayable(replayable) => replayable.size_hint(),

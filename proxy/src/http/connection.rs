@@ -8,6 +8,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::send_timeout::SendTimeout;
+
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -48,7 +50,14 @@ pub struct StreamGuard(Rc<Activity>);
 
 pub struct ConnectionSettings {
     pub idle_timeout: Option<Duration>,
+    /// HTTP/1: how long a request head may take to arrive (hyper's header read timeout).
+    pub request_header_timeout: Option<Duration>,
+    /// How long the client may accept no response bytes (see `send_timeout`).
+    pub send_timeout: Option<Duration>,
     pub max_request_headers_size: usize,
+    /// Counters of the connections cut off for the two timeouts above.
+    pub header_timeouts: prometheus::IntCounter,
+    pub send_timeouts: prometheus::IntCounter,
 }
 
 // === impl Activity ===
@@ -112,12 +121,18 @@ pub async fn serve_http<S>(
     builder
         .http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(settings.request_header_timeout)
         .max_buf_size(settings.max_request_headers_size.max(MIN_HEADER_BUFFER));
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_request_headers_size).unwrap_or(u32::MAX));
     let service = service_fn(move |request| handle(Rc::clone(&conn), request));
+    let stream = SendTimeout::new(
+        stream,
+        settings.send_timeout,
+        settings.send_timeouts.clone(),
+    );
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
 
@@ -146,6 +161,12 @@ pub async fn serve_http<S>(
         }
     };
     if let Err(error) = result {
+        let header_timeout = error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout);
+        if header_timeout {
+            settings.header_timeouts.inc();
+        }
         tracing::debug!(%peer, %error, "downstream connection ended with an error");
     }
 }

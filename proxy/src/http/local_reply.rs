@@ -33,6 +33,11 @@ pub enum Reason {
     StreamIdleTimeout,
     /// A filter left a request header HTTP cannot carry (Envoy's 503 at upstream encode).
     FilterInvalidHeader,
+    /// The client's request body is malformed (bad chunked framing): 400, the client's fault.
+    DownstreamProtocolError,
+    /// The client went away before its request ended: counted with status 499 (nobody is
+    /// left to answer), never as an upstream failure.
+    DownstreamDisconnect,
 }
 
 #[derive(Debug)]
@@ -67,6 +72,8 @@ impl Reason {
             Self::BodyTooLarge => "body_too_large",
             Self::StreamIdleTimeout => "stream_idle_timeout",
             Self::FilterInvalidHeader => "filter_invalid_header",
+            Self::DownstreamProtocolError => "downstream_protocol_error",
+            Self::DownstreamDisconnect => "downstream_disconnect",
         }
     }
 }
@@ -99,11 +106,13 @@ impl Reason {
             Self::BodyTooLarge => "request_payload_too_large",
             Self::StreamIdleTimeout => "stream_idle_timeout",
             Self::FilterInvalidHeader => "filter_removed_required_request_headers",
+            Self::DownstreamProtocolError => "downstream_protocol_error",
+            Self::DownstreamDisconnect => "downstream_remote_disconnect",
         }
     }
 
     /// Envoy's response flags for the same reply (`response.flags`): bit n is Envoy's core
-    /// response flag n (UH 1, UT 2, UR 4, UF 5, NR 8, SI 16, DPE 18, UPE 23).
+    /// response flag n (UH 1, UT 2, UR 4, UF 5, NR 8, DC 14, SI 16, DPE 18, UPE 23).
     pub fn envoy_flags(self) -> u64 {
         let bit = match self {
             Self::NoHealthyUpstream => 1,
@@ -112,7 +121,8 @@ impl Reason {
             Self::UpstreamConnectFailure | Self::UpstreamConnectTimeout => 5,
             Self::NoRoute => 8,
             Self::StreamIdleTimeout => 16,
-            Self::FilterInvalidHeader => 18,
+            Self::FilterInvalidHeader | Self::DownstreamProtocolError => 18,
+            Self::DownstreamDisconnect => 14,
             Self::UpstreamProtocolError => 23,
             Self::WasmFailStream | Self::FilterLocalReply | Self::BodyTooLarge => return 0,
         };
@@ -120,7 +130,7 @@ impl Reason {
     }
 }
 
-const ALL_REASONS: [Reason; 13] = [
+const ALL_REASONS: [Reason; 15] = [
     Reason::NoRoute,
     Reason::NoHealthyUpstream,
     Reason::UpstreamConnectFailure,
@@ -134,6 +144,8 @@ const ALL_REASONS: [Reason; 13] = [
     Reason::BodyTooLarge,
     Reason::StreamIdleTimeout,
     Reason::FilterInvalidHeader,
+    Reason::DownstreamProtocolError,
+    Reason::DownstreamDisconnect,
 ];
 
 // === impl LocalReply ===
@@ -218,6 +230,23 @@ impl LocalReply {
             Reason::UpstreamPerTryTimeout,
             format!("cluster {cluster} did not respond within the per-try timeout ({timeout:?})"),
         )
+    }
+
+    /// The client's request body failed while it streamed to the upstream.
+    pub fn from_client_body(error: &crate::http::body::ClientBodyError) -> Self {
+        use crate::http::body::ClientBodyError;
+        match error {
+            ClientBodyError::Malformed(_) => Self::new(
+                StatusCode::BAD_REQUEST,
+                Reason::DownstreamProtocolError,
+                error.to_string(),
+            ),
+            ClientBodyError::Disconnected(_) => Self::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                Reason::DownstreamDisconnect,
+                error.to_string(),
+            ),
+        }
     }
 
     /// Maps an upstream failure to the status Envoy would answer with.

@@ -9,6 +9,7 @@ mod headers;
 mod local_reply;
 mod replay;
 mod route;
+mod send_timeout;
 mod service;
 mod upgrade;
 

@@ -46,6 +46,16 @@ pub async fn accept_loop(
             // Removed by the config published a moment ago; this socket is being retired.
             continue;
         };
+        // Over the listener's limit (counted across workers): closed at once, as Envoy's
+        // connection limit does, so the connections it has keep their share.
+        if let Some(limit) = listener.max_connections
+            && listener.stats.connections_active.get() >= i64::from(limit)
+        {
+            listener.stats.max_connections_refused.inc();
+            tracing::debug!(listener = %name, %peer, limit, "connection refused: max_connections");
+            drop(stream);
+            continue;
+        }
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
         }
@@ -70,7 +80,11 @@ pub async fn accept_loop(
                 };
                 let settings = ConnectionSettings {
                     idle_timeout: listener.idle_timeout,
+                    request_header_timeout: listener.request_header_timeout,
+                    send_timeout: listener.send_timeout,
                     max_request_headers_size: listener.max_request_headers_size,
+                    header_timeouts: listener.stats.header_timeouts.clone(),
+                    send_timeouts: listener.stats.send_timeouts.clone(),
                 };
                 let metrics = Arc::clone(&worker.state.metrics);
                 let name = Arc::clone(&name);

@@ -4,6 +4,7 @@
 // The whole crate is test code: a failed setup step should fail the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod admin;
 mod balancing;
 mod binary;

@@ -66,13 +66,21 @@ async fn malformed_requests_get_4xx_and_other_connections_carry_on() {
         "exactly one request reached the upstream"
     );
 
+    // A broken chunked body is the client's fault: 400 with its own reason, never a 5xx.
     let bad_chunk =
         b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n";
     let response = raw_exchange(proxy.addr, bad_chunk, WAIT).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
     assert!(
-        !response.contains("200 OK"),
-        "a broken chunked body must not be answered as a success: {response}"
+        response.contains("x-sluice-reason: downstream_protocol_error"),
+        "{response}"
     );
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(r#"sluice_http_local_replies_total{listener="main",reason="downstream_protocol_error"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("upstream_reset"), "{metrics}");
 
     let garbage = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n";
     assert!(
@@ -142,4 +150,28 @@ async fn idle_downstream_connections_are_closed() {
         started.elapsed() < WAIT,
         "the idle connection was closed by the proxy"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_is_counted_as_leaving_not_as_an_upstream_failure() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&simple_config("\"{app}\"", "", ""), &[&upstream]).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .await
+        .unwrap();
+    // Let the request reach the upstream, then leave.
+    let reached = eventually(WAIT, async || upstream.requests() == 1).await;
+    assert!(reached);
+    drop(client);
+    let counted = eventually(WAIT, async || {
+        proxy.metrics().await.contains(
+            r#"sluice_http_local_replies_total{listener="main",reason="downstream_disconnect"} 1"#,
+        )
+    })
+    .await;
+    let metrics = proxy.metrics().await;
+    assert!(counted, "{metrics}");
+    assert!(!metrics.contains("upstream_reset"), "{metrics}");
 }

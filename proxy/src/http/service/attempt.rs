@@ -107,6 +107,13 @@ impl Exchange<'_> {
                         LocalReply::upstream_per_try_timeout(&cluster.name, timeout)
                     }
                     Failure::Upstream(error) => {
+                        // The client's body broke the exchange: its fault, not the upstream's.
+                        let client = self.client_body_failure.borrow().clone();
+                        if let Some(client) = client {
+                            tracing::debug!(cluster = %cluster.name, %client, %error, "the request body failed");
+                            let reply = LocalReply::from_client_body(&client);
+                            return Answer::Deliver(self.local(stats, reply).await);
+                        }
                         tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, %error, "upstream request failed");
                         LocalReply::from_upstream(&cluster.name, &error)
                     }

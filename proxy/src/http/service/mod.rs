@@ -16,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use prometheus::IntGauge;
 use tokio::time::Instant;
 
-use super::body::{BoxError, ProxyBody};
+use super::body::{BoxError, ClientBodyError, DownstreamBody, ProxyBody};
 use super::connection::DownstreamConn;
 use super::deadline::request_deadline;
 use super::headers::{
@@ -113,6 +113,7 @@ pub async fn handle(
         grpc_request: false,
         head_request: false,
         http1_with_body: false,
+        client_body_failure: Rc::default(),
     };
     exchange.forward(request, guards).await
 }
@@ -129,6 +130,8 @@ struct Exchange<'a> {
     /// Whether the request came in as gRPC (by its content type, before any filter ran):
     /// local replies to it, the proxy's and the filters', are gRPC replies, as in Envoy.
     grpc_request: bool,
+    /// How the client's request body failed, if it did: then the client is to blame.
+    client_body_failure: Rc<RefCell<Option<ClientBodyError>>>,
     /// A HEAD request: local replies keep their length and lose their body.
     head_request: bool,
     /// An HTTP/1 request with a body: a local reply sent before the body was read closes the
@@ -145,7 +148,9 @@ impl Exchange<'_> {
         let listener = self.listener;
         let (mut parts, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
-        let mut body = ProxyBody::Downstream(body);
+        let (body, client_body_failure) = DownstreamBody::new(body);
+        self.client_body_failure = client_body_failure;
+        let mut body = ProxyBody::Downstream(Box::new(body));
         // Envoy's HTTP/1 codec ends a request body with an empty chunk of its own; filters see
         // the same sequence here (see `FilteredBody::request`).
         let split_end = parts.version < http::Version::HTTP_2;

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `/status/<code>` | that status |
 //! | `/slow/<ms>` | 200 after the delay |
+//! | `/bytes/<n>` | 200 with a body of `n` bytes, sent in 64 KiB chunks as the proxy takes them |
 //! | `/die-mid-body` | headers and one chunk, then the connection drops |
 //! | `/stall-body` | headers and one chunk, then silence |
 //! | `/trailers` | body plus `grpc-status: 0` trailers |
@@ -122,6 +123,20 @@ async fn respond(state: &State, mut request: Request<Incoming>) -> Response<Test
     } else if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         full("slow\n")
+    } else if let Some(size) = path.strip_prefix("/bytes/") {
+        let mut left: usize = size.parse().unwrap();
+        let (tx, body) = ChannelBody::new();
+        tokio::spawn(async move {
+            while left > 0 {
+                let chunk = left.min(64 * 1024);
+                left -= chunk;
+                let frame = Frame::data(Bytes::from(vec![b'x'; chunk]));
+                if tx.send(Ok(frame)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Response::new(body.boxed())
     } else if path == "/healthz" {
         let mut response = full("health\n");
         *response.status_mut() = StatusCode::from_u16(state.health.load(Ordering::SeqCst)).unwrap();

@@ -27,6 +27,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     local_replies: IntCounterVec,
+    cutoffs: IntCounterVec,
     replays: IntCounterVec,
     tls_handshakes: IntCounterVec,
     sni_routing: IntCounterVec,
@@ -63,6 +64,11 @@ pub struct ListenerStats {
     pub requests_active: IntGauge,
     pub tcp_bytes_downstream_to_upstream: IntCounter,
     pub tcp_bytes_upstream_to_downstream: IntCounter,
+    /// Connections cut off for a request head too slow, or a client that stopped reading.
+    pub header_timeouts: IntCounter,
+    pub send_timeouts: IntCounter,
+    /// Connections closed at accept because the listener had `max_connections` open.
+    pub max_connections_refused: IntCounter,
 }
 
 // === impl Metrics ===
@@ -92,6 +98,12 @@ impl Metrics {
                 &registry,
                 "sluice_http_local_replies_total",
                 "Responses the proxy generated itself instead of forwarding, by reason",
+                &["listener", "reason"],
+            ),
+            cutoffs: counter_vec(
+                &registry,
+                "sluice_downstream_cutoffs_total",
+                "Downstream connections the proxy cut off, by reason: request_header_timeout (the request head took too long), send_timeout (the client accepted no response bytes), max_connections (refused at accept)",
                 &["listener", "reason"],
             ),
             replays: counter_vec(
@@ -256,6 +268,9 @@ impl Metrics {
             tcp_bytes_upstream_to_downstream: self
                 .tcp_bytes
                 .with_label_values(&[listener, "upstream_to_downstream"]),
+            header_timeouts: self.cutoff(listener, "request_header_timeout"),
+            send_timeouts: self.cutoff(listener, "send_timeout"),
+            max_connections_refused: self.cutoff(listener, "max_connections"),
         }
     }
 
@@ -325,6 +340,11 @@ impl Metrics {
     }
 
     /// Counts a TLS handshake on a listener: `ok` or the reason it failed.
+    /// A handle that counts cut-offs of one (listener, reason).
+    pub fn cutoff(&self, listener: &str, reason: &str) -> IntCounter {
+        self.cutoffs.with_label_values(&[listener, reason])
+    }
+
     pub fn tls_handshake(&self, listener: &str, result: &str) {
         self.tls_handshakes
             .with_label_values(&[listener, result])
@@ -387,36 +407,4 @@ impl RouteStats {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_stats_land_in_the_text_output() {
-        let metrics = Metrics::new();
-        let stats = metrics.route_stats("main", "prefix:/", "backend");
-        stats.record(http::StatusCode::OK, Duration::from_millis(3));
-        stats.record(http::StatusCode::BAD_GATEWAY, Duration::from_millis(1));
-        metrics.local_reply("main", "no_route");
-        let text = metrics.render();
-        assert!(text.contains(
-            r#"sluice_http_requests_total{cluster="backend",listener="main",route="prefix:/",status_class="2xx"} 1"#
-        ), "{text}");
-        assert!(text.contains(r#"status_class="5xx"} 1"#), "{text}");
-        assert!(
-            text.contains(
-                r#"sluice_http_local_replies_total{listener="main",reason="no_route"} 1"#
-            )
-        );
-        assert!(text.contains("sluice_http_request_duration_seconds_bucket"));
-    }
-
-    #[test]
-    fn forgotten_endpoints_leave_the_output() {
-        let metrics = Metrics::new();
-        let stats = metrics.endpoint_stats("c", "127.0.0.1:1");
-        stats.healthy.set(1);
-        assert!(metrics.render().contains("127.0.0.1:1"));
-        metrics.forget_endpoint("c", "127.0.0.1:1");
-        assert!(!metrics.render().contains("127.0.0.1:1"));
-    }
-}
+mod tests;

@@ -1,0 +1,147 @@
+//! Clients that hold resources on purpose, or by being broken: each is cut off on time and
+//! counted by reason, while other clients are served.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::support::*;
+
+fn config(listener_extra: &str) -> String {
+    format!(
+        r#"
+workers: 1
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+{listener_extra}
+    routes:
+      - match: {{ prefix: / }}
+        cluster: backend
+clusters:
+  - name: backend
+    endpoints: ["{{app}}"]
+"#
+    )
+}
+
+fn cutoffs(metrics: &str, reason: &str) -> u64 {
+    let prefix =
+        format!(r#"sluice_downstream_cutoffs_total{{listener="main",reason="{reason}"}} "#);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_closed_at_the_header_timeout() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&config("    request_header_timeout: 300ms"), &[&upstream]).await;
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    // A header line every 100ms: never a complete head.
+    let trickle = async {
+        for n in 0.. {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if slow
+                .write_all(format!("x-slow-{n}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return n;
+            }
+        }
+        unreachable!()
+    };
+    let lines = tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .expect("the slow client was never cut off");
+    assert!(lines < 20, "cut off only after {lines} header lines");
+    // Others are served meanwhile and after.
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+    assert_eq!(cutoffs(&proxy.metrics().await, "request_header_timeout"), 1);
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "the slow request never reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_reset_at_the_send_timeout() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&config("    send_timeout: 500ms"), &[&upstream]).await;
+    // Asks for 64 MiB and reads none of it: the proxy's writes block once the socket buffers
+    // are full.
+    let mut stalled = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let cut = eventually(Duration::from_secs(10), async || {
+        cutoffs(&proxy.metrics().await, "send_timeout") == 1
+    })
+    .await;
+    assert!(cut, "{}", proxy.metrics().await);
+    // The request is over for the proxy: nothing of it is in flight any more.
+    let settled = eventually(Duration::from_secs(5), async || {
+        proxy
+            .metrics()
+            .await
+            .contains(r#"sluice_http_requests_active{listener="main"} 0"#)
+    })
+    .await;
+    assert!(settled, "{}", proxy.metrics().await);
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+    // A client that reads slowly but steadily is not cut off.
+    let reply = get(proxy.addr, "/bytes/1048576").await;
+    assert_eq!(reply.body.len(), 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_listener_limit_are_closed_at_accept() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&config("    max_connections: 2"), &[&upstream]).await;
+    let mut first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for stream in [&mut first, &mut second] {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_for(stream, Duration::from_millis(300)).await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    // The third is closed without an answer.
+    let refused = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(refused, "", "the third connection was served");
+    assert_eq!(cutoffs(&proxy.metrics().await, "max_connections"), 1);
+    // The two it has keep being served, and a slot that frees up is used again.
+    second
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_for(&mut second, Duration::from_millis(300)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    drop(first);
+    let served = eventually(Duration::from_secs(5), async || {
+        raw_exchange(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(1),
+        )
+        .await
+        .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(served);
+}
