@@ -82,6 +82,9 @@ pub struct ListenerConfig {
     /// upstream request behind it; `0` never. [30s]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_timeout: Option<ConfigDuration>,
+    /// HTTP/2: most streams a client may have open at once on one connection. [100]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_streams: Option<u32>,
     /// Most connections open at once on this listener (all workers); more are closed at
     /// accept. [none]
     #[serde(default, skip_serializing_if = "Option::is_none")]

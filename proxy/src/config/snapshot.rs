@@ -41,6 +41,7 @@ pub struct ListenerSnapshot {
     pub request_header_timeout: Option<Duration>,
     pub send_timeout: Option<Duration>,
     pub max_connections: Option<u32>,
+    pub max_concurrent_streams: u32,
     pub max_request_headers_size: usize,
     pub max_body_buffer: usize,
     /// Set on a TLS listener.
@@ -184,6 +185,7 @@ impl Snapshot {
                     .send_timeout
                     .map_or(Some(Duration::from_secs(30)), |t| t.non_zero()),
                 max_connections: listener.max_connections,
+                max_concurrent_streams: listener.max_concurrent_streams.unwrap_or(100),
                 max_request_headers_size: listener
                     .max_request_headers_size
                     .map_or(60 * 1024, |s| s.0 as usize),

@@ -124,6 +124,12 @@ impl Checker {
                 "must be at least 8KiB",
             );
         }
+        if listener.max_concurrent_streams == Some(0) {
+            self.problem(
+                format!("{path}.max_concurrent_streams"),
+                "must be at least 1",
+            );
+        }
         if listener.max_connections == Some(0) {
             self.problem(
                 format!("{path}.max_connections"),

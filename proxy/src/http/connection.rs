@@ -39,10 +39,28 @@ pub struct DownstreamConn {
     pub tls: Option<Rc<crate::tls::TlsInfo>>,
 }
 
-/// Requests in flight on one connection, and since when it has had none.
+/// Requests in flight on one connection, and since when it has had none; and how many of its
+/// requests the client abandoned before they were answered.
 pub struct Activity {
     streams: Cell<usize>,
     idle_since: Cell<Instant>,
+    /// Requests started on this connection, and those the client reset before their answer.
+    started: Cell<u64>,
+    premature_resets: Cell<u64>,
+    /// Set once the client's resets pass the budget: the connection is cut off.
+    abusive: tokio::sync::Notify,
+}
+
+/// Requests a client may abandon before they are answered, on one connection, before it is cut
+/// off (when they are also at least half of its requests). Each abandoned request may already
+/// have cost an upstream request: an HTTP/2 client that opens and resets streams as fast as it
+/// can would otherwise turn one connection into thousands of upstream requests a second.
+const PREMATURE_RESET_BUDGET: u64 = 100;
+
+/// Watches one request: dropped before `answered`, its client reset it (HTTP/2) or left.
+pub struct ResetWatch {
+    activity: Rc<Activity>,
+    answered: bool,
 }
 
 /// One request in flight on a connection.
@@ -58,6 +76,9 @@ pub struct ConnectionSettings {
     /// Counters of the connections cut off for the two timeouts above.
     pub header_timeouts: prometheus::IntCounter,
     pub send_timeouts: prometheus::IntCounter,
+    pub reset_floods: prometheus::IntCounter,
+    /// HTTP/2: most streams a client may have open at once.
+    pub max_concurrent_streams: u32,
 }
 
 // === impl Activity ===
@@ -67,7 +88,27 @@ impl Activity {
         Rc::new(Self {
             streams: Cell::new(0),
             idle_since: Cell::new(Instant::now()),
+            started: Cell::new(0),
+            premature_resets: Cell::new(0),
+            abusive: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A watch for a request that starts now.
+    pub fn watch_reset(self: &Rc<Self>) -> ResetWatch {
+        self.started.set(self.started.get() + 1);
+        ResetWatch {
+            activity: Rc::clone(self),
+            answered: false,
+        }
+    }
+
+    fn premature_reset(&self) {
+        let resets = self.premature_resets.get() + 1;
+        self.premature_resets.set(resets);
+        if resets >= PREMATURE_RESET_BUDGET && resets * 2 >= self.started.get() {
+            self.abusive.notify_one();
+        }
     }
 
     pub fn stream(self: &Rc<Self>) -> StreamGuard {
@@ -88,6 +129,20 @@ impl Activity {
                 Instant::now() + timeout
             };
             tokio::time::sleep_until(next_check).await;
+        }
+    }
+}
+
+impl ResetWatch {
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for ResetWatch {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.activity.premature_reset();
         }
     }
 }
@@ -126,7 +181,8 @@ pub async fn serve_http<S>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(settings.max_request_headers_size).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(settings.max_request_headers_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(settings.max_concurrent_streams);
     let service = service_fn(move |request| handle(Rc::clone(&conn), request));
     let stream = SendTimeout::new(
         stream,
@@ -158,6 +214,12 @@ pub async fn serve_http<S>(
             tracing::debug!(%peer, "closing idle connection");
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = activity.abusive.notified() => {
+            // Dropping the connection closes it and cancels every upstream request it started.
+            settings.reset_floods.inc();
+            tracing::info!(%peer, resets = activity.premature_resets.get(), "closing a connection whose client reset too many requests before their answer");
+            return;
         }
     };
     if let Err(error) = result {

@@ -85,6 +85,8 @@ pub async fn accept_loop(
                     max_request_headers_size: listener.max_request_headers_size,
                     header_timeouts: listener.stats.header_timeouts.clone(),
                     send_timeouts: listener.stats.send_timeouts.clone(),
+                    reset_floods: listener.stats.reset_floods.clone(),
+                    max_concurrent_streams: listener.max_concurrent_streams,
                 };
                 let metrics = Arc::clone(&worker.state.metrics);
                 let name = Arc::clone(&name);

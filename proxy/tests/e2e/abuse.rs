@@ -145,3 +145,43 @@ async fn connections_past_the_listener_limit_are_closed_at_accept() {
     .await;
     assert!(served);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_resets_its_requests_is_cut_off_within_a_budget() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&config(""), &[&upstream]).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    // Each request is accepted and sent upstream (which answers after a second), then reset.
+    let mut sent = 0;
+    for _ in 0..1000 {
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let request = http::Request::get("http://t/slow/1000")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let pending = sender.send_request(request);
+        let _ = tokio::time::timeout(Duration::from_millis(5), pending).await;
+        sent += 1;
+    }
+    assert!(sent < 1000, "the connection survived {sent} reset requests");
+    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let metrics = proxy.metrics().await;
+    assert_eq!(cutoffs(&metrics, "premature_resets"), 1, "{metrics}");
+    // Bounded: the budget and the streams in flight when it ran out, not the attack's length.
+    assert!(
+        upstream.requests() <= 250,
+        "{} upstream requests",
+        upstream.requests()
+    );
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+}

@@ -69,6 +69,8 @@ pub struct ListenerStats {
     pub send_timeouts: IntCounter,
     /// Connections closed at accept because the listener had `max_connections` open.
     pub max_connections_refused: IntCounter,
+    /// Connections cut off because their client reset too many requests before the answer.
+    pub reset_floods: IntCounter,
 }
 
 // === impl Metrics ===
@@ -103,7 +105,7 @@ impl Metrics {
             cutoffs: counter_vec(
                 &registry,
                 "sluice_downstream_cutoffs_total",
-                "Downstream connections the proxy cut off, by reason: request_header_timeout (the request head took too long), send_timeout (the client accepted no response bytes), max_connections (refused at accept)",
+                "Downstream connections the proxy cut off, by reason: request_header_timeout (the request head took too long), send_timeout (the client accepted no response bytes), max_connections (refused at accept), premature_resets (a client that reset too many requests before their answer)",
                 &["listener", "reason"],
             ),
             replays: counter_vec(
@@ -271,6 +273,7 @@ impl Metrics {
             header_timeouts: self.cutoff(listener, "request_header_timeout"),
             send_timeouts: self.cutoff(listener, "send_timeout"),
             max_connections_refused: self.cutoff(listener, "max_connections"),
+            reset_floods: self.cutoff(listener, "premature_resets"),
         }
     }
 

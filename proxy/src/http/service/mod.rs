@@ -100,6 +100,7 @@ pub async fn handle(
         let grpc = super::grpc_reply::is_grpc_request(request.headers());
         return Ok(LocalReply::no_route(request.method(), request.uri().path()).into_response(grpc));
     };
+    let mut reset_watch = conn.activity.watch_reset();
     let guards = (
         InFlight::start(&listener.stats.requests_active),
         conn.activity.stream(),
@@ -115,7 +116,9 @@ pub async fn handle(
         http1_with_body: false,
         client_body_failure: Rc::default(),
     };
-    exchange.forward(request, guards).await
+    let response = exchange.forward(request, guards).await;
+    reset_watch.answered();
+    response
 }
 
 /// One request's journey, with what every step needs.
