@@ -351,6 +351,16 @@ pub struct ClusterConfig {
     /// Idle connections kept per endpoint and worker. [64]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_idle_connections: Option<usize>,
+    /// Circuit breaker (Envoy's thresholds): most HTTP/1.1 connections open to the cluster,
+    /// across workers; requests that find them all busy wait for one. [1024]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection; more get 503 `upstream_overflow`. [1024]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Most requests in flight to the cluster; more get 503 `upstream_overflow`. [1024]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheckConfig>,
     /// Passive ejection; on by default (5 consecutive connect failures eject for 30s).

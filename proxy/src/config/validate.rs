@@ -312,6 +312,17 @@ impl Checker {
         }
         self.problems
             .extend(super::discovery::check_cluster_source(path, cluster));
+        for (field, limit) in [
+            ("max_connections", cluster.max_connections),
+            ("max_requests", cluster.max_requests),
+        ] {
+            if limit == Some(0) {
+                self.problem(
+                    format!("{path}.{field}"),
+                    "must be at least 1: with 0 no request could ever be sent",
+                );
+            }
+        }
         for (index, endpoint) in cluster.endpoints.iter().enumerate() {
             if let Err(reason) = crate::upstream::EndpointTarget::parse(endpoint) {
                 self.problem(format!("{path}.endpoints[{index}]"), reason);

@@ -38,6 +38,8 @@ pub enum Reason {
     /// The client went away before its request ended: counted with status 499 (nobody is
     /// left to answer), never as an upstream failure.
     DownstreamDisconnect,
+    /// A circuit-breaker threshold of the cluster (max_requests, max_pending_requests).
+    UpstreamOverflow,
 }
 
 #[derive(Debug)]
@@ -74,6 +76,7 @@ impl Reason {
             Self::FilterInvalidHeader => "filter_invalid_header",
             Self::DownstreamProtocolError => "downstream_protocol_error",
             Self::DownstreamDisconnect => "downstream_disconnect",
+            Self::UpstreamOverflow => "upstream_overflow",
         }
     }
 }
@@ -108,11 +111,12 @@ impl Reason {
             Self::FilterInvalidHeader => "filter_removed_required_request_headers",
             Self::DownstreamProtocolError => "downstream_protocol_error",
             Self::DownstreamDisconnect => "downstream_remote_disconnect",
+            Self::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
         }
     }
 
     /// Envoy's response flags for the same reply (`response.flags`): bit n is Envoy's core
-    /// response flag n (UH 1, UT 2, UR 4, UF 5, NR 8, DC 14, SI 16, DPE 18, UPE 23).
+    /// response flag n (UH 1, UT 2, UR 4, UF 5, UO 7, NR 8, DC 14, SI 16, DPE 18, UPE 23).
     pub fn envoy_flags(self) -> u64 {
         let bit = match self {
             Self::NoHealthyUpstream => 1,
@@ -123,6 +127,7 @@ impl Reason {
             Self::StreamIdleTimeout => 16,
             Self::FilterInvalidHeader | Self::DownstreamProtocolError => 18,
             Self::DownstreamDisconnect => 14,
+            Self::UpstreamOverflow => 7,
             Self::UpstreamProtocolError => 23,
             Self::WasmFailStream | Self::FilterLocalReply | Self::BodyTooLarge => return 0,
         };
@@ -130,7 +135,7 @@ impl Reason {
     }
 }
 
-const ALL_REASONS: [Reason; 15] = [
+const ALL_REASONS: [Reason; 16] = [
     Reason::NoRoute,
     Reason::NoHealthyUpstream,
     Reason::UpstreamConnectFailure,
@@ -146,6 +151,7 @@ const ALL_REASONS: [Reason; 15] = [
     Reason::FilterInvalidHeader,
     Reason::DownstreamProtocolError,
     Reason::DownstreamDisconnect,
+    Reason::UpstreamOverflow,
 ];
 
 // === impl LocalReply ===
@@ -252,6 +258,14 @@ impl LocalReply {
     /// Maps an upstream failure to the status Envoy would answer with.
     pub fn from_upstream(cluster: &str, error: &UpstreamError) -> Self {
         let (status, reason, what) = match error {
+            // The limit by name, so whoever is on call knows which one to look at.
+            UpstreamError::Overflow { .. } => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Reason::UpstreamOverflow,
+                    error.to_string(),
+                );
+            }
             UpstreamError::ConnectFailed { .. }
             | UpstreamError::Tls { .. }
             | UpstreamError::Handshake { .. } => (

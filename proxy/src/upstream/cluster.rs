@@ -1,6 +1,7 @@
 //! A cluster: its settings, its endpoints (swapped whole when DNS answers change), and the
 //! load balancer over them. Shared by every worker.
 
+use super::limits::{DEFAULT_LIMIT, Limits, Load};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub struct ClusterSettings {
     pub dns_refresh: Duration,
     pub pool_idle_timeout: Duration,
     pub max_idle_connections: usize,
+    pub limits: Limits,
     pub outlier: OutlierPolicy,
     pub health_check: Option<HealthCheckSettings>,
 }
@@ -81,6 +83,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     /// TLS to the endpoints; replaced when a kept cluster's certificate files change.
     tls: arc_swap::ArcSwapOption<crate::tls::ClientTls>,
+    /// Requests and connections in flight, against `settings.limits`.
+    pub load: Arc<Load>,
 }
 
 // === impl ClusterSettings ===
@@ -98,6 +102,11 @@ impl ClusterSettings {
                 .pool_idle_timeout
                 .map_or(Duration::from_secs(60), |d| d.0),
             max_idle_connections: config.max_idle_connections.unwrap_or(64),
+            limits: Limits {
+                max_connections: config.max_connections.unwrap_or(DEFAULT_LIMIT),
+                max_pending_requests: config.max_pending_requests.unwrap_or(DEFAULT_LIMIT),
+                max_requests: config.max_requests.unwrap_or(DEFAULT_LIMIT),
+            },
             outlier: OutlierPolicy {
                 consecutive_connect_failures: outlier
                     .and_then(|o| o.consecutive_connect_failures)
@@ -143,6 +152,7 @@ impl Cluster {
             epoch: Instant::now(),
             metrics,
             tls: arc_swap::ArcSwapOption::empty(),
+            load: Arc::default(),
         });
         let literal: Vec<SocketAddr> = cluster
             .targets

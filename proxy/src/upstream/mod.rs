@@ -1,11 +1,13 @@
 //! Upstreams: clusters of endpoints, load balancing, connection pools, health checking.
 
 mod cluster;
+mod connect;
 mod endpoint;
 mod endpoint_set;
 mod ewma;
 mod health;
 mod lb;
+mod limits;
 mod pool;
 mod ring;
 mod target;
@@ -14,5 +16,6 @@ pub use cluster::{Cluster, ClusterSettings, DiscoveredInstance, HealthCheckSetti
 pub use endpoint::{ActiveRequest, Endpoint, EndpointStats, OutlierPolicy};
 pub use endpoint_set::EndpointSet;
 pub use health::spawn_cluster_tasks;
+pub use limits::{Limits, Overflow, RequestSlot};
 pub use pool::{ConnReturn, UpstreamError, UpstreamPools, UpstreamResponse};
 pub use target::EndpointTarget;

@@ -16,15 +16,15 @@ use std::time::Duration;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::cluster::Cluster;
+use super::connect::{Transport, connect_http1, connect_transport, handshake_http2};
 use super::endpoint::Endpoint;
+use super::limits::{ConnectionSlot, Load, Overflow};
 use crate::config::UpstreamProtocol;
 use crate::http::ProxyBody;
-use crate::runtime::{FastHashing, LocalExec};
+use crate::runtime::FastHashing;
 use crate::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,9 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// A circuit-breaker threshold of the cluster (`limits`).
+    #[error("cluster {cluster}: {overflow}")]
+    Overflow { cluster: String, overflow: Overflow },
 }
 
 /// An upstream response, and the connection to pool again once its body is read.
@@ -78,6 +81,16 @@ pub struct ConnReturn {
     key: PoolKey,
     sender: http1::SendRequest<ProxyBody>,
     max_idle: usize,
+    /// The cluster's load: a request waiting for a connection hears of this one.
+    load: Arc<Load>,
+}
+
+/// An open HTTP/1.1 connection of one worker's pool, held by the task that drives it: its
+/// end frees its place under the cluster's `max_connections` and in the endpoint's count.
+pub(super) struct OpenConn {
+    pools: Weak<UpstreamPools>,
+    key: PoolKey,
+    _slot: ConnectionSlot,
 }
 
 /// Connections are pooled per endpoint and per transport: a plaintext connection never
@@ -119,6 +132,8 @@ pub struct UpstreamPools {
 #[derive(Default)]
 struct EndpointConns {
     idle_http1: Vec<IdleHttp1>,
+    /// HTTP/1.1 connections of this worker to the endpoint, busy or idle.
+    open_http1: usize,
     http2: Option<http2::SendRequest<ProxyBody>>,
 }
 
@@ -163,7 +178,7 @@ impl UpstreamPools {
         endpoint: &Endpoint,
         request: Request<ProxyBody>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let mut sender = connect_http1(cluster, endpoint, cluster.tls()).await?;
+        let mut sender = connect_http1(cluster, endpoint, cluster.tls(), None).await?;
         sender
             .send_request(request)
             .await
@@ -179,26 +194,67 @@ impl UpstreamPools {
         let addr = endpoint.addr;
         let tls = cluster.tls();
         let key = PoolKey::of(endpoint, tls.as_deref());
-        // A pooled connection may have been closed by the upstream while idle; hyper hands
-        // the request back unsent in that case and we try the next one, then a new one.
-        while let Some(mut sender) = self.take_idle_http1(key, cluster.settings.pool_idle_timeout) {
-            if sender.ready().await.is_err() {
-                continue;
+        loop {
+            // A pooled connection may have been closed by the upstream while idle; hyper hands
+            // the request back unsent in that case and we try the next one, then a new one.
+            while let Some(mut sender) =
+                self.take_idle_http1(key, cluster.settings.pool_idle_timeout)
+            {
+                if sender.ready().await.is_err() {
+                    continue;
+                }
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        return Ok(self.pooled_response(response, sender, cluster, key));
+                    }
+                    Err(mut error) => match error.take_message() {
+                        Some(unsent) => request = unsent,
+                        None => return Err(UpstreamError::from_send(addr, error.into_error())),
+                    },
+                }
             }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(self.pooled_response(response, sender, cluster, key)),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::from_send(addr, error.into_error())),
-                },
-            }
+            // A new connection, within the cluster's max_connections; at the limit the request
+            // waits for one to be freed and looks again.
+            let must_connect = self.open_http1(key) == 0;
+            let slot = cluster
+                .load
+                .connection_slot(&cluster.settings.limits, must_connect)
+                .await
+                .map_err(|overflow| UpstreamError::Overflow {
+                    cluster: cluster.name.clone(),
+                    overflow,
+                })?;
+            let Some(slot) = slot else { continue };
+            let open = self.open_conn(key, slot);
+            let mut sender = connect_http1(cluster, endpoint, tls, Some(open)).await?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| UpstreamError::from_send(addr, e))?;
+            return Ok(self.pooled_response(response, sender, cluster, key));
         }
-        let mut sender = connect_http1(cluster, endpoint, tls).await?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| UpstreamError::from_send(addr, e))?;
-        Ok(self.pooled_response(response, sender, cluster, key))
+    }
+
+    /// This worker's HTTP/1.1 connections to an endpoint.
+    fn open_http1(&self, key: PoolKey) -> usize {
+        self.by_endpoint
+            .borrow()
+            .get(&key)
+            .map_or(0, |conns| conns.open_http1)
+    }
+
+    /// Counts a connection about to open; the guard uncounts it when its task ends.
+    fn open_conn(self: &Rc<Self>, key: PoolKey, slot: ConnectionSlot) -> OpenConn {
+        self.by_endpoint
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .open_http1 += 1;
+        OpenConn {
+            pools: Rc::downgrade(self),
+            key,
+            _slot: slot,
+        }
     }
 
     fn pooled_response(
@@ -215,6 +271,7 @@ impl UpstreamPools {
                 key,
                 sender,
                 max_idle: cluster.settings.max_idle_connections,
+                load: Arc::clone(&cluster.load),
             }),
         }
     }
@@ -282,29 +339,6 @@ impl UpstreamPools {
     }
 }
 
-async fn handshake_http2<S>(
-    addr: SocketAddr,
-    stream: S,
-) -> Result<http2::SendRequest<ProxyBody>, UpstreamError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = http2::Builder::new(LocalExec)
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| UpstreamError::Handshake {
-            endpoint: addr,
-            source,
-        })?;
-    tokio::task::spawn_local(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(endpoint = %addr, %error, "upstream HTTP/2 connection ended");
-        }
-    });
-    Ok(sender)
-}
-
 // === impl ConnReturn ===
 
 impl ConnReturn {
@@ -323,104 +357,18 @@ impl ConnReturn {
                 sender: self.sender,
                 idle_since: Instant::now(),
             });
+            self.load.connection_returned();
         }
     }
 }
 
-/// Opens a TCP connection within the cluster's connect timeout, feeding the outcome to passive
-/// ejection.
-async fn connect(cluster: &Cluster, endpoint: &Endpoint) -> Result<TcpStream, UpstreamError> {
-    let addr = endpoint.addr;
-    let timeout = cluster.settings.connect_timeout;
-    let outcome = tokio::time::timeout(timeout, TcpStream::connect(addr)).await;
-    let error = match outcome {
-        Ok(Ok(stream)) => {
-            endpoint.record_connect_success();
-            // Proxied request/response heads are small writes; Nagle would hold them back.
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(endpoint = %addr, %error, "could not set TCP_NODELAY");
-            }
-            return Ok(stream);
-        }
-        Ok(Err(source)) => UpstreamError::ConnectFailed {
-            endpoint: addr,
-            source,
-        },
-        Err(_) => UpstreamError::ConnectTimeout {
-            endpoint: addr,
-            timeout,
-        },
-    };
-    cluster.record_connect_failure(endpoint);
-    Err(error)
-}
-
-/// A connection to the endpoint, in TLS if the cluster speaks it. A failed TLS handshake
-/// counts as a failed connect for passive ejection, as in Envoy.
-async fn connect_transport(
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    tls: Option<Arc<ClientTls>>,
-) -> Result<Transport, UpstreamError> {
-    let stream = connect(cluster, endpoint).await?;
-    let Some(tls) = tls else {
-        return Ok(Transport::Plain(stream));
-    };
-    let handshake = tls.connect(stream, endpoint.identity.as_ref());
-    match tokio::time::timeout(cluster.settings.connect_timeout, handshake).await {
-        Ok(Ok(stream)) => Ok(Transport::Tls(Box::new(stream))),
-        Ok(Err(source)) => {
-            cluster.record_connect_failure(endpoint);
-            Err(UpstreamError::Tls {
-                endpoint: endpoint.addr,
-                source,
-            })
-        }
-        Err(_) => {
-            cluster.record_connect_failure(endpoint);
-            Err(UpstreamError::ConnectTimeout {
-                endpoint: endpoint.addr,
-                timeout: cluster.settings.connect_timeout,
-            })
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        let Some(pools) = self.pools.upgrade() else {
+            return;
+        };
+        if let Some(conns) = pools.by_endpoint.borrow_mut().get_mut(&self.key) {
+            conns.open_http1 = conns.open_http1.saturating_sub(1);
         }
     }
-}
-
-/// A connection to an endpoint: plain TCP, or TLS over it.
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-async fn connect_http1(
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-    tls: Option<Arc<ClientTls>>,
-) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    match connect_transport(cluster, endpoint, tls).await? {
-        Transport::Plain(stream) => handshake_http1(endpoint.addr, stream).await,
-        Transport::Tls(stream) => handshake_http1(endpoint.addr, stream).await,
-    }
-}
-
-async fn handshake_http1<S>(
-    addr: SocketAddr,
-    stream: S,
-) -> Result<http1::SendRequest<ProxyBody>, UpstreamError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| UpstreamError::Handshake {
-            endpoint: addr,
-            source,
-        })?;
-    tokio::task::spawn_local(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(endpoint = %addr, %error, "upstream HTTP/1.1 connection ended");
-        }
-    });
-    Ok(sender)
 }

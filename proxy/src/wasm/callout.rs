@@ -162,6 +162,7 @@ impl LocalFailure {
                 Some(format!("delayed connect error: {}", os_error_text(source))),
             ),
             UpstreamError::ConnectTimeout { .. } => ("connection timeout", None),
+            UpstreamError::Overflow { .. } => ("overflow", None),
             UpstreamError::Tls { .. } | UpstreamError::Handshake { .. } => {
                 ("connection failure", None)
             }

@@ -8,6 +8,12 @@ use tokio::io::AsyncWriteExt;
 use crate::support::*;
 
 fn config(listener_extra: &str) -> String {
+    config_with(listener_extra, "")
+}
+
+/// One listener to the cluster `backend` (the upstream `app`), with extra listener and
+/// cluster fields.
+fn config_with(listener_extra: &str, cluster_extra: &str) -> String {
     format!(
         r#"
 workers: 1
@@ -21,6 +27,7 @@ listeners:
 clusters:
   - name: backend
     endpoints: ["{{app}}"]
+{cluster_extra}
 "#
     )
 }
@@ -184,4 +191,68 @@ async fn an_http2_client_that_resets_its_requests_is_cut_off_within_a_budget() {
         upstream.requests()
     );
     assert_eq!(get(proxy.addr, "/").await.status, 200);
+}
+
+fn limited_cluster(limits: &str) -> String {
+    config_with("", limits)
+}
+
+/// Sends `count` requests for `path` at once; their statuses and bodies, sorted by status.
+async fn at_once(proxy: &TestProxy, path: &str, count: usize) -> Vec<(u16, String)> {
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (addr, path) = (proxy.addr, path.to_owned());
+        sends.spawn(async move { get(addr, &path).await });
+    }
+    let mut replies = Vec::new();
+    while let Some(reply) = sends.join_next().await {
+        let reply = reply.unwrap();
+        replies.push((reply.status.as_u16(), reply.body));
+    }
+    replies.sort();
+    replies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_clusters_max_requests_get_503_naming_it() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&limited_cluster("    max_requests: 2"), &[&upstream]).await;
+    let replies = at_once(&proxy, "/slow/500", 3).await;
+    assert_eq!(replies[0].0, 200, "{replies:?}");
+    assert_eq!(replies[1].0, 200, "{replies:?}");
+    assert_eq!(replies[2].0, 503, "{replies:?}");
+    assert_eq!(
+        replies[2].1,
+        "cluster backend: max_requests (2) requests are in flight"
+    );
+    assert_eq!(upstream.requests(), 2);
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"sluice_http_local_replies_total{listener="main",reason="upstream_overflow"} 1"#
+        ),
+        "{metrics}"
+    );
+    // Once they are answered, there is room again.
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_the_clusters_max_connections_and_past_the_pending_limit_overflow() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(
+        &limited_cluster("    max_connections: 1\n    max_pending_requests: 1"),
+        &[&upstream],
+    )
+    .await;
+    let replies = at_once(&proxy, "/slow/300", 3).await;
+    // One on the connection, one waiting for it (then served), one past the pending limit.
+    assert_eq!(replies[0].0, 200, "{replies:?}");
+    assert_eq!(replies[1].0, 200, "{replies:?}");
+    assert_eq!(replies[2].0, 503, "{replies:?}");
+    assert_eq!(
+        replies[2].1,
+        "cluster backend: max_pending_requests (1) requests already wait for one of its max_connections (1) connections"
+    );
+    assert_eq!(upstream.connections(), 1, "one connection carried both");
 }

@@ -14,7 +14,7 @@ use crate::http::body::{Completion, ProxyBody, UpstreamBody};
 use crate::http::headers::remove_hop_by_hop;
 use crate::http::local_reply::LocalReply;
 use crate::http::upgrade::spawn_tunnel;
-use crate::upstream::UpstreamResponse;
+use crate::upstream::{UpstreamError, UpstreamResponse};
 
 impl Exchange<'_> {
     /// One attempt: pick an endpoint (one not tried yet, when there is one), send, and run
@@ -39,6 +39,21 @@ impl Exchange<'_> {
             replay.start_attempt();
             replay.plan().and_then(|plan| plan.per_try_timeout)
         });
+        // The cluster's circuit breaker: past max_requests in flight, 503 naming it.
+        let request_slot = match cluster
+            .load
+            .admit_request(cluster.settings.limits.max_requests)
+        {
+            Ok(slot) => slot,
+            Err(overflow) => {
+                let error = UpstreamError::Overflow {
+                    cluster: cluster.name.clone(),
+                    overflow,
+                };
+                let reply = LocalReply::from_upstream(&cluster.name, &error);
+                return self.upstream_failed(stats, reply).await;
+            }
+        };
         let key = cluster.hash_key(request.headers(), self.conn.peer);
         let Some(endpoint) = cluster.pick_avoiding(tried, key) else {
             let reply =
@@ -131,7 +146,8 @@ impl Exchange<'_> {
         }
         let (parts, body) = response.into_parts();
         let completion = Completion::new(stats.clone(), parts.status, self.started)
-            .hold(Rc::clone(&attempt.guards));
+            .hold(Rc::clone(&attempt.guards))
+            .hold(request_slot);
         let body = UpstreamBody::new(
             body,
             attempt.deadline,
