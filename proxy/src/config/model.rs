@@ -82,6 +82,10 @@ pub struct ListenerConfig {
     /// upstream request behind it; `0` never. [30s]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_timeout: Option<ConfigDuration>,
+    /// Most requests one connection carries; after its last, HTTP/1.1 says `connection: close`
+    /// and HTTP/2 sends GOAWAY, so clients spread over new connections. [none]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
     /// HTTP/2: most streams a client may have open at once on one connection. [100]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<u32>,

@@ -42,6 +42,7 @@ pub struct ListenerSnapshot {
     pub send_timeout: Option<Duration>,
     pub max_connections: Option<u32>,
     pub max_concurrent_streams: u32,
+    pub max_requests_per_connection: Option<u32>,
     pub max_request_headers_size: usize,
     pub max_body_buffer: usize,
     /// Set on a TLS listener.
@@ -186,6 +187,7 @@ impl Snapshot {
                     .map_or(Some(Duration::from_secs(30)), |t| t.non_zero()),
                 max_connections: listener.max_connections,
                 max_concurrent_streams: listener.max_concurrent_streams.unwrap_or(100),
+                max_requests_per_connection: listener.max_requests_per_connection,
                 max_request_headers_size: listener
                     .max_request_headers_size
                     .map_or(60 * 1024, |s| s.0 as usize),

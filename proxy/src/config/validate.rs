@@ -124,6 +124,12 @@ impl Checker {
                 "must be at least 8KiB",
             );
         }
+        if listener.max_requests_per_connection == Some(0) {
+            self.problem(
+                format!("{path}.max_requests_per_connection"),
+                "must be at least 1 (leave it out for no limit)",
+            );
+        }
         if listener.max_concurrent_streams == Some(0) {
             self.problem(
                 format!("{path}.max_concurrent_streams"),

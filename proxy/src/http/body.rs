@@ -5,7 +5,6 @@
 //! recorded, the in-flight counts drop; and it enforces the route's deadline and idle timeout
 //! while the body streams.
 
-use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -17,7 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::RouteStats;
-use crate::upstream::{ActiveRequest, ConnReturn};
+use crate::upstream::{ActiveRequest, ConnReturn, RequestSlot};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,7 +29,7 @@ pub enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
     /// A downstream request body streamed to the upstream as it arrives.
-    Downstream(Box<DownstreamBody>),
+    Downstream(DownstreamBody),
     Upstream(Box<UpstreamBody>),
     /// A body passing through Wasm filters.
     Filtered(Box<crate::wasm::FilteredBody>),
@@ -58,6 +57,8 @@ pub struct UpstreamBody {
     conn_return: Option<ConnReturn>,
     completion: Option<Completion>,
     _active: Option<ActiveRequest>,
+    /// The request's place under the cluster's `max_requests`, until the response ends.
+    _slot: RequestSlot,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,21 +105,20 @@ fn io_kinds<'a>(
         .filter_map(|e| e.downcast_ref::<std::io::Error>().map(std::io::Error::kind))
 }
 
-/// A client's request body, which remembers how it failed for the exchange to blame the client.
+/// Where a client's request body reports how it failed, for the exchange to blame the client.
+pub trait ClientBodyWatch {
+    fn body_failed(&self, failure: ClientBodyError);
+}
+
+/// A client's request body, which reports how it failed.
 pub struct DownstreamBody {
     incoming: Incoming,
-    failed: Rc<RefCell<Option<ClientBodyError>>>,
+    watch: Rc<dyn ClientBodyWatch>,
 }
 
 impl DownstreamBody {
-    /// The body, and where its failure will be found.
-    pub fn new(incoming: Incoming) -> (Self, Rc<RefCell<Option<ClientBodyError>>>) {
-        let failed = Rc::default();
-        let body = Self {
-            incoming,
-            failed: Rc::clone(&failed),
-        };
-        (body, failed)
+    pub fn new(incoming: Incoming, watch: Rc<dyn ClientBodyWatch>) -> Self {
+        Self { incoming, watch }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -126,7 +126,7 @@ impl DownstreamBody {
             .poll_frame(cx)
             .map_err(|error| {
                 let failure = ClientBodyError::classify(&error);
-                self.failed.borrow_mut().get_or_insert(failure.clone());
+                self.watch.body_failed(failure.clone());
                 Box::new(failure).into()
             })
     }
@@ -228,6 +228,7 @@ impl UpstreamBody {
         conn_return: Option<ConnReturn>,
         completion: Completion,
         active: Option<ActiveRequest>,
+        slot: RequestSlot,
     ) -> Self {
         Self {
             inner,
@@ -236,6 +237,7 @@ impl UpstreamBody {
             conn_return,
             completion: Some(completion),
             _active: active,
+            _slot: slot,
         }
     }
 

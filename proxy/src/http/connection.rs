@@ -47,8 +47,19 @@ pub struct Activity {
     /// Requests started on this connection, and those the client reset before their answer.
     started: Cell<u64>,
     premature_resets: Cell<u64>,
-    /// Set once the client's resets pass the budget: the connection is cut off.
-    abusive: tokio::sync::Notify,
+    /// Why the connection must end early, once it must (one signal for every cause: the
+    /// serving loop polls it on every wake-up of the connection).
+    ending: tokio::sync::Notify,
+    end: Cell<Option<EarlyEnd>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum EarlyEnd {
+    /// It carried its last request (`max_requests_per_connection`): HTTP/2 says GOAWAY and
+    /// finishes what is in flight.
+    Retired,
+    /// The client's resets passed the budget: cut off.
+    Abusive,
 }
 
 /// Requests a client may abandon before they are answered, on one connection, before it is cut
@@ -90,8 +101,27 @@ impl Activity {
             idle_since: Cell::new(Instant::now()),
             started: Cell::new(0),
             premature_resets: Cell::new(0),
-            abusive: tokio::sync::Notify::new(),
+            ending: tokio::sync::Notify::new(),
+            end: Cell::new(None),
         })
+    }
+
+    /// Requests started on this connection so far.
+    pub fn requests_started(&self) -> u64 {
+        self.started.get()
+    }
+
+    /// The connection takes no more requests; those in flight finish.
+    pub fn retire(&self) {
+        self.end_early(EarlyEnd::Retired);
+    }
+
+    fn end_early(&self, why: EarlyEnd) {
+        // Being cut off outranks retiring.
+        if !matches!(self.end.get(), Some(EarlyEnd::Abusive)) {
+            self.end.set(Some(why));
+        }
+        self.ending.notify_one();
     }
 
     /// A watch for a request that starts now.
@@ -107,7 +137,7 @@ impl Activity {
         let resets = self.premature_resets.get() + 1;
         self.premature_resets.set(resets);
         if resets >= PREMATURE_RESET_BUDGET && resets * 2 >= self.started.get() {
-            self.abusive.notify_one();
+            self.end_early(EarlyEnd::Abusive);
         }
     }
 
@@ -215,12 +245,19 @@ pub async fn serve_http<S>(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-        () = activity.abusive.notified() => {
-            // Dropping the connection closes it and cancels every upstream request it started.
-            settings.reset_floods.inc();
-            tracing::info!(%peer, resets = activity.premature_resets.get(), "closing a connection whose client reset too many requests before their answer");
-            return;
-        }
+        () = activity.ending.notified() => match activity.end.get() {
+            Some(EarlyEnd::Abusive) => {
+                // Dropping the connection closes it and cancels every upstream request it
+                // started.
+                settings.reset_floods.inc();
+                tracing::info!(%peer, resets = activity.premature_resets.get(), "closing a connection whose client reset too many requests before their answer");
+                return;
+            }
+            Some(EarlyEnd::Retired) | None => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        },
     };
     if let Err(error) = result {
         let header_timeout = error

@@ -69,7 +69,7 @@ pub struct StreamInfo {
     /// What the TLS handshake of the downstream connection established, if it was TLS.
     pub tls: Option<Rc<crate::tls::TlsInfo>>,
     /// Envoy's `response.code_details` and `response.flags` of the response the filters see.
-    pub response_details: RefCell<Option<String>>,
+    pub response_details: RefCell<Option<std::borrow::Cow<'static, str>>>,
     pub response_flags: Cell<u64>,
     /// Request body bytes received from the client (`request.size` without a content-length).
     pub request_body_bytes: Cell<u64>,

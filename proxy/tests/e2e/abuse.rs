@@ -256,3 +256,43 @@ async fn requests_wait_for_the_clusters_max_connections_and_past_the_pending_lim
     );
     assert_eq!(upstream.connections(), 1, "one connection carried both");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_ends_after_max_requests_per_connection() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&config("    max_requests_per_connection: 2"), &[&upstream]).await;
+    // HTTP/1.1: the second response says connection: close, and the connection closes.
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_for(&mut client, Duration::from_millis(300)).await;
+    assert!(!first.contains("connection: close"), "{first}");
+    client
+        .write_all(b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_for(&mut client, Duration::from_secs(5)).await;
+    assert!(second.contains("connection: close"), "{second}");
+
+    // HTTP/2: GOAWAY after the second stream; both are answered, a third needs a new connection.
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    for _ in 0..2 {
+        sender.ready().await.unwrap();
+        let request = http::Request::get("http://t/")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        assert_eq!(sender.send_request(request).await.unwrap().status(), 200);
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection stayed open");
+}

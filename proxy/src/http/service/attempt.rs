@@ -123,7 +123,7 @@ impl Exchange<'_> {
                     }
                     Failure::Upstream(error) => {
                         // The client's body broke the exchange: its fault, not the upstream's.
-                        let client = self.client_body_failure.borrow().clone();
+                        let client = self.scope.client_body_failure.borrow().clone();
                         if let Some(client) = client {
                             tracing::debug!(cluster = %cluster.name, %client, %error, "the request body failed");
                             let reply = LocalReply::from_client_body(&client);
@@ -146,8 +146,7 @@ impl Exchange<'_> {
         }
         let (parts, body) = response.into_parts();
         let completion = Completion::new(stats.clone(), parts.status, self.started)
-            .hold(Rc::clone(&attempt.guards))
-            .hold(request_slot);
+            .hold(Rc::clone(&attempt.guards));
         let body = UpstreamBody::new(
             body,
             attempt.deadline,
@@ -155,6 +154,7 @@ impl Exchange<'_> {
             conn_return,
             completion,
             active,
+            request_slot,
         );
         let response = Response::from_parts(parts, ProxyBody::Upstream(Box::new(body)));
         self.answer_attempt(response).await

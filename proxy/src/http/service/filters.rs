@@ -351,9 +351,12 @@ struct Delivered {
 
 /// Envoy's `response.code_details` and `response.flags` for a response the filters see: the
 /// upstream's, a filter's own reply, or the proxy's (named by its reason header).
-fn response_facts(parts: &http::response::Parts, body: &ProxyBody) -> (String, u64) {
+fn response_facts(
+    parts: &http::response::Parts,
+    body: &ProxyBody,
+) -> (std::borrow::Cow<'static, str>, u64) {
     if matches!(body, ProxyBody::Upstream(_)) {
-        return ("via_upstream".to_owned(), 0);
+        return ("via_upstream".into(), 0);
     }
     let reason = parts
         .headers
@@ -362,9 +365,9 @@ fn response_facts(parts: &http::response::Parts, body: &ProxyBody) -> (String, u
         .and_then(Reason::parse);
     let flags = reason.map_or(0, Reason::envoy_flags);
     let details = match (parts.extensions.get::<crate::http::ReplyDetails>(), reason) {
-        (Some(details), _) => details.0.clone(),
-        (None, Some(reason)) => reason.envoy_details().to_owned(),
-        (None, None) => String::new(),
+        (Some(details), _) => details.0.clone().into(),
+        (None, Some(reason)) => reason.envoy_details().into(),
+        (None, None) => "".into(),
     };
     (details, flags)
 }

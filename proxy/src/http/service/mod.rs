@@ -16,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use prometheus::IntGauge;
 use tokio::time::Instant;
 
-use super::body::{BoxError, ClientBodyError, DownstreamBody, ProxyBody};
+use super::body::{BoxError, ClientBodyError, ClientBodyWatch, DownstreamBody, ProxyBody};
 use super::connection::DownstreamConn;
 use super::deadline::request_deadline;
 use super::headers::{
@@ -29,6 +29,20 @@ use super::route::ClusterTarget;
 use crate::config::ListenerSnapshot;
 use crate::upstream::UpstreamError;
 use crate::wasm::{FilterChain, FilteredBody, StreamInfo};
+
+/// What one request holds until its response ends (the in-flight counts), and how its
+/// client's body failed, if it did: one allocation serves both.
+struct RequestScope {
+    _in_flight: InFlight,
+    _stream: crate::http::connection::StreamGuard,
+    client_body_failure: RefCell<Option<ClientBodyError>>,
+}
+
+impl ClientBodyWatch for RequestScope {
+    fn body_failed(&self, failure: ClientBodyError) {
+        self.client_body_failure.borrow_mut().get_or_insert(failure);
+    }
+}
 
 /// Decrements a gauge when dropped: requests in flight.
 struct InFlight(IntGauge);
@@ -101,10 +115,11 @@ pub async fn handle(
         return Ok(LocalReply::no_route(request.method(), request.uri().path()).into_response(grpc));
     };
     let mut reset_watch = conn.activity.watch_reset();
-    let guards = (
-        InFlight::start(&listener.stats.requests_active),
-        conn.activity.stream(),
-    );
+    let scope = Rc::new(RequestScope {
+        _in_flight: InFlight::start(&listener.stats.requests_active),
+        _stream: conn.activity.stream(),
+        client_body_failure: RefCell::new(None),
+    });
     let exchange = Exchange {
         conn: &conn,
         listener,
@@ -114,10 +129,26 @@ pub async fn handle(
         grpc_request: false,
         head_request: false,
         http1_with_body: false,
-        client_body_failure: Rc::default(),
+        scope: Rc::clone(&scope),
     };
-    let response = exchange.forward(request, guards).await;
+    let version = request.version();
+    let limit = listener.max_requests_per_connection;
+    let mut response = exchange.forward(request).await;
     reset_watch.answered();
+    if let Some(limit) = limit
+        && conn.activity.requests_started() >= u64::from(limit)
+    {
+        // Its last request: HTTP/1.1 says so on the response, HTTP/2 with a GOAWAY.
+        match (&mut response, version < http::Version::HTTP_2) {
+            (Ok(response), true) => {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            _ => conn.activity.retire(),
+        }
+    }
     response
 }
 
@@ -133,8 +164,8 @@ struct Exchange<'a> {
     /// Whether the request came in as gRPC (by its content type, before any filter ran):
     /// local replies to it, the proxy's and the filters', are gRPC replies, as in Envoy.
     grpc_request: bool,
-    /// How the client's request body failed, if it did: then the client is to blame.
-    client_body_failure: Rc<RefCell<Option<ClientBodyError>>>,
+    /// What the request holds for its whole life, and how its client's body failed.
+    scope: Rc<RequestScope>,
     /// A HEAD request: local replies keep their length and lose their body.
     head_request: bool,
     /// An HTTP/1 request with a body: a local reply sent before the body was read closes the
@@ -146,14 +177,12 @@ impl Exchange<'_> {
     async fn forward(
         mut self,
         request: Request<Incoming>,
-        guards: impl std::any::Any,
     ) -> Result<Response<ProxyBody>, BoxError> {
         let listener = self.listener;
         let (mut parts, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
-        let (body, client_body_failure) = DownstreamBody::new(body);
-        self.client_body_failure = client_body_failure;
-        let mut body = ProxyBody::Downstream(Box::new(body));
+        let watch: Rc<dyn ClientBodyWatch> = self.scope.clone();
+        let mut body = ProxyBody::Downstream(DownstreamBody::new(body, watch));
         // Envoy's HTTP/1 codec ends a request body with an empty chunk of its own; filters see
         // the same sequence here (see `FilteredBody::request`).
         let split_end = parts.version < http::Version::HTTP_2;
@@ -257,7 +286,7 @@ impl Exchange<'_> {
             target,
             idle_timeout: route.idle_timeout,
             deadline,
-            guards: Rc::new(guards),
+            guards: self.scope.clone(),
         };
         // Endpoints earlier attempts went to; filled only when a replay happens, so a request
         // that is never replayed allocates nothing for it.

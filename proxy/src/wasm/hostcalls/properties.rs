@@ -244,7 +244,9 @@ fn stream_property(stream: &StreamState, segments: &[&[u8]]) -> Option<Value> {
                 i64::try_from(info.request_body_bytes.get()).unwrap_or(i64::MAX)
             }))
         }
-        (b"response", Some(b"code_details")) => text(info.response_details.borrow().clone()?),
+        (b"response", Some(b"code_details")) => {
+            text(info.response_details.borrow().as_deref()?.to_owned())
+        }
         (b"response", Some(b"flags")) => {
             Value::Int(i64::try_from(info.response_flags.get()).unwrap_or(i64::MAX))
         }
