@@ -2,10 +2,11 @@
 //! first bytes, with graceful shutdown on drain and an idle timeout that only counts time
 //! without any request in flight (as Envoy's connection `idle_timeout` does).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::send_timeout::SendTimeout;
@@ -47,10 +48,11 @@ pub struct Activity {
     /// Requests started on this connection, and those the client reset before their answer.
     started: Cell<u64>,
     premature_resets: Cell<u64>,
-    /// Why the connection must end early, once it must (one signal for every cause: the
-    /// serving loop polls it on every wake-up of the connection).
-    ending: tokio::sync::Notify,
+    /// Why the connection must end early, once it must, and the serving loop to wake then.
+    /// The loop polls this on every wake-up of the connection, so it is a cell and a waker
+    /// kept once, not a `Notify` (whose waiter list takes a lock on every poll).
     end: Cell<Option<EarlyEnd>>,
+    end_waker: RefCell<Option<Waker>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -101,8 +103,8 @@ impl Activity {
             idle_since: Cell::new(Instant::now()),
             started: Cell::new(0),
             premature_resets: Cell::new(0),
-            ending: tokio::sync::Notify::new(),
             end: Cell::new(None),
+            end_waker: RefCell::new(None),
         })
     }
 
@@ -121,7 +123,21 @@ impl Activity {
         if !matches!(self.end.get(), Some(EarlyEnd::Abusive)) {
             self.end.set(Some(why));
         }
-        self.ending.notify_one();
+        if let Some(waker) = self.end_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves with the reason once the connection must end early.
+    fn poll_end(&self, cx: &mut Context<'_>) -> Poll<EarlyEnd> {
+        if let Some(end) = self.end.get() {
+            return Poll::Ready(end);
+        }
+        let mut stored = self.end_waker.borrow_mut();
+        if !stored.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *stored = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// A watch for a request that starts now.
@@ -245,15 +261,15 @@ pub async fn serve_http<S>(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
-        () = activity.ending.notified() => match activity.end.get() {
-            Some(EarlyEnd::Abusive) => {
+        end = std::future::poll_fn(|cx| activity.poll_end(cx)) => match end {
+            EarlyEnd::Abusive => {
                 // Dropping the connection closes it and cancels every upstream request it
                 // started.
                 settings.reset_floods.inc();
                 tracing::info!(%peer, resets = activity.premature_resets.get(), "closing a connection whose client reset too many requests before their answer");
                 return;
             }
-            Some(EarlyEnd::Retired) | None => {
+            EarlyEnd::Retired => {
                 connection.as_mut().graceful_shutdown();
                 connection.await
             }
