@@ -86,7 +86,7 @@ pub struct ConnectionSettings {
     /// How long the client may accept no response bytes (see `send_timeout`).
     pub send_timeout: Option<Duration>,
     pub max_request_headers_size: usize,
-    /// Counters of the connections cut off for the two timeouts above.
+    /// Counters of the connections cut off: the two timeouts above, and reset floods.
     pub header_timeouts: prometheus::IntCounter,
     pub send_timeouts: prometheus::IntCounter,
     pub reset_floods: prometheus::IntCounter,
