@@ -6,15 +6,17 @@
 //! when a snapshot is built; requests only bump atomics.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::upstream::EndpointStats;
 use crate::wasm::{PluginHealth, WasmMetricFamilies};
+
+mod stats;
+pub use stats::{ListenerStats, RouteStats};
 
 /// Latency buckets in seconds, from 250µs (a loopback hop) up to the 15s default timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -46,31 +48,6 @@ pub struct Metrics {
     plugin_vms: IntGaugeVec,
     config_version: IntGauge,
     config_changes: IntCounterVec,
-}
-
-/// Counters for one (listener, route, cluster): requests by status class and their latency.
-#[derive(Clone)]
-pub struct RouteStats {
-    by_status_class: [IntCounter; 5],
-    duration: Histogram,
-}
-
-/// Gauges and counters of one listener.
-#[derive(Clone)]
-pub struct ListenerStats {
-    pub listener: Arc<str>,
-    pub connections_active: IntGauge,
-    pub connections_total: IntCounter,
-    pub requests_active: IntGauge,
-    pub tcp_bytes_downstream_to_upstream: IntCounter,
-    pub tcp_bytes_upstream_to_downstream: IntCounter,
-    /// Connections cut off for a request head too slow, or a client that stopped reading.
-    pub header_timeouts: IntCounter,
-    pub send_timeouts: IntCounter,
-    /// Connections closed at accept because the listener had `max_connections` open.
-    pub max_connections_refused: IntCounter,
-    /// Connections cut off because their client reset too many requests before the answer.
-    pub reset_floods: IntCounter,
 }
 
 // === impl Metrics ===
@@ -400,14 +377,6 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> In
 }
 
 // === impl RouteStats ===
-
-impl RouteStats {
-    pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.by_status_class[class].inc();
-        self.duration.observe(elapsed.as_secs_f64());
-    }
-}
 
 #[cfg(test)]
 mod tests;

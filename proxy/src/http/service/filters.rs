@@ -43,8 +43,7 @@ impl Exchange<'_> {
             from
         };
         let pairs = wasm::request_pairs(parts, self.conn.scheme);
-        let split_end = parts.version < http::Version::HTTP_2;
-        let peer = wasm::PeerBody::new(body, split_end);
+        let peer = wasm::PeerBody::new(body, self.http1_client);
         let filtering = wasm::request_headers(chain, pairs, end_of_stream, from, Some(peer));
         let pairs = match self.filter_idle {
             Some(idle) => tokio::time::timeout(idle, filtering)
@@ -60,22 +59,32 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    /// A reply the proxy makes itself, counted, and passed through the response filters.
+    /// A reply the proxy makes itself, counted, passed through the response filters, and
+    /// shaped as Envoy sends its replies (`shape_local`).
     pub(super) async fn local(
+        &self,
+        stats: &RouteStats,
+        reply: LocalReply,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let answered = self.unshaped_local(stats, reply).await;
+        answered.map(|response| self.shape_local(response))
+    }
+
+    /// `local` without the shaping, for callers that shape their own answer once.
+    async fn unshaped_local(
         &self,
         stats: &RouteStats,
         reply: LocalReply,
     ) -> Result<Response<ProxyBody>, BoxError> {
         self.count_local(stats, reply.status, reply.reason);
         let response = reply.into_response(self.grpc_request);
-        let answered = match &self.chain {
+        match &self.chain {
             Some(chain) => {
                 let last = chain.borrow().len().saturating_sub(1);
                 self.through_response_filters(response, last).await
             }
             None => Ok(response),
-        };
-        answered.map(|response| self.shape_local(response))
+        }
     }
 
     /// A local reply in the request phase as Envoy sends it: to HEAD with its length and no
@@ -151,9 +160,12 @@ impl Exchange<'_> {
                 self.finish_chain();
                 Err(Box::new(StreamClosedByFilter))
             }
-            Interruption::TimedOut => self.local(stats, LocalReply::stream_idle_timeout()).await,
+            Interruption::TimedOut => {
+                self.unshaped_local(stats, LocalReply::stream_idle_timeout())
+                    .await
+            }
             Interruption::BodyTooLarge { plugin, limit } => {
-                self.local(stats, LocalReply::body_too_large(&plugin, limit))
+                self.unshaped_local(stats, LocalReply::body_too_large(&plugin, limit))
                     .await
             }
             Interruption::InvalidHeader(message) => {
@@ -169,7 +181,7 @@ impl Exchange<'_> {
                     message,
                 )
                 .with_details(details);
-                self.local(stats, reply).await
+                self.unshaped_local(stats, reply).await
             }
             Interruption::BodyFailed(error) => {
                 // Nobody is left to answer: the client broke off its own request.

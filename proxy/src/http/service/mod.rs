@@ -128,6 +128,7 @@ pub async fn handle(
         filter_idle: Some(IDLE_BEFORE_ROUTE),
         grpc_request: false,
         head_request: false,
+        http1_client: false,
         http1_with_body: false,
         scope: Rc::clone(&scope),
     };
@@ -168,6 +169,9 @@ struct Exchange<'a> {
     scope: Rc<RequestScope>,
     /// A HEAD request: local replies keep their length and lose their body.
     head_request: bool,
+    /// The client speaks HTTP/1: Envoy's codec ends its request body with an empty chunk of
+    /// its own, and filters see the same sequence (see `FilteredBody::request`).
+    http1_client: bool,
     /// An HTTP/1 request with a body: a local reply sent before the body was read closes the
     /// connection (see `filters::shape_local`).
     http1_with_body: bool,
@@ -183,9 +187,6 @@ impl Exchange<'_> {
         let end_of_stream = body.is_end_stream();
         let watch: Rc<dyn ClientBodyWatch> = self.scope.clone();
         let mut body = ProxyBody::Downstream(DownstreamBody::new(body, watch));
-        // Envoy's HTTP/1 codec ends a request body with an empty chunk of its own; filters see
-        // the same sequence here (see `FilteredBody::request`).
-        let split_end = parts.version < http::Version::HTTP_2;
         // What a hop does to every request happens before the filters, as in Envoy, so they
         // see `x-request-id` and `x-forwarded-proto` and never hop-by-hop headers.
         let upgrade = is_upgrade_request(parts.version, &parts.headers);
@@ -197,7 +198,8 @@ impl Exchange<'_> {
         add_request_identity(&mut parts.headers, self.conn.scheme);
         self.grpc_request = super::grpc_reply::is_grpc_request(&parts.headers);
         self.head_request = parts.method == http::Method::HEAD;
-        self.http1_with_body = split_end && !end_of_stream;
+        self.http1_client = parts.version < http::Version::HTTP_2;
+        self.http1_with_body = self.http1_client && !end_of_stream;
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
             let info = Rc::new(
@@ -266,7 +268,7 @@ impl Exchange<'_> {
                 let filtered = ProxyBody::Filtered(Box::new(FilteredBody::request(
                     body,
                     Rc::clone(chain),
-                    split_end,
+                    self.http1_client,
                 )));
                 match replay_head {
                     Some(_) => {
