@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 
 use sluice_control::registry::{check_label_key, check_service_name};
 
+use super::cluster_model::ClusterConfig;
 use super::discovery_model::ServiceRegistration;
 use super::error::ConfigProblem;
-use super::model::ClusterConfig;
 
 pub fn check_registrations(register: &[ServiceRegistration]) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
@@ -81,7 +81,7 @@ pub fn check_cluster_source(path: &str, cluster: &ClusterConfig) -> Vec<ConfigPr
         }
         (None, false) => {}
     }
-    if cluster.hash_on.is_some() && cluster.lb_policy != super::model::LbPolicy::RingHash {
+    if cluster.hash_on.is_some() && cluster.lb_policy != super::cluster_model::LbPolicy::RingHash {
         problem("hash_on", "is for `lb_policy: ring_hash`");
     }
     if let Some(

@@ -1,6 +1,7 @@
 //! The proxy's configuration: the YAML model (a contract with outside tools), loading with
 //! field-path errors, validation, and the immutable [`Snapshot`] the data path runs on.
 
+mod cluster_model;
 mod discovery;
 mod discovery_model;
 mod error;
@@ -11,6 +12,7 @@ mod snapshot;
 mod units;
 mod validate;
 
+pub use cluster_model::*;
 pub use discovery_model::{HashOn, Locality, ServiceRegistration};
 pub use error::{ConfigError, ConfigProblem};
 pub use load::{LoadedConfig, SentModules, load_file, load_str};

@@ -9,8 +9,8 @@ use sluice_control::{FilterAttachment, Overlay};
 
 use super::error::{ConfigError, ConfigProblem};
 use super::load::{LoadedConfig, SentModules};
-use super::model::{CanaryConfig, ClusterConfig, FilterConfig, ListenerProtocol, RouteConfig};
 use super::validate::validate;
+use super::{CanaryConfig, ClusterConfig, FilterConfig, ListenerProtocol, RouteConfig};
 
 /// `base` with `overlay` (control version `version`) applied; `modules` holds the modules the
 /// overlay names.

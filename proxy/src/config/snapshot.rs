@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::error::ConfigError;
 use super::load::LoadedConfig;
-use super::model::{ClusterConfig, FilterConfig, ListenerProtocol, ProxyConfig};
+use super::{ClusterConfig, FilterConfig, ListenerProtocol, ProxyConfig};
 use crate::admin::{ListenerStats, Metrics, RouteStats};
 use crate::http::RouteTable;
 use crate::upstream::Cluster;

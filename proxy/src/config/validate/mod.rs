@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 
 use super::error::ConfigProblem;
-use super::model::{
+use super::{
     ClusterConfig, FilterConfig, HeaderMatch, ListenerConfig, ListenerProtocol, ProxyConfig,
     RouteConfig,
 };
