@@ -15,6 +15,18 @@ pub fn fixture(name: &str) -> Result<PathBuf, String> {
     Ok(dir.join(format!("fixture_{name}.wasm")))
 }
 
+/// Runs a benchmark's `main` future on a runtime of two worker threads, the machine's cores.
+/// A benchmark cannot run without its runtime: failing to build one ends it.
+#[allow(clippy::expect_used)]
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}
+
 /// The `q` quantile (0 to 1) of `sorted`, nearest rank; zero for no samples.
 pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {

@@ -42,12 +42,7 @@ const FAILURE_PERCENT: u32 = 20;
 const RETRIES: u32 = 4;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    sluice_benches::block_on(run());
 }
 
 struct Row {

@@ -34,12 +34,7 @@ const PROXIES: usize = 10;
 const SWAPS: usize = 50;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run());
+    sluice_benches::block_on(run());
 }
 
 async fn run() {
