@@ -76,30 +76,7 @@ async fn callers_require_the_identity_that_registered_each_endpoint() {
         decoy.addr,
         &format!("{{ service: hello, address: \"127.0.0.1:{hello_port}\" }}"),
     );
-    let config = write_config(
-        "identity-gateway",
-        r#"
-workers: 1
-listeners:
-  - name: main
-    address: 127.0.0.1:0
-    routes: [{ match: { prefix: / }, cluster: hello }]
-clusters:
-  - name: hello
-    service: hello
-    tls: { mesh: true }
-"#,
-    );
-    let gateway_token = gateway_token.to_str().unwrap();
-    let gateway = SpawnedProxy::start_with(
-        &config,
-        &[
-            "--control",
-            &control.url,
-            "--join-token-file",
-            gateway_token,
-        ],
-    );
+    let gateway = start_mesh_gateway("identity-gateway", &control.url, &gateway_token);
     assert!(
         eventually(Duration::from_secs(5), async || services(&control.url)
             .contains("ns/evil/sa/impostor"))
@@ -131,8 +108,22 @@ async fn an_endpoint_that_shows_its_registered_identity_is_reached_over_mesh_mtl
         app.addr,
         &format!("{{ service: hello, address: \"127.0.0.1:{port}\" }}"),
     );
+    let gateway = start_mesh_gateway("identity-ok-gateway", &control.url, &gateway_token);
+    assert!(
+        eventually(Duration::from_secs(5), async || get(gateway.addr, "/")
+            .await
+            .status
+            == 200)
+        .await,
+        "{}",
+        gateway.log()
+    );
+}
+
+/// A gateway that discovers `hello` and talks mesh mTLS to it, joined with `token`.
+fn start_mesh_gateway(name: &str, control: &str, token: &std::path::Path) -> SpawnedProxy {
     let config = write_config(
-        "identity-ok-gateway",
+        name,
         r#"
 workers: 1
 listeners:
@@ -145,23 +136,6 @@ clusters:
     tls: { mesh: true }
 "#,
     );
-    let gateway_token = gateway_token.to_str().unwrap();
-    let gateway = SpawnedProxy::start_with(
-        &config,
-        &[
-            "--control",
-            &control.url,
-            "--join-token-file",
-            gateway_token,
-        ],
-    );
-    assert!(
-        eventually(Duration::from_secs(5), async || get(gateway.addr, "/")
-            .await
-            .status
-            == 200)
-        .await,
-        "{}",
-        gateway.log()
-    );
+    let token = token.to_str().unwrap();
+    SpawnedProxy::start_with(&config, &["--control", control, "--join-token-file", token])
 }
