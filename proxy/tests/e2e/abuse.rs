@@ -157,16 +157,10 @@ async fn connections_past_the_listener_limit_are_closed_at_accept() {
 async fn an_http2_client_that_resets_its_requests_is_cut_off_within_a_budget() {
     use bytes::Bytes;
     use http_body_util::Full;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let upstream = TestUpstream::start("app").await;
     let proxy = start_proxy(&config(""), &[&upstream]).await;
-    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connection(proxy.addr).await;
     // Each request is accepted and sent upstream (which answers after a second), then reset.
     let mut sent = 0;
     for _ in 0..1000 {
@@ -279,13 +273,7 @@ async fn a_connection_ends_after_max_requests_per_connection() {
     // HTTP/2: GOAWAY after the second stream; both are answered, a third needs a new connection.
     use bytes::Bytes;
     use http_body_util::Full;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connection(proxy.addr).await;
     for _ in 0..2 {
         sender.ready().await.unwrap();
         let request = http::Request::get("http://t/")

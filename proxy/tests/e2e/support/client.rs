@@ -116,14 +116,25 @@ pub async fn start_tcp_echo() -> SocketAddr {
     addr
 }
 
-/// Sends one request on a fresh h2c (prior knowledge) connection.
-pub async fn send_h2(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+/// A fresh h2c (prior knowledge) connection: its sender, and the task that drives it, which
+/// ends when the connection does.
+pub async fn h2_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
+    let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
-    tokio::spawn(connection);
+    (sender, tokio::spawn(connection))
+}
+
+/// Sends one request on a fresh h2c (prior knowledge) connection.
+pub async fn send_h2(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
+    let (mut sender, _connection) = h2_connection(addr).await;
     let response = sender.send_request(request).await.unwrap();
     collect(response).await
 }
