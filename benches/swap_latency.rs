@@ -46,7 +46,7 @@ async fn run() {
     let control = RunningControl::start(
         ControlSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data_dir.clone(),
+            store: sluice_control::StoreLocation::Dir(data_dir.clone()),
             token: None,
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
             lease_ttl: sluice_control::DEFAULT_LEASE_TTL,

@@ -39,6 +39,13 @@ pub struct MeshCa {
     ca_pem: String,
 }
 
+/// A CA's key and certificate, as a store keeps them.
+#[derive(Debug, Clone)]
+pub struct CaMaterial {
+    pub key_pem: String,
+    pub cert_pem: String,
+}
+
 /// A workload certificate.
 #[derive(Debug, Clone)]
 pub struct IssuedCertificate {
@@ -127,6 +134,37 @@ impl MeshCa {
             trust_domain: trust_domain.to_owned(),
             issuer: Issuer::new(params, key),
             ca_pem,
+        })
+    }
+
+    /// A new CA for `trust_domain`: its key and self-signed certificate, in PEM.
+    pub fn generate(trust_domain: &str) -> Result<CaMaterial, CaError> {
+        check_trust_domain(trust_domain)?;
+        let key = KeyPair::generate().map_err(|e| CaError::Signing(e.to_string()))?;
+        let cert = ca_params(trust_domain)
+            .self_signed(&key)
+            .map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(CaMaterial {
+            key_pem: key.serialize_pem(),
+            cert_pem: cert.pem(),
+        })
+    }
+
+    /// The CA made of stored `material` (read from `source`, for errors).
+    pub fn from_material(
+        trust_domain: &str,
+        material: CaMaterial,
+        source: &str,
+    ) -> Result<Self, CaError> {
+        check_trust_domain(trust_domain)?;
+        let key = KeyPair::from_pem(&material.key_pem).map_err(|e| CaError::Unusable {
+            path: PathBuf::from(source),
+            what: format!("not a private key: {e}"),
+        })?;
+        Ok(Self {
+            trust_domain: trust_domain.to_owned(),
+            issuer: Issuer::new(ca_params(trust_domain), key),
+            ca_pem: material.cert_pem,
         })
     }
 

@@ -1,7 +1,7 @@
 //! The identity services: `IdentityAdmin.CreateJoinToken` for operators and
 //! `Identity.IssueCertificate` for proxies (see `ca.rs` and `tokens.rs`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -33,30 +33,18 @@ impl Default for IdentitySettings {
 #[derive(Clone)]
 pub struct IdentityService {
     ca: Arc<MeshCa>,
-    tokens: Arc<Mutex<JoinTokens>>,
+    tokens: Arc<JoinTokens>,
     cert_ttl: Duration,
 }
 
 impl IdentityService {
-    pub fn new(ca: Arc<MeshCa>, tokens: Arc<Mutex<JoinTokens>>, cert_ttl: Duration) -> Self {
+    pub fn new(ca: Arc<MeshCa>, tokens: Arc<JoinTokens>, cert_ttl: Duration) -> Self {
         Self {
             ca,
             tokens,
             cert_ttl,
         }
     }
-
-    fn tokens(&self) -> std::sync::MutexGuard<'_, JoinTokens> {
-        lock_tokens(&self.tokens)
-    }
-}
-
-/// The join tokens, shared by the identity service and the registry (which checks what a
-/// token lets its workload register).
-pub fn lock_tokens(tokens: &Mutex<JoinTokens>) -> std::sync::MutexGuard<'_, JoinTokens> {
-    tokens
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn refused(error: CaError) -> Status {
@@ -81,9 +69,10 @@ impl IdentityAdmin for IdentityService {
         }
         let services = (!request.services.is_empty()).then_some(request.services);
         let token = self
-            .tokens()
+            .tokens
             .create(&workload, services.clone())
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .await
+            .map_err(crate::service::store_failed)?;
         tracing::info!(workload, ?services, "join token created");
         Ok(Response::new(CreateJoinTokenReply {
             token,
@@ -100,11 +89,12 @@ impl Identity for IdentityService {
     ) -> Result<Response<IssueCertificateReply>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
-        let Some(workload) = self
-            .tokens()
-            .workload(&request.join_token)
-            .map(str::to_owned)
-        else {
+        let grant = self
+            .tokens
+            .lookup(&request.join_token)
+            .await
+            .map_err(crate::service::store_failed)?;
+        let Some(workload) = grant.map(|grant| grant.workload) else {
             tracing::warn!(?peer, "certificate refused: unknown join token");
             return Err(Status::unauthenticated(
                 "unknown join token (create one with `sluice join-token <workload>`)",

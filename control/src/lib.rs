@@ -23,11 +23,12 @@ pub mod proto {
 
 pub use client::{
     Client, ConnectError, DEFAULT_CONTROL_URL, IdentityAdminClient, IdentityClient, connect,
-    connect_identity, connect_identity_admin,
+    connect_from, connect_identity, connect_identity_admin,
 };
 pub use identity::IdentitySettings;
 pub use overlay::{FilterAttachment, ListenerRoutes, Overlay};
 pub use registry::{DEFAULT_LEASE_TTL, Registry};
 pub use server::{ControlError, ControlSettings, DEFAULT_MAX_MODULE_SIZE, RunningControl};
 pub use service::{ChangeValidator, ControlService};
+pub use store::{EtcdSettings, StoreLocation};
 pub use targets::Target;

@@ -1,8 +1,7 @@
-//! Serving the control API: bind (loopback unless a token guards it), open the data dir,
-//! serve until shut down.
+//! Serving the control API: bind (loopback unless a token guards it), open the store (a
+//! data dir, or etcd shared with other replicas), serve until shut down.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +14,15 @@ use crate::proto::control_server::ControlServer;
 use crate::proto::identity_admin_server::IdentityAdminServer;
 use crate::proto::identity_server::IdentityServer;
 use crate::service::{ChangeValidator, ControlService};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreLocation};
 
 /// Modules larger than this are refused unless the service is told otherwise.
 pub const DEFAULT_MAX_MODULE_SIZE: usize = 32 << 20;
 
 pub struct ControlSettings {
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+    /// Where modules, versions, the CA and join tokens are kept.
+    pub store: StoreLocation,
     /// Required from every client when set; required to listen beyond loopback.
     pub token: Option<String>,
     pub max_module_size: usize,
@@ -44,7 +44,7 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
-    #[error("data dir: {0}")]
+    #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("mesh CA: {0}")]
     Ca(#[from] crate::ca::CaError),
@@ -78,8 +78,6 @@ impl RunningControl {
         if lease_ttl < Duration::from_millis(100) || lease_ttl > Duration::from_secs(3600) {
             return Err(ControlError::LeaseTtl(lease_ttl));
         }
-        let store = Store::open(&settings.data_dir)?;
-        let current = store.current_version();
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|source| ControlError::Bind {
@@ -90,13 +88,11 @@ impl RunningControl {
             address: settings.listen,
             source,
         })?;
-        let ca = Arc::new(crate::ca::MeshCa::open(
-            &settings.data_dir,
-            &settings.identity.trust_domain,
-        )?);
-        let tokens = Arc::new(std::sync::Mutex::new(crate::tokens::JoinTokens::open(
-            &settings.data_dir,
-        )?));
+        // Bound first, so a port already taken is reported before waiting on etcd.
+        let store = Store::open(&settings.store).await?;
+        let current = store.versions().current_version();
+        let ca = Arc::new(store.mesh_ca(&settings.identity.trust_domain).await?);
+        let tokens = Arc::new(store.join_tokens()?);
         let identity = IdentityService::new(
             Arc::clone(&ca),
             Arc::clone(&tokens),
@@ -142,7 +138,7 @@ impl RunningControl {
                     let _ = stopped.await;
                 }),
         );
-        tracing::info!(%address, data_dir = %settings.data_dir.display(), version = current, "control service listening");
+        tracing::info!(%address, store = %settings.store, version = current, "control service listening");
         Ok(Self {
             address,
             service,

@@ -1,23 +1,31 @@
 //! Join tokens: the secret a proxy shows to get its workload's certificate. The operator
 //! creates one per workload (`sluice join-token <workload>`) and hands it to the workload's
 //! proxy (a Kubernetes secret, a file). Only the tokens' SHA-256 is stored, in
-//! `<data dir>/join-tokens.json`, so the data dir alone does not let anyone join.
+//! `<data dir>/join-tokens.json` or under `join-tokens/` in etcd, so the store alone does not
+//! let anyone join. With etcd, a token another replica made is read on first use.
 //!
 //! A token may also limit which services its workload can register in the mesh registry
 //! (`sluice join-token WORKLOAD --services a,b`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{StoreError, sha256_hex, write_atomically};
+use crate::store::{EtcdStore, StoreError, sha256_hex, write_atomically};
 
 pub struct JoinTokens {
-    path: PathBuf,
-    /// sha256 of the token (hex) → what it grants.
-    by_digest: BTreeMap<String, TokenGrant>,
+    /// sha256 of the token (hex) → what it grants: every token with a file, those seen so
+    /// far with etcd.
+    by_digest: Mutex<BTreeMap<String, TokenGrant>>,
+    kept_in: Backing,
+}
+
+enum Backing {
+    File(PathBuf),
+    Etcd(EtcdStore),
 }
 
 /// What a join token lets its holder be and do.
@@ -92,47 +100,89 @@ impl JoinTokens {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(source) => return Err(StoreError::Io { path, source }),
         };
-        Ok(Self { path, by_digest })
+        Ok(Self {
+            by_digest: Mutex::new(by_digest),
+            kept_in: Backing::File(path),
+        })
+    }
+
+    /// Tokens kept in etcd, read as they are first shown.
+    pub fn in_etcd(store: EtcdStore) -> Self {
+        Self {
+            by_digest: Mutex::default(),
+            kept_in: Backing::Etcd(store),
+        }
+    }
+
+    fn known(&self) -> MutexGuard<'_, BTreeMap<String, TokenGrant>> {
+        self.by_digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A new token for `workload` (limited to registering `services`, when given), saved
     /// before it is returned.
-    pub fn create(
-        &mut self,
+    pub async fn create(
+        &self,
         workload: &str,
         services: Option<Vec<String>>,
     ) -> Result<String, StoreError> {
         let mut secret = [0u8; 32];
         ring::rand::SystemRandom::new()
             .fill(&mut secret)
-            .map_err(|_| StoreError::Io {
-                path: self.path.clone(),
-                source: std::io::Error::other("the system has no randomness to make a token"),
+            .map_err(|_| {
+                StoreError::Unavailable("the system has no randomness to make a token".into())
             })?;
         let token = format!("sjt_{}", sha256_hex(&secret));
+        let digest = sha256_hex(token.as_bytes());
         let grant = TokenGrant {
             workload: workload.to_owned(),
             services,
         };
-        self.by_digest.insert(sha256_hex(token.as_bytes()), grant);
-        let json =
-            serde_json::to_vec_pretty(&self.by_digest).map_err(|source| StoreError::Corrupt {
-                path: self.path.clone(),
-                source,
-            })?;
-        write_atomically(&self.path, &json)?;
+        match &self.kept_in {
+            Backing::File(path) => {
+                let mut known = self.known();
+                known.insert(digest, grant);
+                let json =
+                    serde_json::to_vec_pretty(&*known).map_err(|source| StoreError::Corrupt {
+                        path: path.clone(),
+                        source,
+                    })?;
+                write_atomically(path, &json)?;
+            }
+            Backing::Etcd(store) => {
+                store.put_token(&digest, &grant).await?;
+                self.known().insert(digest, grant);
+            }
+        }
         Ok(token)
     }
 
-    /// The workload `token` was made for. Looking up by digest compares hashes, not the
-    /// secret, so timing tells nothing about it.
-    pub fn workload(&self, token: &str) -> Option<&str> {
-        self.grant(token).map(|grant| grant.workload.as_str())
+    /// The workload `token` was made for, among the tokens known here. Looking up by digest
+    /// compares hashes, not the secret, so timing tells nothing about it.
+    pub fn workload(&self, token: &str) -> Option<String> {
+        self.grant(token).map(|grant| grant.workload)
     }
 
-    /// What `token` grants, if it is one of ours.
-    pub fn grant(&self, token: &str) -> Option<&TokenGrant> {
-        self.by_digest.get(&sha256_hex(token.as_bytes()))
+    /// What `token` grants, if it is one of ours and known here (see [`JoinTokens::lookup`]).
+    pub fn grant(&self, token: &str) -> Option<TokenGrant> {
+        self.known().get(&sha256_hex(token.as_bytes())).cloned()
+    }
+
+    /// What `token` grants, asking etcd about a token another replica made.
+    pub async fn lookup(&self, token: &str) -> Result<Option<TokenGrant>, StoreError> {
+        if let Some(grant) = self.grant(token) {
+            return Ok(Some(grant));
+        }
+        let Backing::Etcd(store) = &self.kept_in else {
+            return Ok(None);
+        };
+        let digest = sha256_hex(token.as_bytes());
+        let found = store.token(&digest).await?;
+        if let Some(grant) = &found {
+            self.known().insert(digest, grant.clone());
+        }
+        Ok(found)
     }
 }
 
@@ -140,18 +190,22 @@ impl JoinTokens {
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_name_their_workload_across_restarts() {
+    #[tokio::test]
+    async fn tokens_name_their_workload_across_restarts() {
         let dir = std::env::temp_dir().join(format!("sluice-tokens-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut tokens = JoinTokens::open(&dir).unwrap();
-        let token = tokens.create("ns/shop/sa/checkout", None).unwrap();
+        let tokens = JoinTokens::open(&dir).unwrap();
+        let token = tokens.create("ns/shop/sa/checkout", None).await.unwrap();
         let limited = tokens
             .create("ns/shop/sa/cart", Some(vec!["cart".into()]))
+            .await
             .unwrap();
         let reopened = JoinTokens::open(&dir).unwrap();
-        assert_eq!(reopened.workload(&token), Some("ns/shop/sa/checkout"));
+        assert_eq!(
+            reopened.workload(&token).as_deref(),
+            Some("ns/shop/sa/checkout")
+        );
         assert_eq!(reopened.workload("sjt_guess"), None);
         assert!(reopened.grant(&token).unwrap().allows_service("anything"));
         let cart = reopened.grant(&limited).unwrap();

@@ -1,8 +1,9 @@
 //! The control service: validates and stores changes as versions, streams the current
 //! version to every subscribed proxy, and keeps what each proxy acknowledged for `status`.
-//! Subscriptions (`subscription.rs`) also hold registrations in the mesh registry, which
-//! `registry_calls.rs` serves.
+//! Changes (`changes.rs`) are appended as versions; subscriptions (`subscription.rs`) also
+//! hold registrations in the mesh registry, which `registry_calls.rs` serves.
 
+mod changes;
 mod registry_calls;
 mod subscription;
 
@@ -14,9 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::ca::MeshCa;
-use crate::overlay::{FilterAttachment, Overlay, describe, is_sha256};
+use crate::overlay::{FilterAttachment, is_sha256};
 use crate::proto::control_server::Control;
-use crate::proto::edit::Edit as EditKind;
 use crate::proto::{
     AckReply, AckRequest, ChangeReply, ChangeRequest, DeregisterReply, DeregisterRequest,
     DiscoverRequest, EndpointUpdate, GetModuleReply, GetModuleRequest, ListServicesReply,
@@ -24,8 +24,7 @@ use crate::proto::{
     StatusRequest, SubscribeRequest, UploadModuleReply, UploadModuleRequest, VersionInfo,
 };
 use crate::registry::Registry;
-use crate::store::{Store, StoreError, VersionRecord};
-use crate::targets::Target;
+use crate::store::{Store, StoreError};
 use crate::tokens::JoinTokens;
 use subscription::ProxyRecord;
 
@@ -48,31 +47,26 @@ pub struct ControlService {
 }
 
 struct Shared {
-    /// Held through validation, so changes apply one at a time on the version before them.
-    store: tokio::sync::Mutex<Store>,
+    /// Modules and versions; its version log is what subscriptions follow.
+    store: Store,
+    /// Held through validation, so this replica's changes apply one at a time on the
+    /// version before them. Other replicas' changes are ordered by the store.
+    changing: tokio::sync::Mutex<()>,
     validator: Arc<dyn ChangeValidator>,
-    /// The current version; each subscription sends its proxy's own view of it.
-    current: watch::Sender<Arc<Published>>,
     proxies: Mutex<BTreeMap<String, ProxyRecord>>,
     max_module_size: usize,
     /// Fired on shutdown: subscriptions end so the server can stop.
     stopping: watch::Sender<bool>,
     registry: Arc<Registry>,
     /// Join tokens name the identity a registration carries and what it may register.
-    tokens: Arc<Mutex<JoinTokens>>,
+    tokens: Arc<JoinTokens>,
     ca: Arc<MeshCa>,
-}
-
-/// The current version as stored.
-struct Published {
-    version: u64,
-    overlay: Overlay,
 }
 
 /// What the service shares with the identity service: the CA and the join tokens.
 pub struct MeshAuthority {
     pub ca: Arc<MeshCa>,
-    pub tokens: Arc<Mutex<JoinTokens>>,
+    pub tokens: Arc<JoinTokens>,
 }
 
 // === impl ControlService ===
@@ -85,12 +79,11 @@ impl ControlService {
         registry: Arc<Registry>,
         authority: MeshAuthority,
     ) -> Self {
-        let current = published(store.current());
         Self {
             shared: Arc::new(Shared {
-                store: tokio::sync::Mutex::new(store),
+                store,
+                changing: tokio::sync::Mutex::new(()),
                 validator,
-                current: watch::channel(Arc::new(current)).0,
                 proxies: Mutex::default(),
                 max_module_size,
                 stopping: watch::channel(false).0,
@@ -112,65 +105,6 @@ impl ControlService {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-
-    /// Checks what `edits` set: modules, clusters, routes.
-    async fn validate(&self, store: &Store, edits: &[crate::proto::Edit]) -> Result<(), Status> {
-        for (index, edit) in edits.iter().enumerate() {
-            let invalid =
-                |reason: String| Status::invalid_argument(format!("edits[{index}]: {reason}"));
-            let validator = Arc::clone(&self.shared.validator);
-            let checked = match &edit.edit {
-                Some(EditKind::SetFilter(set)) => {
-                    let module = store
-                        .module(&set.module_sha256)
-                        .map_err(internal)?
-                        .ok_or_else(|| {
-                            Status::failed_precondition(format!(
-                                "edits[{index}]: module sha256:{} is not uploaded; upload it first",
-                                set.module_sha256
-                            ))
-                        })?;
-                    // What the edit sets, whether it becomes the filter or its canary.
-                    let filter = FilterAttachment {
-                        name: set.name.clone(),
-                        module_sha256: set.module_sha256.clone(),
-                        config: set.config.clone(),
-                        vm_config: set.vm_config.clone(),
-                        fail_open: set.fail_open,
-                        ..FilterAttachment::default()
-                    };
-                    // Compiling and canarying take milliseconds to seconds.
-                    tokio::task::spawn_blocking(move || validator.validate_filter(&filter, &module))
-                        .await
-                        .map_err(|e| Status::internal(e.to_string()))?
-                        .map_err(|reason| format!("filter {:?}: {reason}", set.name))
-                }
-                Some(EditKind::SetCluster(set)) => serde_json::from_str(&set.cluster_json)
-                    .map_err(|e| e.to_string())
-                    .and_then(|cluster| validator.validate_cluster(&cluster))
-                    .map_err(|reason| format!("set_cluster: {reason}")),
-                Some(EditKind::SetRoutes(set)) => serde_json::from_str(&set.routes_json)
-                    .map_err(|e| e.to_string())
-                    .and_then(|routes| validator.validate_routes(&routes))
-                    .map_err(|reason| format!("set_routes ({}): {reason}", set.listener)),
-                _ => Ok(()),
-            };
-            checked.map_err(invalid)?;
-        }
-        Ok(())
-    }
-
-    fn publish(&self, record: &VersionRecord) {
-        self.shared
-            .current
-            .send_replace(Arc::new(published(Some(record))));
-        tracing::info!(version = record.version, description = %record.description, "new version");
-    }
-}
-
-/// Parses a request's `to`: refused with the reason when it is not a target.
-fn target_of(text: &str) -> Result<Option<Target>, Status> {
-    Target::parse(text).map_err(Status::invalid_argument)
 }
 
 #[tonic::async_trait]
@@ -192,8 +126,12 @@ impl Control for ControlService {
                 "not a WebAssembly module (it does not start with \\0asm)",
             ));
         }
-        let store = self.shared.store.lock().await;
-        let sha256 = store.put_module(&module).map_err(internal)?;
+        let sha256 = self
+            .shared
+            .store
+            .put_module(&module)
+            .await
+            .map_err(store_failed)?;
         tracing::info!(%sha256, size = module.len(), "module stored");
         Ok(Response::new(UploadModuleReply {
             sha256,
@@ -211,8 +149,13 @@ impl Control for ControlService {
                 "{digest:?} is not a sha256 in hex"
             )));
         }
-        let store = self.shared.store.lock().await;
-        match store.module(&digest).map_err(internal)? {
+        match self
+            .shared
+            .store
+            .module(&digest)
+            .await
+            .map_err(store_failed)?
+        {
             Some(module) => Ok(Response::new(GetModuleReply { module })),
             None => Err(Status::not_found(format!(
                 "module sha256:{digest} is not stored here"
@@ -224,83 +167,25 @@ impl Control for ControlService {
         &self,
         request: Request<ChangeRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
-        let request = request.into_inner();
-        if request.edits.is_empty() {
-            return Err(Status::invalid_argument("a change needs at least one edit"));
-        }
-        let target = target_of(&request.to)?;
-        let mut store = self.shared.store.lock().await;
-        let current = store
-            .current()
-            .map(|v| v.overlay.clone())
-            .unwrap_or_default();
-        let invalid = |e: crate::overlay::EditError| Status::invalid_argument(e.to_string());
-        let next = match &target {
-            None => current.edited(&request.edits).map_err(invalid)?,
-            Some(target) => {
-                let edited = current
-                    .for_target(target)
-                    .edited(&request.edits)
-                    .map_err(invalid)?;
-                current.with_target(target, edited)
-            }
-        };
-        self.validate(&store, &request.edits).await?;
-        let description = match (request.description, &target) {
-            (text, None) if text.is_empty() => describe(&request.edits),
-            (text, Some(target)) if text.is_empty() => {
-                format!("{} (for {target})", describe(&request.edits))
-            }
-            (text, _) => text,
-        };
-        let record = store.append(next, description).map_err(internal)?;
-        self.publish(&record);
-        Ok(Response::new(ChangeReply {
-            version: record.version,
-        }))
+        let version = self.apply_change(request.into_inner()).await?;
+        Ok(Response::new(ChangeReply { version }))
     }
 
     async fn rollback(
         &self,
         request: Request<RollbackRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
-        let request = request.into_inner();
-        let (to, target) = (request.to_version, target_of(&request.to)?);
-        let mut store = self.shared.store.lock().await;
-        let then = match to {
-            0 => Overlay::default(),
-            _ => store
-                .version(to)
-                .map(|v| v.overlay.clone())
-                .ok_or_else(|| Status::not_found(format!("there is no version {to}")))?,
-        };
-        let (overlay, description) = match &target {
-            None => (then, format!("rollback to version {to}")),
-            Some(target) => {
-                let current = store
-                    .current()
-                    .map(|v| v.overlay.clone())
-                    .unwrap_or_default();
-                (
-                    current.with_target(target, then.for_target(target)),
-                    format!("rollback of the edits for {target} to version {to}"),
-                )
-            }
-        };
-        let record = store.append(overlay, description).map_err(internal)?;
-        self.publish(&record);
-        Ok(Response::new(ChangeReply {
-            version: record.version,
-        }))
+        let version = self.apply_rollback(request.into_inner()).await?;
+        Ok(Response::new(ChangeReply { version }))
     }
 
     async fn list_versions(
         &self,
         _: Request<ListVersionsRequest>,
     ) -> Result<Response<ListVersionsReply>, Status> {
-        let store = self.shared.store.lock().await;
-        let versions = store
-            .versions()
+        let log = self.shared.store.versions();
+        let versions = log
+            .all()
             .iter()
             .map(|v| VersionInfo {
                 version: v.version,
@@ -311,7 +196,7 @@ impl Control for ControlService {
             .collect();
         Ok(Response::new(ListVersionsReply {
             versions,
-            current: store.current_version(),
+            current: log.current_version(),
         }))
     }
 
@@ -326,6 +211,7 @@ impl Control for ControlService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.start_subscription(request.into_inner())
+            .await
             .map(Response::new)
     }
 
@@ -365,20 +251,17 @@ impl Control for ControlService {
     }
 }
 
-fn published(record: Option<&VersionRecord>) -> Published {
-    match record {
-        Some(record) => Published {
-            version: record.version,
-            overlay: record.overlay.clone(),
-        },
-        None => Published {
-            version: 0,
-            overlay: Overlay::default(),
-        },
+/// A store failure as callers see it: etcd unreachable or without quorum is `unavailable`
+/// (try again), anything else is the control service's own fault.
+pub(crate) fn store_failed(error: StoreError) -> Status {
+    match error {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(%error, "store call failed");
+            Status::unavailable(error.to_string())
+        }
+        other => {
+            tracing::error!(error = %other, "store failure");
+            Status::internal(format!("the control service's store failed: {other}"))
+        }
     }
-}
-
-fn internal(error: StoreError) -> Status {
-    tracing::error!(%error, "data dir failure");
-    Status::internal(format!("the control service's data dir failed: {error}"))
 }

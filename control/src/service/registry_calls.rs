@@ -9,7 +9,6 @@ use tonic::Status;
 
 use super::ControlService;
 use super::subscription::HeldRegistration;
-use crate::identity::lock_tokens;
 use crate::proto::{
     DeregisterRequest, DiscoverRequest, EndpointUpdate, ListServicesReply, ServiceInstances,
     SubscribeRequest, WantedService,
@@ -26,14 +25,14 @@ const MAX_DISCOVERED_SERVICES: usize = 10_000;
 impl ControlService {
     /// Holds what a subscribing proxy registers. `None` for a proxy that registers nothing
     /// and shows no join token this service knows (it just follows the config).
-    pub(super) fn hold_registrations(
+    pub(super) async fn hold_registrations(
         &self,
         request: &SubscribeRequest,
     ) -> Result<Option<HeldRegistration>, Status> {
         if request.registrations.is_empty() {
             // An empty set still replaces what this proxy registered before, when it can
             // say who it is; a token this service does not know just registers nothing.
-            if request.join_token.is_empty() || self.grant(&request.join_token).is_err() {
+            if request.join_token.is_empty() || self.grant(&request.join_token).await.is_err() {
                 return Ok(None);
             }
         } else if request.join_token.is_empty() {
@@ -41,7 +40,7 @@ impl ControlService {
                 "registering services needs the workload's join token: start the proxy with --join-token-file",
             ));
         }
-        let grant = self.grant(&request.join_token)?;
+        let grant = self.grant(&request.join_token).await?;
         let instances =
             check_registrations(&request.registrations, &grant).map_err(|error| match error {
                 RegistrationError::NotAllowed { .. } => {
@@ -71,10 +70,12 @@ impl ControlService {
         }))
     }
 
-    fn grant(&self, join_token: &str) -> Result<TokenGrant, Status> {
-        lock_tokens(&self.shared.tokens)
-            .grant(join_token)
-            .cloned()
+    async fn grant(&self, join_token: &str) -> Result<TokenGrant, Status> {
+        self.shared
+            .tokens
+            .lookup(join_token)
+            .await
+            .map_err(super::store_failed)?
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "unknown join token (create one with `sluice join-token <workload>`)",
@@ -108,7 +109,7 @@ impl ControlService {
     }
 
     pub(super) async fn withdraw(&self, request: DeregisterRequest) -> Result<u32, Status> {
-        let grant = self.grant(&request.join_token)?;
+        let grant = self.grant(&request.join_token).await?;
         let identity = self.shared.ca.spiffe_id(&grant.workload);
         let removed = self
             .shared

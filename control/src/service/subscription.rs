@@ -28,7 +28,7 @@ pub(super) struct ProxyRecord {
 // === impl ControlService (subscriptions) ===
 
 impl ControlService {
-    pub(super) fn start_subscription(
+    pub(super) async fn start_subscription(
         &self,
         request: SubscribeRequest,
     ) -> Result<ReceiverStream<Result<ConfigUpdate, Status>>, Status> {
@@ -38,7 +38,7 @@ impl ControlService {
         }
         // A refused registration does not refuse the subscription: the proxy keeps following
         // its config and hears (and `status` shows) why it is not registered.
-        let (registration, registration_error) = match self.hold_registrations(&request) {
+        let (registration, registration_error) = match self.hold_registrations(&request).await {
             Ok(held) => (held, String::new()),
             Err(refused) => {
                 tracing::warn!(proxy = %id, reason = %refused.message(), "registration refused");
@@ -75,7 +75,7 @@ impl ControlService {
 
         let (updates, stream) = mpsc::channel(4);
         let (mut current, mut stopping) = (
-            self.shared.current.subscribe(),
+            self.shared.store.versions().subscribe(),
             self.shared.stopping.subscribe(),
         );
         let service = self.clone();
@@ -128,7 +128,7 @@ impl ControlService {
     }
 
     pub(super) fn status_reply(&self) -> StatusReply {
-        let current_version = self.shared.current.borrow().version;
+        let current_version = self.shared.store.versions().current_version();
         let proxies = self
             .proxies()
             .iter()

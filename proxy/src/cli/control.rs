@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use sluice::control::ProxyValidator;
-use sluice_control::{ControlSettings, RunningControl};
+use sluice_control::{ControlSettings, EtcdSettings, RunningControl, StoreLocation};
 
 use super::{Failure, control_token, control_url, parse_duration, wait_for_shutdown_signal};
 
@@ -12,8 +12,17 @@ use super::{Failure, control_token, control_url, parse_duration, wait_for_shutdo
 pub struct ControlArgs {
     #[arg(long, default_value = "127.0.0.1:9990")]
     listen: std::net::SocketAddr,
+    /// Where modules, versions, the CA and join tokens are kept on this machine (without
+    /// --store).
     #[arg(long, default_value = "sluice-control")]
     data_dir: PathBuf,
+    /// Keep everything in etcd instead, shared with other replicas:
+    /// etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long)]
+    store: Option<String>,
+    /// The key prefix in etcd, which keeps this mesh apart from others on the same cluster.
+    #[arg(long, default_value = "/sluice")]
+    store_prefix: String,
     /// Bearer token every client must send (required to listen beyond loopback); also
     /// read from SLUICE_CONTROL_TOKEN.
     #[arg(long)]
@@ -45,9 +54,15 @@ pub struct JoinTokenArgs {
 }
 
 pub async fn run(args: ControlArgs) -> Result<(), Failure> {
+    let store = match &args.store {
+        None => StoreLocation::Dir(args.data_dir),
+        Some(url) => StoreLocation::Etcd(
+            EtcdSettings::parse(url, &args.store_prefix).map_err(Failure::usage)?,
+        ),
+    };
     let settings = ControlSettings {
         listen: args.listen,
-        data_dir: args.data_dir,
+        store,
         token: control_token(args.token),
         max_module_size: args.max_module_size,
         identity: sluice_control::IdentitySettings {

@@ -140,6 +140,8 @@ struct Subscriber {
     refused: Option<(u64, String)>,
     /// Modules fetched so far, by sha256; those no running version names are let go.
     modules: HashMap<String, Arc<[u8]>>,
+    /// Which of `--control`'s replicas to try first.
+    first_replica: usize,
 }
 
 async fn follow(settings: SubscriberSettings, applier: ConfigApplier) {
@@ -179,11 +181,19 @@ impl Subscriber {
         applier: &ConfigApplier,
         retry: &mut Duration,
     ) -> Ended {
-        let mut client =
-            match sluice_control::connect(&settings.url, settings.token.as_deref()).await {
-                Ok(client) => client,
-                Err(error) => return Ended::Failed(error.to_string()),
-            };
+        let (mut client, replica) = match sluice_control::connect_from(
+            &settings.url,
+            settings.token.as_deref(),
+            self.first_replica,
+        )
+        .await
+        {
+            Ok(connected) => connected,
+            Err(error) => return Ended::Failed(error.to_string()),
+        };
+        // The next subscription starts with the next replica: one that failed or shut down
+        // is skipped at once, and the same replica serves again only if no other answers.
+        self.first_replica = replica + 1;
         let mut registrations = applier.follow_registrations();
         let register: Vec<Registration> = registrations
             .borrow_and_update()

@@ -20,7 +20,7 @@ pub fn build_standard_filters() -> Result<PathBuf, String> {
     let manifest = root.join("Cargo.toml");
     if !manifest.exists() {
         return Err(format!(
-            "the demo builds the standard filters from the source tree at {}, which is not there; run it with `cargo run --release -p sluice -- demo` from a checkout",
+            "the demo builds the standard filters from the source tree at {}, which is not there; run it with `bash examples/demo.sh` from a checkout",
             root.display()
         ));
     }

@@ -82,7 +82,7 @@ pub async fn start_mesh(
     let control = sluice_control::RunningControl::start(
         sluice_control::ControlSettings {
             listen,
-            data_dir: folder.join("control"),
+            store: sluice_control::StoreLocation::Dir(folder.join("control")),
             token: None,
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
             lease_ttl: sluice_control::DEFAULT_LEASE_TTL,

@@ -22,7 +22,7 @@ async fn start_control_on(
 ) -> RunningControl {
     let settings = ControlSettings {
         listen,
-        data_dir: data_dir.to_owned(),
+        store: sluice_control::StoreLocation::Dir(data_dir.to_owned()),
         token: token.map(str::to_owned),
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
@@ -35,37 +35,6 @@ async fn start_control_on(
 
 fn url_of(control: &RunningControl) -> String {
     format!("http://{}", control.address())
-}
-
-/// A proxy routing to `app`, subscribed to `control` as `id`.
-async fn subscribed_proxy(
-    app: &TestUpstream,
-    control: &str,
-    id: &str,
-) -> (TestProxy, ControlSubscription) {
-    let proxy = start_proxy(&simple_config("\"{app}\"", "", ""), &[app]).await;
-    let settings = SubscriberSettings {
-        url: control.to_owned(),
-        join_token: None,
-        token: None,
-        proxy_id: id.to_owned(),
-    };
-    let subscription = ControlSubscription::start(settings, proxy.proxy.applier());
-    (proxy, subscription)
-}
-
-fn push_tagger(config: &str) -> PushRequest {
-    PushRequest {
-        to: None,
-        module: fixture("headers"),
-        name: "tagger".into(),
-        config: Some(config.into()),
-        vm_config: None,
-        listener: None,
-        fail_open: false,
-        canary_percent: None,
-        route: None,
-    }
 }
 
 async fn client_of(control: &str) -> sluice_control::Client {
@@ -330,7 +299,7 @@ async fn proxies_keep_serving_without_the_control_service_and_resync_when_it_ret
     // While the service is down, its data dir gains a version (as a restore would): the
     // proxy must pick it up on reconnecting, with no push.
     {
-        let mut store = sluice_control::store::Store::open(&data_dir).unwrap();
+        let mut store = sluice_control::store::DirStore::open(&data_dir).unwrap();
         let current = store.current().unwrap().overlay.clone();
         let mut retagged = current.clone();
         retagged.filters[0].config = "while-away".into();
@@ -403,7 +372,7 @@ async fn a_guarded_service_refuses_calls_without_its_token() {
 
     let settings = ControlSettings {
         listen: "0.0.0.0:0".parse().unwrap(),
-        data_dir: temp_folder("control-unguarded"),
+        store: sluice_control::StoreLocation::Dir(temp_folder("control-unguarded")),
         token: None,
         max_module_size: 1 << 20,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,

@@ -22,6 +22,7 @@ mod malformed;
 mod mesh;
 mod other_sdks;
 mod protocols;
+mod replicas;
 mod routing;
 mod support;
 mod tls;

@@ -12,7 +12,7 @@ use crate::support::*;
 async fn mesh_control(name: &str, cert_ttl: Duration) -> RunningControl {
     let settings = ControlSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: temp_folder(name),
+        store: sluice_control::StoreLocation::Dir(temp_folder(name)),
         token: None,
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,

@@ -1,9 +1,11 @@
 //! What every end-to-end test needs: real upstreams, the real proxy in-process, clients.
 
 pub mod client;
+pub mod etcd;
 pub mod fixtures;
 pub mod load;
 pub mod process;
+pub mod subscribed;
 pub mod tls;
 pub mod upstream;
 
@@ -16,6 +18,7 @@ pub use load::SteadyLoad;
 pub use process::*;
 use sluice::RunningProxy;
 use sluice::config::LoadedConfig;
+pub use subscribed::{push_tagger, subscribed_proxy};
 pub use upstream::TestUpstream;
 
 pub struct TestProxy {

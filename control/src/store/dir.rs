@@ -1,52 +1,22 @@
-//! The data dir: modules by sha256 (`modules/<hex>.wasm`) and one file per config version
+//! The data dir backend: modules by sha256 (`modules/<hex>.wasm`) and one file per config version
 //! (`versions/<n>.json`). Every file is written whole to a temporary name, synced, then renamed
 //! into place, so a crash mid-write leaves the previous state intact and never a torn file.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
+use super::{StoreError, VersionRecord, now_unix, sha256_hex};
 use crate::overlay::Overlay;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: not a version record: {source}", path.display())]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error("{}: holds bytes whose sha256 is {actual}", path.display())]
-    Tampered { path: PathBuf, actual: String },
-}
-
-/// One config version as stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VersionRecord {
-    pub version: u64,
-    pub created_unix: u64,
-    pub description: String,
-    pub overlay: Overlay,
-}
-
-pub struct Store {
+pub struct DirStore {
     dir: PathBuf,
     versions: Vec<VersionRecord>,
 }
 
-// === impl Store ===
+// === impl DirStore ===
 
-impl Store {
+impl DirStore {
     /// Opens (creating if needed) the data dir and loads its versions.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         for sub in ["modules", "versions"] {
@@ -133,11 +103,10 @@ impl Store {
     ) -> Result<VersionRecord, StoreError> {
         let record = VersionRecord {
             version: self.current_version() + 1,
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created_unix: now_unix(),
             description,
             overlay,
+            written_by: String::new(),
         };
         let path = self
             .dir
@@ -168,13 +137,6 @@ fn remove_leftovers(folder: &Path) {
             let _ = std::fs::remove_file(&path);
         }
     }
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Writes `bytes` to `path` so that `path` holds either its old contents or all of `bytes`,
@@ -226,13 +188,13 @@ mod tests {
     #[test]
     fn versions_and_modules_survive_a_reopen() {
         let dir = temp_dir("reopen");
-        let mut store = Store::open(&dir).unwrap();
+        let mut store = DirStore::open(&dir).unwrap();
         let digest = store.put_module(b"\0asm module").unwrap();
         assert_eq!(digest, sha256_hex(b"\0asm module"));
         store.append(Overlay::default(), "first".into()).unwrap();
         store.append(Overlay::default(), "second".into()).unwrap();
 
-        let store = Store::open(&dir).unwrap();
+        let store = DirStore::open(&dir).unwrap();
         assert_eq!(store.current_version(), 2);
         assert_eq!(store.version(1).unwrap().description, "first");
         assert_eq!(store.module(&digest).unwrap().unwrap(), b"\0asm module");
@@ -242,7 +204,7 @@ mod tests {
     #[test]
     fn a_write_cut_short_by_a_crash_is_ignored() {
         let dir = temp_dir("crash");
-        let mut store = Store::open(&dir).unwrap();
+        let mut store = DirStore::open(&dir).unwrap();
         store.append(Overlay::default(), "kept".into()).unwrap();
         // What a crash between write and rename leaves behind.
         std::fs::write(
@@ -250,7 +212,7 @@ mod tests {
             b"{\"version\": 2, \"crea",
         )
         .unwrap();
-        let store = Store::open(&dir).unwrap();
+        let store = DirStore::open(&dir).unwrap();
         assert_eq!(store.current_version(), 1);
         assert!(!dir.join("versions/00000002.tmp").exists());
     }
@@ -258,7 +220,7 @@ mod tests {
     #[test]
     fn a_module_whose_bytes_changed_on_disk_is_refused() {
         let dir = temp_dir("tampered");
-        let store = Store::open(&dir).unwrap();
+        let store = DirStore::open(&dir).unwrap();
         let digest = store.put_module(b"original").unwrap();
         std::fs::write(dir.join(format!("modules/{digest}.wasm")), b"changed").unwrap();
         let error = store.module(&digest).unwrap_err();

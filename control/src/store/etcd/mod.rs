@@ -1,0 +1,344 @@
+//! The etcd backend, shared by every replica of the control service. Under the prefix
+//! (`--store-prefix`, `/sluice` by default):
+//!
+//! | key | holds |
+//! |---|---|
+//! | `versions/<20 digits>` | a version record (JSON) |
+//! | `modules/<sha256>/chunks/<6 digits>` | a module's bytes, 1 MiB per key |
+//! | `modules/<sha256>/meta` | its size and chunk count, written after the chunks |
+//! | `ca/trust-domain`, `ca/key`, `ca/cert` | the mesh CA, created in one transaction |
+//! | `join-tokens/<sha256 of the token>` | what the token grants (JSON) |
+//!
+//! A version is appended by a transaction that creates `versions/<n+1>` only if
+//! `versions/<n>` exists and `versions/<n+1>` does not, so two replicas can never hand out
+//! the same number and the numbers have no gaps. Modules are chunked because etcd refuses
+//! requests over 1.5 MiB by default, and modules reach tens of MiB.
+
+mod ca;
+mod modules;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, Txn, TxnOp};
+
+use super::{StoreError, VersionRecord};
+
+/// Each call to etcd fails after this, so a store without quorum is reported, not waited on.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// A call that failed for a passing reason (the member it went to died, an election) is
+/// tried again for this long: losing one member of three changes nothing a user sees.
+const RETRY_WITHIN: Duration = Duration::from_secs(4);
+/// Versions read per request during a full read.
+const PAGE: i64 = 256;
+
+/// Where the etcd cluster is, from `--store etcd://HOST:PORT[,HOST:PORT...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+}
+
+impl EtcdSettings {
+    /// Parses `--store` and `--store-prefix`.
+    pub fn parse(store: &str, prefix: &str) -> Result<Self, String> {
+        let Some(members) = store.strip_prefix("etcd://") else {
+            return Err(format!(
+                "--store {store:?}: expected etcd://HOST:PORT[,HOST:PORT...] (without --store, the data dir is used)"
+            ));
+        };
+        let mut endpoints = Vec::new();
+        for member in members.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let (host, port) = member.rsplit_once(':').ok_or_else(|| {
+                format!("--store: {member:?} has no port (etcd listens for clients on 2379)")
+            })?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(format!("--store: {member:?} is not HOST:PORT"));
+            }
+            endpoints.push(format!("http://{member}"));
+        }
+        if endpoints.is_empty() {
+            return Err("--store etcd://: name at least one member, as etcd://HOST:PORT".into());
+        }
+        let prefix = prefix.trim_end_matches('/');
+        if !prefix.starts_with('/') || prefix.len() < 2 {
+            return Err(format!(
+                "--store-prefix {prefix:?}: a key path such as /sluice (it keeps this mesh's keys apart from others')"
+            ));
+        }
+        Ok(Self {
+            endpoints,
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let members: Vec<&str> = self
+            .endpoints
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        write!(f, "etcd {} (prefix {})", members.join(","), self.prefix)
+    }
+}
+
+#[derive(Clone)]
+pub struct EtcdStore {
+    /// Shared: the client is large (3.6 KB), and every clone talks over the same channel.
+    client: Arc<Client>,
+    settings: EtcdSettings,
+}
+
+// === impl EtcdStore ===
+
+impl EtcdStore {
+    /// A client for the cluster. It connects lazily (etcd-client sets up a balanced channel
+    /// and no more), so this succeeds while etcd is down; the first request tells.
+    pub async fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the others answers "no leader" at once instead of
+            // leaving watches silent.
+            .with_require_leader(true);
+        let client = Client::connect(settings.endpoints.clone(), Some(options))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{settings}: {}", describe(&e))))?;
+        Ok(Self {
+            client: Arc::new(client),
+            settings: settings.clone(),
+        })
+    }
+
+    fn key(&self, path: &str) -> String {
+        format!("{}/{path}", self.settings.prefix)
+    }
+
+    fn version_key(&self, version: u64) -> String {
+        self.key(&format!("versions/{version:020}"))
+    }
+
+    fn unavailable(&self, error: &etcd_client::Error) -> StoreError {
+        StoreError::Unavailable(format!("{}: {}", self.settings, describe(error)))
+    }
+
+    /// Every version, and the store revision they were read at.
+    pub async fn read_versions(&self) -> Result<(Vec<VersionRecord>, i64), StoreError> {
+        self.versions_from(&self.version_key(0)).await
+    }
+
+    /// The versions after `version`.
+    pub async fn versions_after(&self, version: u64) -> Result<Vec<VersionRecord>, StoreError> {
+        Ok(self.versions_from(&self.version_key(version + 1)).await?.0)
+    }
+
+    /// Versions from key `start` to the end of the versions, read page by page at one
+    /// revision so the pages agree.
+    async fn versions_from(&self, start: &str) -> Result<(Vec<VersionRecord>, i64), StoreError> {
+        let end = prefix_end(&self.key("versions/"));
+        let (mut from, mut revision, mut records) = (start.as_bytes().to_vec(), 0, Vec::new());
+        loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let page = self
+                .retrying(|mut kv| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { kv.get(from, Some(options)).await }
+                })
+                .await?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            for pair in page.kvs() {
+                records.push(parse_json(pair.key(), pair.value())?);
+            }
+            match page.kvs().last() {
+                Some(last) if page.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok((records, revision)),
+            }
+        }
+    }
+
+    /// Reads the versions, retrying until etcd answers; says why while it waits.
+    pub async fn read_versions_when_reachable(&self) -> (Vec<VersionRecord>, i64) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.read_versions().await {
+                Ok(read) => return read,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?wait, "waiting for etcd: the control service serves nothing until it has read the current version");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Creates `record` as the next version after `based_on`; false if another replica
+    /// got there first. `record.written_by` tells a try whose answer was lost but which did
+    /// write (the retry then finds the key taken) from another replica's write.
+    pub async fn append(&self, based_on: u64, record: &VersionRecord) -> Result<bool, StoreError> {
+        let key = self.version_key(record.version);
+        let json = serde_json::to_vec(record).map_err(|e| StoreError::Invalid {
+            key: key.clone(),
+            what: e.to_string(),
+        })?;
+        let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+        if based_on > 0 {
+            when.push(Compare::create_revision(
+                self.version_key(based_on),
+                CompareOp::Greater,
+                0,
+            ));
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then(vec![TxnOp::put(key, json, None)]);
+        if self.txn(&txn).await?.succeeded() {
+            return Ok(true);
+        }
+        let stored = self
+            .retrying(|mut kv| {
+                let key = self.version_key(record.version);
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        let ours = stored.kvs().first().is_some_and(|pair| {
+            serde_json::from_slice::<VersionRecord>(pair.value())
+                .is_ok_and(|stored| stored.written_by == record.written_by)
+        });
+        Ok(ours)
+    }
+
+    /// The value at `key`, if any (as etcd's answer).
+    pub(super) async fn get(&self, key: &str) -> Result<etcd_client::GetResponse, StoreError> {
+        self.retrying(|mut kv| async move { kv.get(key, None).await })
+            .await
+    }
+
+    /// Runs `txn`; one tried again after a lost answer must be safe to run twice (its
+    /// conditions tell).
+    pub(super) async fn txn(&self, txn: &Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.retrying(|mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    pub(super) async fn put(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.retrying(|mut kv| async move { kv.put(key, value, None).await.map(drop) })
+            .await
+    }
+
+    /// Runs `call` with a KV client, again after a passing failure, for [`RETRY_WITHIN`];
+    /// then the failure is reported as the store being unavailable.
+    pub(super) async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, StoreError>
+    where
+        F: FnMut(KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + RETRY_WITHIN;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match call(self.client.kv_client()).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) if passing(&error) && tokio::time::Instant::now() + wait < deadline => {
+                    tracing::debug!(error = %describe(&error), "etcd call failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                Err(error) => return Err(self.unavailable(&error)),
+            }
+        }
+    }
+}
+
+/// Failures that another try may not meet: the connection, a member without a leader, an
+/// election, a timeout. Anything else (a request etcd refuses) is final.
+fn passing(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
+/// An etcd error as an operator reads it: the gRPC message alone, without its debug dump.
+fn describe(error: &etcd_client::Error) -> String {
+    match error {
+        etcd_client::Error::GRpcStatus(status) if status.message().is_empty() => {
+            format!("{:?}", status.code())
+        }
+        etcd_client::Error::GRpcStatus(status) => status.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Invalid {
+        key: String::from_utf8_lossy(key).into_owned(),
+        what: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_name_members_and_a_prefix() {
+        let settings =
+            EtcdSettings::parse("etcd://10.0.0.1:2379, 10.0.0.2:2379", "/mesh/").unwrap();
+        assert_eq!(
+            settings.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(settings.prefix, "/mesh");
+        assert_eq!(
+            settings.to_string(),
+            "etcd 10.0.0.1:2379,10.0.0.2:2379 (prefix /mesh)"
+        );
+        for bad in [
+            "10.0.0.1:2379",
+            "etcd://",
+            "etcd://host",
+            "etcd://host:port",
+        ] {
+            assert!(EtcdSettings::parse(bad, "/sluice").is_err(), "{bad}");
+        }
+        assert!(EtcdSettings::parse("etcd://h:2379", "sluice").is_err());
+        assert!(EtcdSettings::parse("etcd://h:2379", "/").is_err());
+    }
+
+    #[test]
+    fn prefix_end_is_the_next_key() {
+        assert_eq!(prefix_end("/a/"), b"/a0");
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80");
+    }
+}

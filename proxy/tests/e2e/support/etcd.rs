@@ -1,0 +1,186 @@
+//! A real etcd cluster on loopback: Debian's `etcd-server`, which `.ci/run` installs. Members
+//! can be killed, stopped all together and started again on their data, as a lost machine
+//! or an outage would.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::temp_folder;
+
+const ETCD: &str = "etcd";
+
+pub struct EtcdCluster {
+    members: Vec<Member>,
+    /// `--initial-cluster`: every member's name and peer URL.
+    initial_cluster: String,
+}
+
+struct Member {
+    name: String,
+    data_dir: PathBuf,
+    client: SocketAddr,
+    peer: SocketAddr,
+    child: Option<Child>,
+}
+
+impl EtcdCluster {
+    /// `size` members on free loopback ports, started and healthy; `None` (after saying
+    /// why) where etcd is not installed and cannot be, outside CI. In CI a missing etcd
+    /// fails the test: `.ci/run` installs it.
+    pub async fn start(name: &str, size: usize) -> Option<Self> {
+        if Command::new(ETCD)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "etcd is not installed: `bash .ci/run` installs Debian's etcd-server"
+            );
+            eprintln!(
+                "skipping: etcd is not installed (apt-get install etcd-server, or run `bash .ci/run`)"
+            );
+            return None;
+        }
+        let folder = temp_folder(name);
+        let members: Vec<Member> = (0..size)
+            .map(|index| Member {
+                name: format!("m{index}"),
+                data_dir: folder.join(format!("m{index}")),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            members,
+            initial_cluster,
+        };
+        for index in 0..size {
+            cluster.start_member(index);
+        }
+        cluster.wait_healthy(Duration::from_secs(30)).await;
+        Some(cluster)
+    }
+
+    /// `--store` for `sluice control`.
+    pub fn store_url(&self) -> String {
+        let members: Vec<String> = self.members.iter().map(|m| m.client.to_string()).collect();
+        format!("etcd://{}", members.join(","))
+    }
+
+    fn start_member(&mut self, index: usize) {
+        let initial_cluster = self.initial_cluster.clone();
+        let member = &mut self.members[index];
+        let log = std::fs::File::create(member.data_dir.with_extension("log")).unwrap();
+        let child = Command::new(ETCD)
+            .arg("--name")
+            .arg(&member.name)
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .arg(format!("--listen-client-urls=http://{}", member.client))
+            .arg(format!("--advertise-client-urls=http://{}", member.client))
+            .arg(format!("--listen-peer-urls=http://{}", member.peer))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://{}",
+                member.peer
+            ))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .args([
+                "--initial-cluster-state=new",
+                "--initial-cluster-token=sluice-test",
+            ])
+            // Elections in a fraction of a second, so tests do not wait on the defaults.
+            .args(["--heartbeat-interval=50", "--election-timeout=500"])
+            .args(["--logger=zap", "--log-level=warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        member.child = Some(child);
+    }
+
+    /// SIGKILL to one member, as a lost machine.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Every member killed: the store is gone, its data kept.
+    pub fn kill_all(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+    }
+
+    /// Starts again every member that is down, on its data, and waits until all are healthy.
+    pub async fn restart_stopped(&mut self) {
+        for index in 0..self.members.len() {
+            if self.members[index].child.is_none() {
+                self.start_member(index);
+            }
+        }
+        self.wait_healthy(Duration::from_secs(30)).await;
+    }
+
+    async fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for member in self.members.iter().filter(|m| m.child.is_some()) {
+            while !healthy(member.client).await {
+                assert!(
+                    Instant::now() < deadline,
+                    "etcd member {} never became healthy; its log: {}",
+                    member.name,
+                    std::fs::read_to_string(member.data_dir.with_extension("log"))
+                        .unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// etcd's `/health`: true once the member has a leader and answers reads.
+async fn healthy(client: SocketAddr) -> bool {
+    let ask = async {
+        let mut stream = TcpStream::connect(client).await.ok()?;
+        let request =
+            format!("GET /health HTTP/1.1\r\nHost: {client}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.ok()?;
+        Some(reply.contains(r#""health":"true""#))
+    };
+    tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
