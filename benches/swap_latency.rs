@@ -50,6 +50,7 @@ async fn run() {
             token: None,
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
             lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
+            name: None,
             identity: sluice_control::IdentitySettings::default(),
         },
         ProxyValidator::new(),

@@ -30,6 +30,8 @@ pub struct ControlSettings {
     pub identity: IdentitySettings,
     /// How long registered instances outlive their proxy's subscription.
     pub lease_ttl: Duration,
+    /// This replica's name in `sluice status` [the host name and the port it listens on].
+    pub name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,13 +100,20 @@ impl RunningControl {
             Arc::clone(&tokens),
             settings.identity.cert_ttl,
         );
-        let registry = crate::registry::Registry::start(lease_ttl);
+        let registry = match store.etcd() {
+            None => crate::registry::Registry::start(lease_ttl),
+            Some(etcd) => crate::registry::Registry::start_shared(lease_ttl, etcd.clone()).await,
+        };
         let service = ControlService::new(
             store,
             validator,
             settings.max_module_size,
             registry,
             crate::service::MeshAuthority { ca, tokens },
+            settings
+                .name
+                .clone()
+                .unwrap_or_else(|| default_name(address)),
         );
         // Far above the module limit, so the service itself answers an oversize upload with
         // the limit and the flag that sets it.
@@ -163,6 +172,16 @@ impl RunningControl {
             Err(error) => tracing::error!(%error, "the control service task failed"),
         }
     }
+}
+
+/// `<host name>:<port>`: unique among replicas, and says where each one is.
+fn default_name(address: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| address.ip().to_string());
+    format!("{host}:{}", address.port())
 }
 
 impl Drop for RunningControl {

@@ -8,12 +8,13 @@
 //! A proxy about to drain deregisters at once.
 //!
 //! The registry is split along the seam a replicated store needs: [`view`] turns holders into
-//! per-service instance lists and tells watchers what changed, whoever keeps the leases. Here
-//! the leases are timers in this process (`leases.rs`); a store with leases of its own (etcd)
-//! keeps them there instead and feeds the same view from its watch.
+//! per-service instance lists and tells watchers what changed, whoever keeps the leases. With
+//! a data dir the leases are timers in this process (`leases.rs`); with etcd, replicas keep
+//! them as etcd leases and every replica feeds its view from a watch (`shared.rs`).
 
 mod checks;
 mod leases;
+mod shared;
 mod view;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
+
+use crate::store::{EtcdStore, StoreError};
 
 pub use checks::{check_label_key, check_registrations, check_service_name};
 use view::RegistryView;
@@ -39,7 +42,7 @@ const PROXIES_BACK_WITHIN: Duration = Duration::from_secs(6);
 const DEREGISTER_FAN_OUT_LIMIT: Duration = Duration::from_secs(2);
 
 /// One instance a proxy registers, as checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registration {
     pub service: String,
     pub address: SocketAddr,
@@ -66,7 +69,10 @@ pub struct Registry {
     state: Mutex<RegistryView>,
     changes: broadcast::Sender<Change>,
     ttl: Duration,
-    started: Instant,
+    /// Until when proxies registered with an earlier run may still be coming back.
+    settled_at: Instant,
+    /// The etcd store when replicas share the registry; `None`: this process keeps it.
+    shared: Option<EtcdStore>,
     /// Each watcher's progress: the last change it has sent on (see [`Registry::deregister`]).
     watchers: Mutex<Vec<watch::Receiver<u64>>>,
     /// Woken when a lease starts running out, so the sweeper sleeps until the earliest one.
@@ -85,6 +91,17 @@ pub struct WatchedServices {
 pub struct RegistrationGuard {
     registry: Arc<Registry>,
     proxy_id: String,
+    /// With a shared registry: the task renewing the etcd lease.
+    keeper: Option<shared::LeaseKeeper>,
+}
+
+/// Why a deregistration did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeregisterError {
+    #[error("{0}")]
+    NotYours(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A watcher's handle on its progress: it reports each change it has dealt with.
@@ -96,17 +113,34 @@ impl Registry {
     /// A registry whose leases last `ttl` past a proxy's subscription. Starts the task that
     /// ends lapsed leases; call inside a tokio runtime.
     pub fn start(ttl: Duration) -> Arc<Self> {
-        let registry = Arc::new(Self {
+        let registry = Arc::new(Self::new(
+            ttl,
+            Instant::now() + ttl.max(PROXIES_BACK_WITHIN),
+            None,
+        ));
+        tokio::spawn(leases::end_lapsed_leases(Arc::downgrade(&registry)));
+        registry
+    }
+
+    /// A registry shared with other replicas through `store`: read from etcd (waiting for
+    /// it), then followed. It is complete at once: registrations outlive any replica.
+    pub async fn start_shared(ttl: Duration, store: EtcdStore) -> Arc<Self> {
+        let registry = Arc::new(Self::new(ttl, Instant::now(), Some(store.clone())));
+        shared::follow(&registry, &store).await;
+        registry
+    }
+
+    fn new(ttl: Duration, settled_at: Instant, shared: Option<EtcdStore>) -> Self {
+        Self {
             state: Mutex::new(RegistryView::default()),
             changes: broadcast::channel(1024).0,
             ttl,
-            started: Instant::now(),
+            settled_at,
+            shared,
             watchers: Mutex::default(),
             lease_started: tokio::sync::Notify::new(),
             watched: Mutex::default(),
-        });
-        tokio::spawn(leases::end_lapsed_leases(Arc::downgrade(&registry)));
-        registry
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -122,7 +156,7 @@ impl Registry {
 
     /// When [`Registry::settling`] ends.
     pub fn settled_at(&self) -> Instant {
-        self.started + self.ttl.max(PROXIES_BACK_WITHIN)
+        self.settled_at
     }
 
     fn view(&self) -> MutexGuard<'_, RegistryView> {
@@ -139,34 +173,58 @@ impl Registry {
         identity: &str,
         instances: Vec<Registration>,
     ) -> RegistrationGuard {
-        let changed = self
-            .view()
-            .hold(proxy_id, identity, instances, self.settling());
-        self.announce(changed);
+        let keeper = match &self.shared {
+            None => {
+                let changed = self
+                    .view()
+                    .hold(proxy_id, identity, instances, self.settling());
+                self.announce(changed);
+                None
+            }
+            Some(store) => {
+                // Seen here at once; other replicas see it when etcd has it.
+                let record = Self::shared_record(identity, &instances);
+                self.mirror_record(proxy_id, record.clone());
+                Some(shared::LeaseKeeper::start(
+                    store.clone(),
+                    proxy_id,
+                    record,
+                    self.ttl,
+                ))
+            }
+        };
         RegistrationGuard {
             registry: Arc::clone(self),
             proxy_id: proxy_id.to_owned(),
+            keeper,
         }
     }
 
     /// Withdraws every instance of `proxy_id` at once, if `identity` registered them. Returns
     /// how many there were, once every watcher has sent the removal on (or after a bounded
     /// wait for a stuck one).
-    pub async fn deregister(&self, proxy_id: &str, identity: &str) -> Result<usize, String> {
-        let (removed, changed) = {
-            let mut view = self.view();
+    pub async fn deregister(
+        &self,
+        proxy_id: &str,
+        identity: &str,
+    ) -> Result<usize, DeregisterError> {
+        let removed = {
+            let view = self.view();
             let Some(holder) = view.holder(proxy_id) else {
                 return Ok(0);
             };
             if holder.identity != identity {
-                return Err(format!(
+                return Err(DeregisterError::NotYours(format!(
                     "proxy {proxy_id:?} registered as {}, not {identity}",
                     holder.identity
-                ));
+                )));
             }
-            let removed = holder.instances.len();
-            (removed, view.release(proxy_id, self.settling()))
+            holder.instances.len()
         };
+        if let Some(store) = &self.shared {
+            shared::withdraw(store, proxy_id).await?;
+        }
+        let changed = self.view().release(proxy_id, self.settling());
         let Some(sequence) = self.announce(changed) else {
             return Ok(removed);
         };
@@ -286,6 +344,10 @@ impl Registry {
 
 impl Drop for RegistrationGuard {
     fn drop(&mut self) {
+        if self.keeper.take().is_some() {
+            // The keeper marks the record disconnected in etcd; the watch shows it here.
+            return;
+        }
         let lease_until = Instant::now() + self.registry.ttl;
         self.registry.view().let_go(&self.proxy_id, lease_until);
         self.registry.lease_started.notify_one();

@@ -89,6 +89,35 @@ impl RegistryView {
         instances: Vec<Registration>,
         settling: bool,
     ) -> Vec<Change> {
+        let (touched, holder) = self.replace_holder(proxy_id, identity, instances);
+        holder.subscriptions += 1;
+        holder.lease_until = None;
+        self.rebuild(touched, settling)
+    }
+
+    /// Sets what `proxy_id` holds to exactly what etcd says (a shared registry): connected,
+    /// or with a lease running until `lease_until`.
+    pub fn mirror(
+        &mut self,
+        proxy_id: &str,
+        identity: &str,
+        instances: Vec<Registration>,
+        lease_until: Option<Instant>,
+    ) -> Vec<Change> {
+        let (touched, holder) = self.replace_holder(proxy_id, identity, instances);
+        holder.subscriptions = usize::from(lease_until.is_none());
+        holder.lease_until = lease_until;
+        self.rebuild(touched, false)
+    }
+
+    /// Gives `proxy_id` these instances; returns the services that may have changed, and the
+    /// holder for its lease state.
+    fn replace_holder(
+        &mut self,
+        proxy_id: &str,
+        identity: &str,
+        instances: Vec<Registration>,
+    ) -> (BTreeSet<String>, &mut Holder) {
         let mut touched = self.services_of(proxy_id);
         touched.extend(instances.iter().map(|i| i.service.clone()));
         let now = Instant::now();
@@ -107,9 +136,12 @@ impl RegistryView {
         }
         holder.identity = identity.to_owned();
         holder.instances = instances;
-        holder.subscriptions += 1;
-        holder.lease_until = None;
-        self.rebuild(touched, settling)
+        (touched, holder)
+    }
+
+    /// The proxies holding instances.
+    pub fn holder_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.holders.keys().cloned()
     }
 
     /// A subscription of `proxy_id` ended: when the last one goes, the lease starts.

@@ -4,6 +4,7 @@
 //! hold registrations in the mesh registry, which `registry_calls.rs` serves.
 
 mod changes;
+mod proxy_book;
 mod registry_calls;
 mod subscription;
 
@@ -61,6 +62,10 @@ struct Shared {
     /// Join tokens name the identity a registration carries and what it may register.
     tokens: Arc<JoinTokens>,
     ca: Arc<MeshCa>,
+    /// This replica's name, as `status` shows it.
+    replica: String,
+    /// With etcd: where every replica records its proxies for `status`.
+    proxy_book: Option<proxy_book::ProxyBook>,
 }
 
 /// What the service shares with the identity service: the CA and the join tokens.
@@ -78,9 +83,13 @@ impl ControlService {
         max_module_size: usize,
         registry: Arc<Registry>,
         authority: MeshAuthority,
+        replica: String,
     ) -> Self {
+        let proxy_book = store.etcd().cloned().map(proxy_book::ProxyBook::start);
         Self {
             shared: Arc::new(Shared {
+                replica,
+                proxy_book,
                 store,
                 changing: tokio::sync::Mutex::new(()),
                 validator,
@@ -201,7 +210,7 @@ impl Control for ControlService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
-        Ok(Response::new(self.status_reply()))
+        Ok(Response::new(self.status_reply().await))
     }
 
     type SubscribeStream = ReceiverStream<Result<crate::proto::ConfigUpdate, Status>>;

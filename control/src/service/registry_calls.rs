@@ -116,7 +116,10 @@ impl ControlService {
             .registry
             .deregister(&request.proxy_id, &identity)
             .await
-            .map_err(Status::permission_denied)?;
+            .map_err(|error| match error {
+                crate::registry::DeregisterError::NotYours(why) => Status::permission_denied(why),
+                crate::registry::DeregisterError::Store(error) => super::store_failed(error),
+            })?;
         tracing::info!(proxy = %request.proxy_id, removed, "proxy deregistered");
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }

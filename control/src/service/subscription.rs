@@ -8,8 +8,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::ControlService;
+use super::proxy_book::SharedRecord;
 use crate::proto::{AckRequest, ConfigUpdate, ProxyStatus, StatusReply, SubscribeRequest};
 use crate::registry::RegistrationGuard;
+use crate::store::now_unix;
 use crate::targets::ProxyFacts;
 
 /// How long `status` keeps a proxy that disconnected.
@@ -70,6 +72,7 @@ impl ControlService {
             record.seen = Instant::now();
             record.services = facts.services.clone();
             record.registration_error.clone_from(&registration_error);
+            self.share(&id, record);
         }
         tracing::info!(proxy = %id, applied = request.applied_version, services = ?facts.services, "proxy subscribed");
 
@@ -104,6 +107,7 @@ impl ControlService {
             if let Some(record) = service.proxies().get_mut(&id) {
                 record.subscriptions = record.subscriptions.saturating_sub(1);
                 record.seen = Instant::now();
+                service.share(&id, record);
             }
             tracing::info!(proxy = %id, "proxy subscription ended");
         });
@@ -124,11 +128,48 @@ impl ControlService {
             record.reason = ack.error.clone();
             tracing::warn!(proxy = %ack.proxy_id, version = ack.version, error = %ack.error, "proxy rejected");
         }
+        self.share(&ack.proxy_id, record);
         Ok(())
     }
 
-    pub(super) fn status_reply(&self) -> StatusReply {
+    /// Writes `record` to etcd for the other replicas' `status`, when they share one.
+    fn share(&self, proxy_id: &str, record: &ProxyRecord) {
+        if let Some(book) = &self.shared.proxy_book {
+            book.record(
+                proxy_id,
+                SharedRecord {
+                    replica: self.shared.replica.clone(),
+                    connected: record.subscriptions > 0,
+                    applied: record.applied,
+                    rejected: record.rejected,
+                    reason: record.reason.clone(),
+                    services: record.services.clone(),
+                    registration_error: record.registration_error.clone(),
+                    seen_unix: now_unix(),
+                },
+            );
+        }
+    }
+
+    /// Every proxy of the mesh: from etcd when replicas share it (this replica's own if etcd
+    /// cannot be read, saying so), else this service's.
+    pub(super) async fn status_reply(&self) -> StatusReply {
         let current_version = self.shared.store.versions().current_version();
+        let replica = self.shared.replica.clone();
+        let partial = match &self.shared.proxy_book {
+            None => String::new(),
+            Some(book) => match book.read().await {
+                Ok(proxies) => {
+                    return StatusReply {
+                        current_version,
+                        proxies,
+                        replica,
+                        partial: String::new(),
+                    };
+                }
+                Err(error) => format!("only the proxies of replica {replica}: {error}"),
+            },
+        };
         let proxies = self
             .proxies()
             .iter()
@@ -141,11 +182,14 @@ impl ControlService {
                 seconds_since_seen: record.seen.elapsed().as_secs(),
                 services: record.services.clone(),
                 registration_error: record.registration_error.clone(),
+                replica: replica.clone(),
             })
             .collect();
         StatusReply {
             current_version,
             proxies,
+            replica,
+            partial,
         }
     }
 }

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 pub use dir::DirStore;
 pub(crate) use dir::{write_atomically, write_private};
-pub use etcd::{EtcdSettings, EtcdStore};
+pub use etcd::{EtcdSettings, EtcdStore, Mirror};
 pub use versions::{Published, VersionLog};
 
 use crate::ca::{CaError, MeshCa};
@@ -92,6 +92,7 @@ pub enum AppendError {
 
 pub struct Store {
     backend: Backend,
+    /// Held here; the etcd watch feeds it through a weak handle, and stops with it.
     versions: Arc<VersionLog>,
 }
 
@@ -120,7 +121,9 @@ impl Store {
                 let etcd = EtcdStore::connect(settings).await?;
                 let (records, revision) = etcd.read_versions_when_reachable().await;
                 let versions = Arc::new(VersionLog::new(records));
-                etcd.follow_versions(Arc::clone(&versions), revision);
+                let weak = Arc::downgrade(&versions);
+                let mirror: std::sync::Weak<dyn Mirror> = weak;
+                etcd.follow("versions/", mirror, revision);
                 Ok(Self {
                     backend: Backend::Etcd(etcd),
                     versions,
@@ -195,6 +198,14 @@ impl Store {
         match &self.backend {
             Backend::Dir(_, path) => MeshCa::open(path, trust_domain),
             Backend::Etcd(etcd) => etcd.mesh_ca(trust_domain).await,
+        }
+    }
+
+    /// The etcd store, when replicas share one.
+    pub fn etcd(&self) -> Option<&EtcdStore> {
+        match &self.backend {
+            Backend::Dir(..) => None,
+            Backend::Etcd(etcd) => Some(etcd),
         }
     }
 

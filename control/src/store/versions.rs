@@ -103,6 +103,32 @@ impl VersionLog {
     }
 }
 
+/// Fed by the watch on etcd's `versions/`.
+impl super::Mirror for VersionLog {
+    fn reset(&self, entries: Vec<(String, Vec<u8>)>) {
+        let records = entries
+            .iter()
+            .filter_map(|(name, value)| readable(name, value))
+            .collect();
+        self.replace(records);
+    }
+
+    fn put(&self, name: &str, value: &[u8]) {
+        if let Some(record) = readable(name, value) {
+            self.learn(record);
+        }
+    }
+
+    /// Versions are never deleted; a deleted key changes nothing served.
+    fn delete(&self, _name: &str) {}
+}
+
+fn readable(name: &str, value: &[u8]) -> Option<VersionRecord> {
+    serde_json::from_slice(value)
+        .inspect_err(|error| tracing::error!(version = name, %error, "skipping a version this replica cannot read"))
+        .ok()
+}
+
 fn published(record: Option<&VersionRecord>) -> Published {
     record.map_or_else(Published::default, |record| Published {
         version: record.version,

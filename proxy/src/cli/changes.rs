@@ -192,10 +192,16 @@ fn for_whom(to: &ToArg) -> String {
 }
 
 fn print_status(status: &StatusReply) {
-    println!("control version {}", status.current_version);
     println!(
-        "{:<28} {:<13} {:>7}  {:<20} note",
-        "proxy", "state", "applied", "services"
+        "control version {} (answered by replica {})",
+        status.current_version, status.replica
+    );
+    if !status.partial.is_empty() {
+        println!("partial: {}", status.partial);
+    }
+    println!(
+        "{:<28} {:<13} {:>7}  {:<20} {:<24} note",
+        "proxy", "state", "applied", "services", "replica"
     );
     for proxy in &status.proxies {
         let state = if proxy.connected {
@@ -219,8 +225,8 @@ fn print_status(status: &StatusReply) {
             proxy.services.join(",")
         };
         println!(
-            "{:<28} {:<13} {:>7}  {:<20} {note}",
-            proxy.proxy_id, state, proxy.applied_version, services
+            "{:<28} {:<13} {:>7}  {:<20} {:<24} {note}",
+            proxy.proxy_id, state, proxy.applied_version, services, proxy.replica
         );
     }
 }

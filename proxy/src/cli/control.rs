@@ -23,6 +23,9 @@ pub struct ControlArgs {
     /// The key prefix in etcd, which keeps this mesh apart from others on the same cluster.
     #[arg(long, default_value = "/sluice")]
     store_prefix: String,
+    /// This replica's name in `sluice status` [the host name and the port it listens on].
+    #[arg(long)]
+    name: Option<String>,
     /// Bearer token every client must send (required to listen beyond loopback); also
     /// read from SLUICE_CONTROL_TOKEN.
     #[arg(long)]
@@ -70,6 +73,7 @@ pub async fn run(args: ControlArgs) -> Result<(), Failure> {
             cert_ttl: args.cert_ttl,
         },
         lease_ttl: args.lease_ttl,
+        name: args.name,
     };
     let control = RunningControl::start(settings, ProxyValidator::new())
         .await

@@ -86,6 +86,7 @@ pub async fn start_mesh(
             token: None,
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
             lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
+            name: None,
             identity: sluice_control::IdentitySettings {
                 trust_domain: TRUST_DOMAIN.to_owned(),
                 cert_ttl: Duration::from_secs(3600),

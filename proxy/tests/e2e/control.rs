@@ -26,6 +26,7 @@ async fn start_control_on(
         token: token.map(str::to_owned),
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
+        name: None,
         identity: sluice_control::IdentitySettings::default(),
     };
     RunningControl::start(settings, ProxyValidator::new())
@@ -376,6 +377,7 @@ async fn a_guarded_service_refuses_calls_without_its_token() {
         token: None,
         max_module_size: 1 << 20,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
+        name: None,
         identity: sluice_control::IdentitySettings::default(),
     };
     let error = RunningControl::start(settings, ProxyValidator::new())

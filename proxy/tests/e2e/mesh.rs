@@ -16,6 +16,7 @@ async fn mesh_control(name: &str, cert_ttl: Duration) -> RunningControl {
         token: None,
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
+        name: None,
         identity: IdentitySettings {
             trust_domain: "mesh.test".to_owned(),
             cert_ttl,

@@ -15,8 +15,11 @@
 //! requests over 1.5 MiB by default, and modules reach tens of MiB.
 
 mod ca;
+mod leases;
 mod modules;
 mod watch;
+
+pub use watch::Mirror;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,19 +132,28 @@ impl EtcdStore {
 
     /// Every version, and the store revision they were read at.
     pub async fn read_versions(&self) -> Result<(Vec<VersionRecord>, i64), StoreError> {
-        self.versions_from(&self.version_key(0)).await
+        let (entries, revision) = self.read_folder("versions/", "").await?;
+        Ok((parse_versions(&entries)?, revision))
     }
 
     /// The versions after `version`.
     pub async fn versions_after(&self, version: u64) -> Result<Vec<VersionRecord>, StoreError> {
-        Ok(self.versions_from(&self.version_key(version + 1)).await?.0)
+        let after = format!("{:020}", version + 1);
+        parse_versions(&self.read_folder("versions/", &after).await?.0)
     }
 
-    /// Versions from key `start` to the end of the versions, read page by page at one
-    /// revision so the pages agree.
-    async fn versions_from(&self, start: &str) -> Result<(Vec<VersionRecord>, i64), StoreError> {
-        let end = prefix_end(&self.key("versions/"));
-        let (mut from, mut revision, mut records) = (start.as_bytes().to_vec(), 0, Vec::new());
+    /// The keys under `folder` (from the name `from` on), each as its name within the
+    /// folder and its value, and the revision they were read at: page by page, at one
+    /// revision, so the pages agree.
+    pub async fn read_folder(
+        &self,
+        folder: &str,
+        from: &str,
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64), StoreError> {
+        let prefix = self.key(folder);
+        let end = prefix_end(&prefix);
+        let mut start = format!("{prefix}{from}").into_bytes();
+        let (mut revision, mut entries) = (0, Vec::new());
         loop {
             let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
             if revision > 0 {
@@ -149,22 +161,29 @@ impl EtcdStore {
             }
             let page = self
                 .retrying(|mut kv| {
-                    let (from, options) = (from.clone(), options.clone());
-                    async move { kv.get(from, Some(options)).await }
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
                 })
                 .await?;
             if revision == 0 {
                 revision = page.header().map_or(0, |h| h.revision());
             }
             for pair in page.kvs() {
-                records.push(parse_json(pair.key(), pair.value())?);
+                let name = pair
+                    .key()
+                    .strip_prefix(prefix.as_bytes())
+                    .unwrap_or_default();
+                entries.push((
+                    String::from_utf8_lossy(name).into_owned(),
+                    pair.value().to_vec(),
+                ));
             }
             match page.kvs().last() {
                 Some(last) if page.more() => {
-                    from = last.key().to_vec();
-                    from.push(0);
+                    start = last.key().to_vec();
+                    start.push(0);
                 }
-                _ => return Ok((records, revision)),
+                _ => return Ok((entries, revision)),
             }
         }
     }
@@ -298,6 +317,13 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+fn parse_versions(entries: &[(String, Vec<u8>)]) -> Result<Vec<VersionRecord>, StoreError> {
+    entries
+        .iter()
+        .map(|(name, value)| parse_json(format!("versions/{name}").as_bytes(), value))
+        .collect()
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Result<T, StoreError> {

@@ -1,19 +1,28 @@
-//! Following the other replicas' writes: a watch on the versions from the revision this
-//! replica last read. A lost stream (a member died, etcd lost quorum) is resumed from the
-//! last revision seen; a watch cancelled because that revision was compacted away, or a
-//! store whose revision went backwards (restored, or recreated), leads to a full re-read.
-//! Meanwhile subscriptions keep the last version they have.
+//! Following the other replicas' writes: a watch on a folder of keys (the versions, the
+//! registry) from the revision this replica last read, fed into a [`Mirror`]. A lost stream
+//! (a member died, etcd lost quorum) is resumed from the last revision seen; a watch
+//! cancelled because that revision was compacted away, or a store whose revision went
+//! backwards (restored, or recreated), leads to a full re-read. Meanwhile the mirror keeps
+//! what it has: subscriptions keep their last version, callers their endpoints.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
 
-use super::{EtcdStore, parse_json, prefix_end};
-use crate::store::{StoreError, VersionLog, VersionRecord};
+use super::{EtcdStore, prefix_end};
+use crate::store::StoreError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// What a watch on a folder keeps up to date. Names are keys without the folder.
+pub trait Mirror: Send + Sync + 'static {
+    /// Everything in the folder, after a full read.
+    fn reset(&self, entries: Vec<(String, Vec<u8>)>);
+    fn put(&self, name: &str, value: &[u8]);
+    fn delete(&self, name: &str);
+}
 
 /// How a watch ended.
 enum Lost {
@@ -26,19 +35,24 @@ enum Lost {
 // === impl EtcdStore (watch) ===
 
 impl EtcdStore {
-    /// Feeds `log` with the versions written from `revision` on, until `log` is dropped.
-    pub fn follow_versions(&self, log: Arc<VersionLog>, revision: i64) {
-        tokio::spawn(follow(self.clone(), Arc::downgrade(&log), revision));
+    /// Feeds `mirror` with the writes to `folder` from `revision` on (the revision of the
+    /// read that filled it), until the mirror is dropped.
+    pub fn follow(&self, folder: &'static str, mirror: Weak<dyn Mirror>, revision: i64) {
+        tokio::spawn(follow(self.clone(), folder, mirror, revision));
     }
 
     /// One watch, until it is lost. Advances `revision` past every event seen.
-    async fn watch_versions(&self, log: &Weak<VersionLog>, revision: &mut i64) -> Lost {
-        let start = self.key("versions/");
+    async fn watch(&self, folder: &str, mirror: &Weak<dyn Mirror>, revision: &mut i64) -> Lost {
+        let prefix = self.key(folder);
         let options = WatchOptions::new()
-            .with_range(prefix_end(&start))
-            .with_start_revision(*revision + 1)
-            .with_progress_notify();
-        let mut stream = match self.client.watch_client().watch(start, Some(options)).await {
+            .with_range(prefix_end(&prefix))
+            .with_start_revision(*revision + 1);
+        let mut stream = match self
+            .client
+            .watch_client()
+            .watch(prefix.clone(), Some(options))
+            .await
+        {
             Ok(stream) => stream,
             Err(error) => return Lost::Stream(self.unavailable(&error).to_string()),
         };
@@ -58,7 +72,7 @@ impl EtcdStore {
             if response.canceled() {
                 return Lost::Stream(format!("watch cancelled: {}", response.cancel_reason()));
             }
-            let Some(log) = log.upgrade() else {
+            let Some(mirror) = mirror.upgrade() else {
                 return Lost::Stream("the control service stopped".into());
             };
             if let Some(header) = response.header()
@@ -73,54 +87,61 @@ impl EtcdStore {
             for event in response.events() {
                 let Some(pair) = event.kv() else { continue };
                 *revision = (*revision).max(pair.mod_revision());
-                if event.event_type() != EventType::Put {
-                    continue;
-                }
-                match parse_json::<VersionRecord>(pair.key(), pair.value()) {
-                    Ok(record) => log.learn(record),
-                    Err(error) => {
-                        tracing::error!(%error, "skipping a version this replica cannot read")
-                    }
+                let name = pair
+                    .key()
+                    .strip_prefix(prefix.as_bytes())
+                    .unwrap_or_default();
+                let name = String::from_utf8_lossy(name);
+                match event.event_type() {
+                    EventType::Put => mirror.put(&name, pair.value()),
+                    EventType::Delete => mirror.delete(&name),
                 }
             }
         }
     }
 }
 
-async fn follow(store: EtcdStore, log: Weak<VersionLog>, mut revision: i64) {
+async fn follow(
+    store: EtcdStore,
+    folder: &'static str,
+    mirror: Weak<dyn Mirror>,
+    mut revision: i64,
+) {
     let mut retry = FIRST_RETRY;
-    while log.strong_count() > 0 {
+    while mirror.strong_count() > 0 {
         let started = tokio::time::Instant::now();
-        let lost = store.watch_versions(&log, &mut revision).await;
+        let lost = store.watch(folder, &mirror, &mut revision).await;
         // A watch that held for a while was healthy: the next loss starts the backoff again.
         if started.elapsed() > MAX_RETRY {
             retry = FIRST_RETRY;
         }
         let reread = match lost {
             Lost::Stream(why) => {
-                tracing::warn!(store = %store.settings, %why, ?retry, "lost the watch on etcd; subscriptions keep the current version; resuming");
+                tracing::warn!(store = %store.settings, folder, %why, ?retry, "lost the watch on etcd; keeping what this replica has; resuming");
                 false
             }
             Lost::History(why) => {
-                tracing::warn!(store = %store.settings, %why, "reading every version again");
+                tracing::warn!(store = %store.settings, folder, %why, "reading the folder again");
                 true
             }
         };
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(MAX_RETRY);
         if reread || revision == 0 {
-            match store.read_versions().await {
-                Ok((records, read_at)) => {
-                    let Some(log) = log.upgrade() else { return };
-                    log.replace(records);
+            match store.read_folder(folder, "").await {
+                Ok((entries, read_at)) => {
+                    let Some(mirror) = mirror.upgrade() else {
+                        return;
+                    };
+                    mirror.reset(entries);
                     revision = read_at;
                     retry = FIRST_RETRY;
                 }
                 Err(StoreError::Unavailable(why)) => {
-                    tracing::warn!(%why, "cannot read the versions again yet");
+                    tracing::warn!(folder, %why, "cannot read the folder again yet");
                     revision = 0;
                 }
-                Err(error) => tracing::error!(%error, "reading the versions again failed"),
+                Err(error) => tracing::error!(folder, %error, "reading the folder again failed"),
             }
         }
     }

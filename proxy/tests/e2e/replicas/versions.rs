@@ -1,46 +1,14 @@
-//! Control replicas on a real three-member etcd: they share versions, modules, the CA and
-//! join tokens; proxies listing several replicas fail over under load; losing an etcd member
-//! changes nothing, losing all of etcd stops changes but never traffic.
+//! Versions, modules, the CA and join tokens shared by replicas; proxies listing several
+//! replicas fail over under load; losing an etcd member changes nothing, losing all of etcd
+//! stops changes but never traffic.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use sluice::control::{PushRequest, list_versions, push, status};
+use sluice::control::{PushRequest, list_versions, push};
 
-use crate::support::etcd::EtcdCluster;
-use crate::support::*;
-
-/// `sluice control` on etcd, on a free loopback port.
-fn replica(cluster: &EtcdCluster, name: &str) -> SpawnedControl {
-    SpawnedControl::start_with(
-        &temp_folder(name),
-        "127.0.0.1:0",
-        &["--store", &cluster.store_url(), "--store-prefix", "/test"],
-    )
-}
-
-async fn client_of(url: &str) -> sluice_control::Client {
-    sluice_control::connect(url, None).await.unwrap()
-}
-
-async fn serves_tag(proxy: &TestProxy, tag: &str) -> bool {
-    eventually(Duration::from_secs(10), async || {
-        get(proxy.addr, "/").await.header("x-wasm-tag") == Some(tag)
-    })
-    .await
-}
-
-async fn connected_to(url: &str) -> usize {
-    let mut client = client_of(url).await;
-    status(&mut client)
-        .await
-        .unwrap()
-        .proxies
-        .iter()
-        .filter(|p| p.connected)
-        .count()
-}
+use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_fails_over_between_replicas_under_load_and_follows_pushes_through_either() {
@@ -61,14 +29,15 @@ async fn a_proxy_fails_over_between_replicas_under_load_and_follows_pushes_throu
         .unwrap();
     assert_eq!(pushed.version, 1);
     assert!(serves_tag(&proxy, "through-b").await);
-    assert_eq!(connected_to(&a.url).await, 1);
+    assert_eq!(connected_to(&b.url, "replica-a").await, 1);
 
     let load = SteadyLoad::start(proxy.addr, 4, |parts| parts.status == 200);
     let killed_at = Instant::now();
     a.kill();
     assert!(
-        eventually(Duration::from_secs(10), async || connected_to(&b.url).await
-            == 1)
+        eventually(Duration::from_secs(10), async || {
+            connected_to(&b.url, "replica-b").await == 1
+        })
         .await,
         "the proxy moved to replica B"
     );

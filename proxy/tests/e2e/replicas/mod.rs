@@ -1,0 +1,46 @@
+//! Control replicas on a real three-member etcd (Debian's etcd-server): `versions` for what
+//! changes share, `registry` for the mesh registry and `sluice status` across replicas.
+
+mod registry;
+mod versions;
+
+use std::time::Duration;
+
+pub use crate::support::etcd::EtcdCluster;
+pub use crate::support::*;
+
+/// `sluice control` on etcd, on a free loopback port.
+pub fn replica(cluster: &EtcdCluster, name: &str) -> SpawnedControl {
+    replica_with(cluster, name, &[])
+}
+
+/// The same, with more arguments.
+pub fn replica_with(cluster: &EtcdCluster, name: &str, arguments: &[&str]) -> SpawnedControl {
+    let store = cluster.store_url();
+    let mut all = vec!["--store", &store, "--store-prefix", "/test", "--name", name];
+    all.extend_from_slice(arguments);
+    SpawnedControl::start_with(&temp_folder(name), "127.0.0.1:0", &all)
+}
+
+pub async fn client_of(url: &str) -> sluice_control::Client {
+    sluice_control::connect(url, None).await.unwrap()
+}
+
+pub async fn serves_tag(proxy: &TestProxy, tag: &str) -> bool {
+    eventually(Duration::from_secs(10), async || {
+        get(proxy.addr, "/").await.header("x-wasm-tag") == Some(tag)
+    })
+    .await
+}
+
+/// How many proxies `sluice status` through `url` shows connected to replica `name`.
+pub async fn connected_to(url: &str, name: &str) -> usize {
+    let mut client = client_of(url).await;
+    sluice::control::status(&mut client)
+        .await
+        .unwrap()
+        .proxies
+        .iter()
+        .filter(|p| p.connected && p.replica == name)
+        .count()
+}
