@@ -137,6 +137,26 @@ impl MeshCa {
         })
     }
 
+    /// The trust domain and material of the CA in `data_dir`, if it has one.
+    pub fn read_material(data_dir: &Path) -> Result<Option<(String, CaMaterial)>, CaError> {
+        let folder = data_dir.join("ca");
+        let read = |name: &str| {
+            let path = folder.join(name);
+            std::fs::read_to_string(&path).map_err(|e| CaError::Unusable {
+                path,
+                what: e.to_string(),
+            })
+        };
+        if !folder.join("ca.key").exists() {
+            return Ok(None);
+        }
+        let material = CaMaterial {
+            key_pem: read("ca.key")?,
+            cert_pem: read("ca.pem")?,
+        };
+        Ok(Some((read("trust-domain")?.trim().to_owned(), material)))
+    }
+
     /// A new CA for `trust_domain`: its key and self-signed certificate, in PEM.
     pub fn generate(trust_domain: &str) -> Result<CaMaterial, CaError> {
         check_trust_domain(trust_domain)?;

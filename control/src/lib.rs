@@ -8,6 +8,7 @@ pub mod client;
 pub mod discover;
 pub mod identity;
 pub mod overlay;
+pub mod ready;
 pub mod registry;
 pub mod server;
 pub mod service;

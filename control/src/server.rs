@@ -91,7 +91,7 @@ impl RunningControl {
             source,
         })?;
         // Bound first, so a port already taken is reported before waiting on etcd.
-        let store = Store::open(&settings.store).await?;
+        let store = Arc::new(Store::open(&settings.store).await?);
         let current = store.versions().current_version();
         let ca = Arc::new(store.mesh_ca(&settings.identity.trust_domain).await?);
         let tokens = Arc::new(store.join_tokens()?);
@@ -105,7 +105,7 @@ impl RunningControl {
             Some(etcd) => crate::registry::Registry::start_shared(lease_ttl, etcd.clone()).await,
         };
         let service = ControlService::new(
-            store,
+            Arc::clone(&store),
             validator,
             settings.max_module_size,
             registry,
@@ -132,6 +132,9 @@ impl RunningControl {
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
             tonic::transport::Server::builder()
+                // `/ready` is plain HTTP, for load balancers and orchestrators.
+                .accept_http1(true)
+                .layer(crate::ready::ReadyLayer::new(store))
                 // A proxy that vanished without closing (a lost node) is noticed in seconds,
                 // so `status` stops calling it connected and `push --wait` stops waiting.
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -169,6 +169,14 @@ impl JoinTokens {
         self.known().get(&sha256_hex(token.as_bytes())).cloned()
     }
 
+    /// Every token known here, by digest.
+    pub fn grants(&self) -> Vec<(String, TokenGrant)> {
+        self.known()
+            .iter()
+            .map(|(digest, grant)| (digest.clone(), grant.clone()))
+            .collect()
+    }
+
     /// What `token` grants, asking etcd about a token another replica made.
     pub async fn lookup(&self, token: &str) -> Result<Option<TokenGrant>, StoreError> {
         if let Some(grant) = self.grant(token) {

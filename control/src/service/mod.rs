@@ -49,7 +49,7 @@ pub struct ControlService {
 
 struct Shared {
     /// Modules and versions; its version log is what subscriptions follow.
-    store: Store,
+    store: Arc<Store>,
     /// Held through validation, so this replica's changes apply one at a time on the
     /// version before them. Other replicas' changes are ordered by the store.
     changing: tokio::sync::Mutex<()>,
@@ -78,7 +78,7 @@ pub struct MeshAuthority {
 
 impl ControlService {
     pub fn new(
-        store: Store,
+        store: Arc<Store>,
         validator: Arc<dyn ChangeValidator>,
         max_module_size: usize,
         registry: Arc<Registry>,

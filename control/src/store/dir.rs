@@ -91,6 +91,20 @@ impl DirStore {
         self.versions.iter().find(|v| v.version == version)
     }
 
+    /// The digests of the stored modules.
+    pub fn module_digests(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("modules")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                name.strip_suffix(".wasm").map(str::to_owned)
+            })
+            .collect()
+    }
+
     pub fn versions(&self) -> &[VersionRecord] {
         &self.versions
     }

@@ -9,6 +9,7 @@
 
 mod dir;
 mod etcd;
+mod import;
 mod versions;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 pub use dir::DirStore;
 pub(crate) use dir::{write_atomically, write_private};
 pub use etcd::{EtcdSettings, EtcdStore, Mirror};
+pub use import::{ImportError, Imported, import_data_dir};
 pub use versions::{Published, VersionLog};
 
 use crate::ca::{CaError, MeshCa};
@@ -198,6 +200,14 @@ impl Store {
         match &self.backend {
             Backend::Dir(_, path) => MeshCa::open(path, trust_domain),
             Backend::Etcd(etcd) => etcd.mesh_ca(trust_domain).await,
+        }
+    }
+
+    /// Whether the store answers now (one quick read of etcd; a data dir always does).
+    pub async fn reachable(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Dir(..) => Ok(()),
+            Backend::Etcd(etcd) => etcd.probe().await,
         }
     }
 

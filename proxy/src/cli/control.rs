@@ -26,6 +26,10 @@ pub struct ControlArgs {
     /// This replica's name in `sluice status` [the host name and the port it listens on].
     #[arg(long)]
     name: Option<String>,
+    /// With --store: first copy this data dir (versions with their numbers, modules, the CA,
+    /// join tokens) into etcd, which must hold no other versions or CA.
+    #[arg(long)]
+    import_data_dir: Option<PathBuf>,
     /// Bearer token every client must send (required to listen beyond loopback); also
     /// read from SLUICE_CONTROL_TOKEN.
     #[arg(long)]
@@ -63,6 +67,24 @@ pub async fn run(args: ControlArgs) -> Result<(), Failure> {
             EtcdSettings::parse(url, &args.store_prefix).map_err(Failure::usage)?,
         ),
     };
+    if let Some(dir) = &args.import_data_dir {
+        let StoreLocation::Etcd(etcd) = &store else {
+            return Err(Failure::usage(
+                "--import-data-dir moves a data dir into etcd: give --store etcd://... too",
+            ));
+        };
+        let imported = sluice_control::store::import_data_dir(dir, etcd, &args.trust_domain)
+            .await
+            .map_err(|e| Failure::runtime(format!("--import-data-dir {}: {e}", dir.display())))?;
+        eprintln!(
+            "imported {} into {etcd}: {} versions, {} modules, {} join tokens{}",
+            dir.display(),
+            imported.versions,
+            imported.modules,
+            imported.tokens,
+            if imported.ca { ", the mesh CA" } else { "" }
+        );
+    }
     let settings = ControlSettings {
         listen: args.listen,
         store,

@@ -12,13 +12,24 @@ use crate::tokens::TokenGrant;
 // === impl EtcdStore (CA and tokens) ===
 
 impl EtcdStore {
+    /// The mesh CA, created on first use.
     pub async fn mesh_ca(&self, trust_domain: &str) -> Result<MeshCa, CaError> {
+        let fresh = MeshCa::generate(trust_domain)?;
+        Ok(self.mesh_ca_or(trust_domain, fresh).await?.0)
+    }
+
+    /// The mesh CA stored, or `fresh` stored as it when there is none; also the stored
+    /// material, to tell which.
+    pub async fn mesh_ca_or(
+        &self,
+        trust_domain: &str,
+        fresh: CaMaterial,
+    ) -> Result<(MeshCa, CaMaterial), CaError> {
         let (domain_key, key_key, cert_key) = (
             self.key("ca/trust-domain"),
             self.key("ca/key"),
             self.key("ca/cert"),
         );
-        let fresh = MeshCa::generate(trust_domain)?;
         let txn = Txn::new()
             .when(vec![Compare::create_revision(
                 key_key.clone(),
@@ -38,8 +49,9 @@ impl EtcdStore {
         // Tried again after a lost answer, the transaction finds the CA it wrote and reads it.
         let response = self.txn(&txn).await?;
         if response.succeeded() {
-            tracing::info!(trust_domain, store = %self.settings, "created the mesh CA");
-            return MeshCa::from_material(trust_domain, fresh, &key_key);
+            tracing::info!(trust_domain, store = %self.settings, "stored the mesh CA");
+            let ca = MeshCa::from_material(trust_domain, fresh.clone(), &key_key)?;
+            return Ok((ca, fresh));
         }
         let mut values = response.op_responses().into_iter().map(|op| match op {
             TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
@@ -70,7 +82,8 @@ impl EtcdStore {
                 ),
             });
         }
-        MeshCa::from_material(trust_domain, material, &key_key)
+        let ca = MeshCa::from_material(trust_domain, material.clone(), &key_key)?;
+        Ok((ca, material))
     }
 
     pub async fn put_token(&self, digest: &str, grant: &TokenGrant) -> Result<(), StoreError> {

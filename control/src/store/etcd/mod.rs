@@ -203,6 +203,17 @@ impl EtcdStore {
         }
     }
 
+    /// One read, not retried: whether etcd answers (with a leader) right now.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let options = GetOptions::new().with_count_only();
+        self.client
+            .kv_client()
+            .get(self.key("versions/"), Some(options))
+            .await
+            .map(drop)
+            .map_err(|e| self.unavailable(&e))
+    }
+
     /// Creates `record` as the next version after `based_on`; false if another replica
     /// got there first. `record.written_by` tells a try whose answer was lost but which did
     /// write (the retry then finds the key taken) from another replica's write.

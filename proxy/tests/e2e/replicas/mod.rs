@@ -1,6 +1,7 @@
 //! Control replicas on a real three-member etcd (Debian's etcd-server): `versions` for what
 //! changes share, `registry` for the mesh registry and `sluice status` across replicas.
 
+mod import;
 mod registry;
 mod versions;
 
@@ -20,6 +21,11 @@ pub fn replica_with(cluster: &EtcdCluster, name: &str, arguments: &[&str]) -> Sp
     let mut all = vec!["--store", &store, "--store-prefix", "/test", "--name", name];
     all.extend_from_slice(arguments);
     SpawnedControl::start_with(&temp_folder(name), "127.0.0.1:0", &all)
+}
+
+/// The socket address of a control URL (`http://127.0.0.1:PORT`).
+pub fn address_of(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://").parse().unwrap()
 }
 
 pub async fn client_of(url: &str) -> sluice_control::Client {

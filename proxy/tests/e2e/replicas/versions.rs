@@ -135,6 +135,13 @@ async fn losing_etcd_stops_changes_with_a_clear_error_but_never_traffic() {
 
     // All of etcd lost: a push fails and says why, through the CLI too; traffic flows on.
     cluster.kill_all();
+    let ready = get(address_of(&a.url), "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.body.starts_with("not ready: store unavailable: etcd"),
+        "{}",
+        ready.body
+    );
     let load = SteadyLoad::start(proxy.addr, 2, |parts| parts.status == 200);
     let error = push(&mut client_of(&a.url).await, push_tagger("v3"))
         .await
@@ -164,6 +171,12 @@ async fn losing_etcd_stops_changes_with_a_clear_error_but_never_traffic() {
 
     // etcd back: the next push is version 3, none lost or repeated.
     cluster.restart_stopped().await;
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            get(address_of(&a.url), "/ready").await.body == "ready\n"
+        })
+        .await
+    );
     let pushed = push(&mut client_of(&a.url).await, push_tagger("v3"))
         .await
         .unwrap();

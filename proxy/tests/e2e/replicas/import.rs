@@ -1,0 +1,93 @@
+//! `sluice control --store etcd://... --import-data-dir DIR`: a single-machine control plane
+//! moved into etcd keeps its version numbers, its CA and its join tokens.
+
+use std::process::Stdio;
+
+use sluice::control::{list_versions, push};
+
+use super::*;
+
+/// The trust bundle a certificate request with `token` gets through `url`.
+async fn trust_bundle(url: &str, token: &str) -> Result<String, tonic::Status> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    sluice_control::connect_identity(url)
+        .await
+        .unwrap()
+        .issue_certificate(sluice_control::proto::IssueCertificateRequest {
+            join_token: token.to_owned(),
+            public_key: key.public_key_raw().to_vec(),
+        })
+        .await
+        .map(|reply| reply.into_inner().trust_bundle_pem)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_moves_into_etcd_with_its_version_numbers_ca_and_join_tokens() {
+    let Some(cluster) = EtcdCluster::start("replicas-import", 3).await else {
+        return;
+    };
+    let data_dir = temp_folder("replicas-import-dir").join("control");
+    let single = SpawnedControl::start(&data_dir);
+    for tag in ["one", "two"] {
+        push(&mut client_of(&single.url).await, push_tagger(tag))
+            .await
+            .unwrap();
+    }
+    let mut admin = sluice_control::connect_identity_admin(&single.url, None)
+        .await
+        .unwrap();
+    let token = admin
+        .create_join_token(sluice_control::proto::CreateJoinTokenRequest {
+            workload: "ns/shop/sa/cart".into(),
+            services: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let bundle = trust_bundle(&single.url, &token).await.unwrap();
+    let before = list_versions(&mut client_of(&single.url).await)
+        .await
+        .unwrap();
+    single.kill();
+
+    let dir = data_dir.to_str().unwrap();
+    let moved = replica_with(&cluster, "import-a", &["--import-data-dir", dir]);
+    let after = list_versions(&mut client_of(&moved.url).await)
+        .await
+        .unwrap();
+    let described = |reply: &sluice_control::proto::ListVersionsReply| {
+        reply
+            .versions
+            .iter()
+            .map(|v| (v.version, v.description.clone(), v.module_sha256.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(described(&after), described(&before));
+    assert_eq!(after.current, 2);
+    assert_eq!(trust_bundle(&moved.url, &token).await.unwrap(), bundle);
+    // The next change continues the numbering, and its module was imported too.
+    let pushed = push(&mut client_of(&moved.url).await, push_tagger("three"))
+        .await
+        .unwrap();
+    assert_eq!(pushed.version, 3);
+
+    // Importing into a prefix that has moved on is refused, saying why; nothing changes.
+    let store = cluster.store_url();
+    let output = sluice()
+        .args(["control", "--listen", "127.0.0.1:0", "--store", &store])
+        .args(["--store-prefix", "/test", "--import-data-dir", dir])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already holds 3 versions; import only into an empty prefix"),
+        "{stderr}"
+    );
+    let listed = list_versions(&mut client_of(&moved.url).await)
+        .await
+        .unwrap();
+    assert_eq!(listed.versions.len(), 3);
+}
