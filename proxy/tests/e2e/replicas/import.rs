@@ -7,20 +7,6 @@ use sluice::control::{list_versions, push};
 
 use super::*;
 
-/// The trust bundle a certificate request with `token` gets through `url`.
-async fn trust_bundle(url: &str, token: &str) -> Result<String, tonic::Status> {
-    let key = rcgen::KeyPair::generate().unwrap();
-    sluice_control::connect_identity(url)
-        .await
-        .unwrap()
-        .issue_certificate(sluice_control::proto::IssueCertificateRequest {
-            join_token: token.to_owned(),
-            public_key: key.public_key_raw().to_vec(),
-        })
-        .await
-        .map(|reply| reply.into_inner().trust_bundle_pem)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_moves_into_etcd_with_its_version_numbers_ca_and_join_tokens() {
     let Some(cluster) = EtcdCluster::start("replicas-import", 3).await else {
@@ -33,19 +19,11 @@ async fn a_data_dir_moves_into_etcd_with_its_version_numbers_ca_and_join_tokens(
             .await
             .unwrap();
     }
-    let mut admin = sluice_control::connect_identity_admin(&single.url, None)
-        .await
-        .unwrap();
-    let token = admin
-        .create_join_token(sluice_control::proto::CreateJoinTokenRequest {
-            workload: "ns/shop/sa/cart".into(),
-            services: Vec::new(),
-        })
+    let token = create_join_token(&single.url, "ns/shop/sa/cart").await;
+    let bundle = issue_certificate(&single.url, &token)
         .await
         .unwrap()
-        .into_inner()
-        .token;
-    let bundle = trust_bundle(&single.url, &token).await.unwrap();
+        .trust_bundle_pem;
     let before = list_versions(&mut client_of(&single.url).await)
         .await
         .unwrap();
@@ -65,7 +43,8 @@ async fn a_data_dir_moves_into_etcd_with_its_version_numbers_ca_and_join_tokens(
     };
     assert_eq!(described(&after), described(&before));
     assert_eq!(after.current, 2);
-    assert_eq!(trust_bundle(&moved.url, &token).await.unwrap(), bundle);
+    let moved_bundle = issue_certificate(&moved.url, &token).await.unwrap();
+    assert_eq!(moved_bundle.trust_bundle_pem, bundle);
     // The next change continues the numbering, and its module was imported too.
     let pushed = push(&mut client_of(&moved.url).await, push_tagger("three"))
         .await

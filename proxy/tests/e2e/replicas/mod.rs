@@ -23,6 +23,38 @@ pub fn replica_with(cluster: &EtcdCluster, name: &str, arguments: &[&str]) -> Sp
     SpawnedControl::start_with(&temp_folder(name), "127.0.0.1:0", &all)
 }
 
+/// A join token for `workload`, made through `url`.
+pub async fn create_join_token(url: &str, workload: &str) -> String {
+    sluice_control::connect_identity_admin(url, None)
+        .await
+        .unwrap()
+        .create_join_token(sluice_control::proto::CreateJoinTokenRequest {
+            workload: workload.into(),
+            services: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+/// A certificate for a fresh key, asked for through `url` with `token`.
+pub async fn issue_certificate(
+    url: &str,
+    token: &str,
+) -> Result<sluice_control::proto::IssueCertificateReply, tonic::Status> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    sluice_control::connect_identity(url)
+        .await
+        .unwrap()
+        .issue_certificate(sluice_control::proto::IssueCertificateRequest {
+            join_token: token.to_owned(),
+            public_key: key.public_key_raw().to_vec(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// The socket address of a control URL (`http://127.0.0.1:PORT`).
 pub fn address_of(url: &str) -> std::net::SocketAddr {
     url.trim_start_matches("http://").parse().unwrap()

@@ -195,35 +195,9 @@ async fn replicas_share_the_ca_join_tokens_and_modules_larger_than_an_etcd_reque
     let (a, b) = (replica(&cluster, "shared-a"), replica(&cluster, "shared-b"));
 
     // A token made through A gets a certificate through B, from the same CA.
-    let mut admin = sluice_control::connect_identity_admin(&a.url, None)
-        .await
-        .unwrap();
-    let token = admin
-        .create_join_token(sluice_control::proto::CreateJoinTokenRequest {
-            workload: "ns/shop/sa/cart".into(),
-            services: Vec::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let public_key = key.public_key_raw().to_vec();
-    let issue = |url: String, token: String, public_key: Vec<u8>| async move {
-        sluice_control::connect_identity(&url)
-            .await
-            .unwrap()
-            .issue_certificate(sluice_control::proto::IssueCertificateRequest {
-                join_token: token,
-                public_key,
-            })
-            .await
-            .map(tonic::Response::into_inner)
-    };
-    let from_b = issue(b.url.clone(), token.clone(), public_key.clone())
-        .await
-        .unwrap();
-    let from_a = issue(a.url.clone(), token, public_key).await.unwrap();
+    let token = create_join_token(&a.url, "ns/shop/sa/cart").await;
+    let from_b = issue_certificate(&b.url, &token).await.unwrap();
+    let from_a = issue_certificate(&a.url, &token).await.unwrap();
     assert_eq!(from_b.spiffe_id, "spiffe://sluice.local/ns/shop/sa/cart");
     assert_eq!(from_a.trust_bundle_pem, from_b.trust_bundle_pem);
 
