@@ -51,6 +51,8 @@ async fn run() {
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
             lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
             name: None,
+            tls: false,
+            tls_names: Vec::new(),
             identity: sluice_control::IdentitySettings::default(),
         },
         ProxyValidator::new(),
@@ -70,6 +72,7 @@ async fn run() {
             SubscriberSettings {
                 url: url.clone(),
                 join_token: None,
+                trust: sluice_control::ControlTrust::default(),
                 token: None,
                 proxy_id: format!("proxy-{index}"),
             },

@@ -76,6 +76,7 @@ fn subscribe(
             token: None,
             proxy_id: id.to_owned(),
             join_token: token.map(str::to_owned),
+            trust: sluice_control::ControlTrust::default(),
         },
         proxy.applier(),
     )

@@ -188,6 +188,22 @@ impl MeshCa {
         })
     }
 
+    /// Signs `params` (a certificate for a key made here, such as a replica's) as this CA.
+    pub(crate) fn sign(
+        &self,
+        params: &CertificateParams,
+        key: &KeyPair,
+    ) -> Result<rcgen::Certificate, CaError> {
+        params
+            .signed_by(key, &self.issuer)
+            .map_err(|e| CaError::Signing(e.to_string()))
+    }
+
+    /// The SHA-256 of the CA certificate (DER), in hex: what a join token pins.
+    pub fn digest(&self) -> String {
+        ca_digest(&self.ca_pem)
+    }
+
     /// The CA certificate (PEM): what every proxy trusts for mesh mTLS.
     pub fn trust_bundle(&self) -> &str {
         &self.ca_pem
@@ -244,6 +260,15 @@ impl MeshCa {
                 .map_or(0, |d| d.as_secs()),
         })
     }
+}
+
+/// The SHA-256 (hex) of the first certificate in `pem`, as DER.
+pub fn ca_digest(pem: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .and_then(Result::ok)
+        .map_or_else(String::new, |der| crate::store::sha256_hex(der.as_ref()))
 }
 
 fn ca_params(trust_domain: &str) -> CertificateParams {

@@ -2,14 +2,20 @@
 //!
 //! `--control` (and `SLUICE_CONTROL`) may name several replicas, comma-separated, or a host
 //! name with several addresses: each is a candidate, tried in turn until one answers.
+//!
+//! `https://` replicas are checked with a [`ControlTrust`]; plaintext `http://` is refused
+//! beyond loopback, before anything is sent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::TokioIo;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::auth::SendBearer;
 use crate::proto::control_client::ControlClient;
+use crate::tls::{ControlTrust, is_loopback};
 
 /// Where `sluice push`, `status` and `proxy --control` look without `--control`.
 pub const DEFAULT_CONTROL_URL: &str = "http://127.0.0.1:9990";
@@ -20,12 +26,8 @@ pub type Client = ControlClient<InterceptedService<Channel, SendBearer>>;
 pub enum ConnectError {
     #[error("{url}: not a control service URL: {reason}")]
     Url { url: String, reason: String },
-    #[error("cannot reach the control service at {url}: {source}")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("cannot reach the control service at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
     #[error("cannot reach any of the control services: {0}")]
     NoneReachable(String),
 }
@@ -38,14 +40,26 @@ pub type IdentityAdminClient = crate::proto::identity_admin_client::IdentityAdmi
 /// The proxies' identity client (certificates); the join token is in each request.
 pub type IdentityClient = crate::proto::identity_client::IdentityClient<Channel>;
 
-/// Connects (within 2s) to the control service at `url`, sending `token` with every call.
+/// Connects (within 2s) to the control service at `url`, sending `token` with every call;
+/// an `https://` one is checked as the environment says ([`ControlTrust::from_env`]).
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
-    let bearer = SendBearer::new(token).map_err(|reason| ConnectError::Url {
+    connect_with(url, token, &env_trust(url)?).await
+}
+
+/// As [`connect`], checking an `https://` service with `trust`.
+pub async fn connect_with(
+    url: &str,
+    token: Option<&str>,
+    trust: &ControlTrust,
+) -> Result<Client, ConnectError> {
+    Ok(connect_from(url, token, 0, trust).await?.0)
+}
+
+fn env_trust(url: &str) -> Result<ControlTrust, ConnectError> {
+    ControlTrust::from_env().map_err(|reason| ConnectError::Url {
         url: url.to_owned(),
         reason,
-    })?;
-    let (channel, _) = channel(url, 0).await?;
-    Ok(client_of(channel, bearer))
+    })
 }
 
 /// As [`connect`], trying the candidates from the `start`th on (wrapping around); returns
@@ -55,12 +69,13 @@ pub async fn connect_from(
     urls: &str,
     token: Option<&str>,
     start: usize,
+    trust: &ControlTrust,
 ) -> Result<(Client, usize), ConnectError> {
     let bearer = SendBearer::new(token).map_err(|reason| ConnectError::Url {
         url: urls.to_owned(),
         reason,
     })?;
-    let (channel, used) = channel(urls, start).await?;
+    let (channel, used) = channel(urls, start, trust).await?;
     Ok((client_of(channel, bearer), used))
 }
 
@@ -80,24 +95,31 @@ pub async fn connect_identity_admin(
         url: url.to_owned(),
         reason,
     })?;
-    let (channel, _) = channel(url, 0).await?;
+    let (channel, _) = channel(url, 0, &env_trust(url)?).await?;
     Ok(crate::proto::identity_admin_client::IdentityAdminClient::with_interceptor(channel, bearer))
 }
 
-/// The certificate API at `url`.
-pub async fn connect_identity(url: &str) -> Result<IdentityClient, ConnectError> {
+/// The certificate API at `url`, checked with `trust` if it is `https://`.
+pub async fn connect_identity(
+    url: &str,
+    trust: &ControlTrust,
+) -> Result<IdentityClient, ConnectError> {
     Ok(crate::proto::identity_client::IdentityClient::new(
-        channel(url, 0).await?.0,
+        channel(url, 0, trust).await?.0,
     ))
 }
 
 /// A channel to the first candidate of `urls`, from the `start`th on, that answers.
-async fn channel(urls: &str, start: usize) -> Result<(Channel, usize), ConnectError> {
+async fn channel(
+    urls: &str,
+    start: usize,
+    trust: &ControlTrust,
+) -> Result<(Channel, usize), ConnectError> {
     let candidates = candidates(urls).await?;
     let mut failures = Vec::new();
     for offset in 0..candidates.len() {
         let index = (start + offset) % candidates.len();
-        match channel_to(&candidates[index]).await {
+        match channel_to(&candidates[index], trust).await {
             Ok(channel) => return Ok((channel, index)),
             Err(error) if candidates.len() == 1 => return Err(error),
             Err(error) => failures.push(error.to_string()),
@@ -149,23 +171,96 @@ async fn candidates(urls: &str) -> Result<Vec<String>, ConnectError> {
     Ok(candidates)
 }
 
-async fn channel_to(url: &str) -> Result<Channel, ConnectError> {
+async fn channel_to(url: &str, trust: &ControlTrust) -> Result<Channel, ConnectError> {
     let bad_url = |reason: String| ConnectError::Url {
         url: url.to_owned(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(url.to_owned())
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad_url(e.to_string()))?;
+    let host = uri.host().unwrap_or_default().to_owned();
+    let tls = match uri.scheme_str() {
+        Some("http") if is_loopback(&host) => None,
+        Some("http") => {
+            return Err(bad_url(format!(
+                "plaintext control connections are allowed only on loopback: use https://{} (replicas serve TLS beyond loopback)",
+                uri.authority().map_or(host.as_str(), |a| a.as_str())
+            )));
+        }
+        Some("https") if trust.is_empty() => {
+            return Err(bad_url(
+                "nothing to check the control service's certificate with: give the proxy its join token (--join-token-file), or set SLUICE_CONTROL_CA to the mesh CA's PEM file, or SLUICE_CONTROL_CA_SHA256 to its digest (`sluice control` prints it)".into(),
+            ));
+        }
+        Some("https") => Some(Arc::new(trust.client_config().map_err(bad_url)?)),
+        _ => {
+            return Err(bad_url(
+                "expected http://HOST:PORT or https://HOST:PORT".into(),
+            ));
+        }
+    };
+    // tonic speaks plaintext HTTP/2 to whatever the connector returns; TLS is done there.
+    let plain = format!("http://{}", uri.authority().map_or("", |a| a.as_str()));
+    let endpoint = Endpoint::from_shared(plain)
         .map_err(|e| bad_url(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
         // A control service that vanished without closing is noticed within seconds.
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    endpoint
-        .connect()
-        .await
-        .map_err(|source| ConnectError::Unreachable {
-            url: url.to_owned(),
-            source,
-        })
+    let unreachable = |error: tonic::transport::Error| ConnectError::Unreachable {
+        url: url.to_owned(),
+        reason: chain(&error),
+    };
+    let Some(config) = tls else {
+        return endpoint.connect().await.map_err(unreachable);
+    };
+    let name = rustls::pki_types::ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|e| bad_url(e.to_string()))?;
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        let (config, name) = (Arc::clone(&config), name.clone());
+        async move {
+            let authority = uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default();
+            let tcp = tokio::net::TcpStream::connect(authority).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        endpoint.connect_with_connector(connector),
+    )
+    .await
+    .map_err(|_| ConnectError::Unreachable {
+        url: url.to_owned(),
+        reason: "no TLS connection within 5s".into(),
+    })?
+    .map_err(unreachable)
+}
+
+/// An error and its causes, as one line: tonic's own message alone says "transport error".
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Some layers repeat their cause's message in their own.
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -74,6 +74,8 @@ impl IdentityAdmin for IdentityService {
             .await
             .map_err(crate::service::store_failed)?;
         tracing::info!(workload, ?services, "join token created");
+        // The proxy checks the control service by the CA digest before it sends the secret.
+        let token = format!("{token}.{}", self.ca.digest());
         Ok(Response::new(CreateJoinTokenReply {
             token,
             spiffe_id: self.ca.spiffe_id(&workload),

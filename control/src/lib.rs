@@ -14,6 +14,7 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod targets;
+pub mod tls;
 pub mod tokens;
 
 /// Types and the tonic service generated from `proto/sluice/control/v1/control.proto`.
@@ -24,7 +25,7 @@ pub mod proto {
 
 pub use client::{
     Client, ConnectError, DEFAULT_CONTROL_URL, IdentityAdminClient, IdentityClient, connect,
-    connect_from, connect_identity, connect_identity_admin,
+    connect_from, connect_identity, connect_identity_admin, connect_with,
 };
 pub use identity::IdentitySettings;
 pub use overlay::{FilterAttachment, ListenerRoutes, Overlay};
@@ -33,3 +34,4 @@ pub use server::{ControlError, ControlSettings, DEFAULT_MAX_MODULE_SIZE, Running
 pub use service::{ChangeValidator, ControlService};
 pub use store::{EtcdSettings, StoreLocation};
 pub use targets::Target;
+pub use tls::ControlTrust;

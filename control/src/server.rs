@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
+use tokio_stream::wrappers::ReceiverStream;
 
 use crate::auth::RequireBearer;
 use crate::identity::{IdentityService, IdentitySettings};
@@ -32,6 +32,10 @@ pub struct ControlSettings {
     pub lease_ttl: Duration,
     /// This replica's name in `sluice status` [the host name and the port it listens on].
     pub name: Option<String>,
+    /// Serve TLS even on loopback (beyond loopback it always does).
+    pub tls: bool,
+    /// More names (DNS or IP) for the replica's certificate, as clients dial it.
+    pub tls_names: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,9 @@ pub enum ControlError {
 /// A control service serving on a socket.
 pub struct RunningControl {
     address: SocketAddr,
+    /// `https` or `http`.
+    scheme: &'static str,
+    ca_digest: String,
     service: ControlService,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
@@ -104,6 +111,19 @@ impl RunningControl {
             None => crate::registry::Registry::start(lease_ttl),
             Some(etcd) => crate::registry::Registry::start_shared(lease_ttl, etcd.clone()).await,
         };
+        let name = settings
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(address));
+        // Beyond loopback, always TLS: nobody on the network may read or impersonate it.
+        let tls = (settings.tls || !settings.listen.ip().is_loopback())
+            .then(|| {
+                let names = crate::tls::replica_names(&settings.tls_names, &name, address);
+                crate::tls::ReplicaTls::start(Arc::clone(&ca), names).map(Arc::new)
+            })
+            .transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let ca_digest = ca.digest();
         let service = ControlService::new(
             Arc::clone(&store),
             validator,
@@ -124,11 +144,7 @@ impl RunningControl {
                 .max_encoding_message_size(limit),
             RequireBearer::new(settings.token.as_deref()),
         );
-        // Without TCP_NODELAY, an update written in two segments waits for the proxy's
-        // delayed ACK: 40ms on Linux, for every push.
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(30)));
+        let incoming = ReceiverStream::new(crate::tls::accept(listener, tls));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
             tonic::transport::Server::builder()
@@ -150,9 +166,11 @@ impl RunningControl {
                     let _ = stopped.await;
                 }),
         );
-        tracing::info!(%address, store = %settings.store, version = current, "control service listening");
+        tracing::info!(%address, scheme, store = %settings.store, version = current, mesh_ca_sha256 = %ca_digest, "control service listening");
         Ok(Self {
             address,
+            scheme,
+            ca_digest,
             service,
             stop: Some(stop),
             task,
@@ -161,6 +179,16 @@ impl RunningControl {
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The URL clients reach it at: `https://` when it serves TLS.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.address)
+    }
+
+    /// The SHA-256 of the mesh CA's certificate: what clients pin.
+    pub fn ca_digest(&self) -> &str {
+        &self.ca_digest
     }
 
     /// Ends the subscriptions and stops serving.

@@ -87,6 +87,16 @@ impl From<TokenGrant> for StoredGrant {
     }
 }
 
+/// A join token as `sluice join-token` prints it, `sjt_<secret>.<sha256 of the mesh CA>`:
+/// the secret (what the control service checks) and the CA digest (what the proxy checks the
+/// control service with). Tokens made before they carried the digest are the secret alone.
+pub fn split_token(token: &str) -> (&str, Option<&str>) {
+    match token.trim().split_once('.') {
+        Some((secret, digest)) => (secret, Some(digest)),
+        None => (token.trim(), None),
+    }
+}
+
 // === impl JoinTokens ===
 
 impl JoinTokens {
@@ -166,7 +176,8 @@ impl JoinTokens {
 
     /// What `token` grants, if it is one of ours and known here (see [`JoinTokens::lookup`]).
     pub fn grant(&self, token: &str) -> Option<TokenGrant> {
-        self.known().get(&sha256_hex(token.as_bytes())).cloned()
+        let (secret, _) = split_token(token);
+        self.known().get(&sha256_hex(secret.as_bytes())).cloned()
     }
 
     /// Every token known here, by digest.
@@ -185,7 +196,7 @@ impl JoinTokens {
         let Backing::Etcd(store) = &self.kept_in else {
             return Ok(None);
         };
-        let digest = sha256_hex(token.as_bytes());
+        let digest = sha256_hex(split_token(token).0.as_bytes());
         let found = store.token(&digest).await?;
         if let Some(grant) = &found {
             self.known().insert(digest, grant.clone());

@@ -26,6 +26,14 @@ pub struct ControlArgs {
     /// This replica's name in `sluice status` [the host name and the port it listens on].
     #[arg(long)]
     name: Option<String>,
+    /// Serve TLS on loopback too (beyond loopback the control service always serves TLS,
+    /// with a certificate from the mesh CA).
+    #[arg(long)]
+    tls: bool,
+    /// More names (DNS or IP, comma-separated) the replica's certificate carries, as clients
+    /// dial it; it always has the host name, --name's host, loopback and the listen address.
+    #[arg(long, value_delimiter = ',')]
+    tls_name: Vec<String>,
     /// With --store: first copy this data dir (versions with their numbers, modules, the CA,
     /// join tokens) into etcd, which must hold no other versions or CA.
     #[arg(long)]
@@ -96,6 +104,8 @@ pub async fn run(args: ControlArgs) -> Result<(), Failure> {
         },
         lease_ttl: args.lease_ttl,
         name: args.name,
+        tls: args.tls,
+        tls_names: args.tls_name,
     };
     let control = RunningControl::start(settings, ProxyValidator::new())
         .await
@@ -105,7 +115,11 @@ pub async fn run(args: ControlArgs) -> Result<(), Failure> {
             | sluice_control::ControlError::LeaseTtl(_) => Failure::usage(e),
             other => Failure::runtime(other),
         })?;
-    println!("control service listening on http://{}", control.address());
+    println!("control service listening on {}", control.url());
+    eprintln!(
+        "mesh CA sha256:{} (join tokens carry it; for the CLI over https, set SLUICE_CONTROL_CA_SHA256 to it)",
+        control.ca_digest()
+    );
     wait_for_shutdown_signal().await.map_err(Failure::runtime)?;
     control.shutdown().await;
     Ok(())

@@ -51,11 +51,16 @@ pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
             args.config.display()
         )));
     }
+    // An https:// control service is checked by the CA the join token names (or the
+    // environment's SLUICE_CONTROL_CA / SLUICE_CONTROL_CA_SHA256).
+    let trust = sluice_control::ControlTrust::for_join_token(join_token.as_deref())
+        .map_err(Failure::usage)?;
     let renewal = match (&args.control, &join_token) {
         (Some(url), Some(token)) => {
             let source = IdentitySource {
                 url: url.clone(),
                 join_token: token.clone(),
+                trust: trust.clone(),
             };
             let identity = source.obtain().await.map_err(Failure::runtime)?;
             loaded.mesh = Some(Arc::clone(&identity));
@@ -68,6 +73,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
         token: control_token(None),
         proxy_id: args.id.unwrap_or_else(default_proxy_id),
         join_token,
+        trust,
     });
     let served = serve(&loaded, subscription).await;
     if let Some(renewal) = renewal {

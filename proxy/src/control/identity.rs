@@ -28,6 +28,8 @@ pub enum IdentityError {
 pub struct IdentitySource {
     pub url: String,
     pub join_token: String,
+    /// How an `https://` control service is checked (the CA the join token names).
+    pub trust: sluice_control::ControlTrust,
 }
 
 /// Retry pauses after a failed renewal: from `FIRST_RETRY`, doubling, up to `LAST_RETRY`.
@@ -104,7 +106,7 @@ impl IdentitySource {
         &self,
     ) -> Result<(sluice_control::proto::IssueCertificateReply, Vec<u8>), IdentityError> {
         let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
-        let mut client = sluice_control::connect_identity(&self.url).await?;
+        let mut client = sluice_control::connect_identity(&self.url, &self.trust).await?;
         let reply = client
             .issue_certificate(sluice_control::proto::IssueCertificateRequest {
                 join_token: self.join_token.clone(),

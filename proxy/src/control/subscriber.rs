@@ -36,6 +36,8 @@ pub struct SubscriberSettings {
     pub proxy_id: String,
     /// The workload's join token: registering services needs it.
     pub join_token: Option<String>,
+    /// How an `https://` control service is checked (the CA the join token names).
+    pub trust: sluice_control::ControlTrust,
 }
 
 /// Following a control service; dropping it stops following (the config stays).
@@ -61,6 +63,7 @@ impl ControlSubscription {
             settings.url.clone(),
             settings.token.clone(),
             settings.proxy_id.clone(),
+            settings.trust.clone(),
         );
         Self {
             registrations: applier.follow_registrations(),
@@ -81,8 +84,12 @@ impl ControlSubscription {
         };
         let settings = &self.settings;
         let withdrawn = async {
-            let mut client =
-                sluice_control::connect(&settings.url, settings.token.as_deref()).await?;
+            let mut client = sluice_control::connect_with(
+                &settings.url,
+                settings.token.as_deref(),
+                &settings.trust,
+            )
+            .await?;
             let request = DeregisterRequest {
                 proxy_id: settings.proxy_id.clone(),
                 join_token,
@@ -185,6 +192,7 @@ impl Subscriber {
             &settings.url,
             settings.token.as_deref(),
             self.first_replica,
+            &settings.trust,
         )
         .await
         {

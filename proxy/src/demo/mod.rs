@@ -87,6 +87,8 @@ pub async fn start_mesh(
             max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
             lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
             name: None,
+            tls: false,
+            tls_names: Vec::new(),
             identity: sluice_control::IdentitySettings {
                 trust_domain: TRUST_DOMAIN.to_owned(),
                 cert_ttl: Duration::from_secs(3600),
@@ -159,6 +161,7 @@ fn subscribe(
             token: None,
             proxy_id: proxy_id.to_owned(),
             join_token: join_token.map(str::to_owned),
+            trust: sluice_control::ControlTrust::default(),
         },
         proxy.applier(),
     )
@@ -237,6 +240,7 @@ async fn join(
     let source = IdentitySource {
         url: url.to_owned(),
         join_token: token.to_owned(),
+        trust: sluice_control::ControlTrust::default(),
     };
     let identity = source.obtain().await.map_err(|e| e.to_string())?;
     let renewal = source.keep_renewed(Arc::clone(&identity));

@@ -34,9 +34,10 @@ impl DiscoveryFollower {
         url: String,
         token: Option<String>,
         proxy_id: String,
+        trust: sluice_control::ControlTrust,
     ) -> Self {
         Self {
-            task: tokio::spawn(follow(discovery, url, token, proxy_id)),
+            task: tokio::spawn(follow(discovery, url, token, proxy_id, trust)),
         }
     }
 }
@@ -47,7 +48,13 @@ impl Drop for DiscoveryFollower {
     }
 }
 
-async fn follow(discovery: Arc<Discovery>, url: String, token: Option<String>, proxy_id: String) {
+async fn follow(
+    discovery: Arc<Discovery>,
+    url: String,
+    token: Option<String>,
+    proxy_id: String,
+    trust: sluice_control::ControlTrust,
+) {
     let mut wanted = discovery.wanted();
     let mut retry = FIRST_RETRY;
     loop {
@@ -59,16 +66,21 @@ async fn follow(discovery: Arc<Discovery>, url: String, token: Option<String>, p
             }
             continue;
         }
-        let ended = stream(
-            &discovery,
-            &url,
-            token.as_deref(),
-            &proxy_id,
-            &services,
-            &mut wanted,
-            &mut retry,
-        )
-        .await;
+        let ended = match sluice_control::connect_with(&url, token.as_deref(), &trust).await {
+            Ok(client) => {
+                stream(
+                    client,
+                    &discovery,
+                    &url,
+                    &proxy_id,
+                    &services,
+                    &mut wanted,
+                    &mut retry,
+                )
+                .await
+            }
+            Err(error) => Ended::Failed(error.to_string()),
+        };
         discovery.set_connected(false);
         match ended {
             Ended::Wanted => continue,
@@ -83,18 +95,14 @@ async fn follow(discovery: Arc<Discovery>, url: String, token: Option<String>, p
 }
 
 async fn stream(
+    mut client: sluice_control::Client,
     discovery: &Discovery,
     url: &str,
-    token: Option<&str>,
     proxy_id: &str,
     services: &BTreeSet<String>,
     wanted: &mut tokio::sync::watch::Receiver<BTreeSet<String>>,
     retry: &mut Duration,
 ) -> Ended {
-    let mut client = match sluice_control::connect(url, token).await {
-        Ok(client) => client,
-        Err(error) => return Ended::Failed(error.to_string()),
-    };
     let request = DiscoverRequest {
         proxy_id: proxy_id.to_owned(),
         services: services.iter().cloned().collect(),

@@ -27,6 +27,8 @@ async fn start_control_on(
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
         name: None,
+        tls: false,
+        tls_names: Vec::new(),
         identity: sluice_control::IdentitySettings::default(),
     };
     RunningControl::start(settings, ProxyValidator::new())
@@ -227,6 +229,7 @@ async fn filters_go_on_a_named_route_and_come_off_again() {
     let settings = SubscriberSettings {
         url: url.clone(),
         join_token: None,
+        trust: sluice_control::ControlTrust::default(),
         token: None,
         proxy_id: "edge".into(),
     };
@@ -378,6 +381,8 @@ async fn a_guarded_service_refuses_calls_without_its_token() {
         max_module_size: 1 << 20,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
         name: None,
+        tls: false,
+        tls_names: Vec::new(),
         identity: sluice_control::IdentitySettings::default(),
     };
     let error = RunningControl::start(settings, ProxyValidator::new())

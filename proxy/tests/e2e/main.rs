@@ -10,6 +10,7 @@ mod balancing;
 mod binary;
 mod compat;
 mod control;
+mod control_tls;
 mod demo;
 mod discovery;
 mod docs;

@@ -17,6 +17,8 @@ async fn mesh_control(name: &str, cert_ttl: Duration) -> RunningControl {
         max_module_size: sluice_control::DEFAULT_MAX_MODULE_SIZE,
         lease_ttl: sluice_control::DEFAULT_LEASE_TTL,
         name: None,
+        tls: false,
+        tls_names: Vec::new(),
         identity: IdentitySettings {
             trust_domain: "mesh.test".to_owned(),
             cert_ttl,
@@ -48,6 +50,7 @@ async fn identity(
     let source = IdentitySource {
         url,
         join_token: token,
+        trust: sluice_control::ControlTrust::default(),
     };
     let identity = source.obtain().await.unwrap();
     (source, identity)
@@ -206,6 +209,7 @@ async fn a_wrong_join_token_or_a_missing_identity_is_a_clear_error() {
     let stranger = IdentitySource {
         url: format!("http://{}", control.address()),
         join_token: "sjt_not-a-token".to_owned(),
+        trust: sluice_control::ControlTrust::default(),
     };
     let error = stranger.obtain().await.unwrap_err().to_string();
     assert!(error.contains("unknown join token"), "{error}");

@@ -3,6 +3,7 @@
 
 mod import;
 mod registry;
+mod tls;
 mod versions;
 
 use std::time::Duration;
@@ -44,7 +45,7 @@ pub async fn issue_certificate(
     token: &str,
 ) -> Result<sluice_control::proto::IssueCertificateReply, tonic::Status> {
     let key = rcgen::KeyPair::generate().unwrap();
-    sluice_control::connect_identity(url)
+    sluice_control::connect_identity(url, &sluice_control::ControlTrust::default())
         .await
         .unwrap()
         .issue_certificate(sluice_control::proto::IssueCertificateRequest {

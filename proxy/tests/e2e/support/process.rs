@@ -143,6 +143,7 @@ impl Drop for SpawnedProxy {
 pub struct SpawnedControl {
     child: Child,
     pub url: String,
+    log: Arc<Mutex<String>>,
 }
 
 impl SpawnedControl {
@@ -157,9 +158,21 @@ impl SpawnedControl {
             .arg(data_dir)
             .args(arguments)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn({
+            let log = Arc::clone(&log);
+            move || {
+                for line in stderr.lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -169,7 +182,31 @@ impl SpawnedControl {
             .unwrap_or_else(|| panic!("unexpected first line from sluice control: {line:?}"))
             .trim()
             .to_owned();
-        Self { child, url }
+        Self { child, url, log }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The SHA-256 of its mesh CA, as it printed it at start.
+    pub fn ca_digest(&self) -> String {
+        for _ in 0..100 {
+            if let Some(digest) = self
+                .log()
+                .split("mesh CA sha256:")
+                .nth(1)
+                .and_then(|rest| rest.get(..64))
+            {
+                return digest.to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "sluice control never printed its CA digest:\n{}",
+            self.log()
+        );
     }
 }
 

@@ -15,6 +15,7 @@ pub async fn subscribed_proxy(
     let settings = SubscriberSettings {
         url: control.to_owned(),
         join_token: None,
+        trust: sluice_control::ControlTrust::default(),
         token: None,
         proxy_id: id.to_owned(),
     };
