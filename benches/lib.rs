@@ -1,5 +1,7 @@
 //! Shared by the benchmarks: the fixture filters, built once, and how latencies are reported.
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -13,20 +13,15 @@
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use sluice::control::{ControlSubscription, ProxyValidator, PushRequest, SubscriberSettings, push};
-use sluice_benches::{ms, percentile};
+use sluice::control::{ProxyValidator, push};
+use sluice_benches::{fleet, ms, percentile};
 use sluice_control::{ControlSettings, RunningControl};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -40,7 +35,7 @@ fn main() {
 async fn run() {
     let module = sluice_benches::fixture("headers").expect("fixture filters build");
     let (cold, cached) = compile_times(&module);
-    let upstream = start_upstream().await;
+    let upstream = fleet::start_upstream().await;
     let data_dir = std::env::temp_dir().join(format!("sluice-swap-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data_dir);
     let control = RunningControl::start(
@@ -63,22 +58,8 @@ async fn run() {
 
     let mut proxies = Vec::new();
     for index in 0..PROXIES {
-        let yaml = format!(
-            "workers: 1\nlisteners:\n  - name: main\n    address: 127.0.0.1:0\n    routes: [{{ match: {{ prefix: / }}, cluster: app }}]\nclusters: [{{ name: app, endpoints: [\"{upstream}\"] }}]\n"
-        );
-        let loaded = sluice::config::load_str(&yaml, Path::new("bench.yaml")).unwrap();
-        let proxy = sluice::RunningProxy::start(&loaded).await.unwrap();
-        let subscription = ControlSubscription::start(
-            SubscriberSettings {
-                url: url.clone(),
-                join_token: None,
-                trust: sluice_control::ControlTrust::default(),
-                token: None,
-                proxy_id: format!("proxy-{index}"),
-            },
-            proxy.applier(),
-        );
-        proxies.push((proxy, subscription));
+        proxies
+            .push(fleet::subscribed_proxy(upstream, url.clone(), format!("proxy-{index}")).await);
     }
     let addresses: Vec<SocketAddr> = proxies
         .iter()
@@ -92,7 +73,7 @@ async fn run() {
     for (index, address) in addresses.iter().enumerate() {
         let (tx, rx) = watch::channel(String::new());
         tags.push(rx);
-        latency_clients.push(tokio::spawn(client_loop(
+        latency_clients.push(tokio::spawn(fleet::client_loop(
             *address,
             tx,
             Arc::clone(&stop),
@@ -109,18 +90,9 @@ async fn run() {
     for swap in 0..=SWAPS {
         let tag = format!("v{swap}");
         let started = Instant::now();
-        let request = PushRequest {
-            to: None,
-            module: module.clone(),
-            name: "tagger".into(),
-            config: Some(tag.clone()),
-            vm_config: None,
-            listener: None,
-            fail_open: false,
-            canary_percent: None,
-            route: None,
-        };
-        push(&mut client, request).await.unwrap();
+        push(&mut client, fleet::tagger_push(&module, &tag))
+            .await
+            .unwrap();
         let returned = Instant::now();
         for rx in &mut tags {
             rx.wait_for(|seen| *seen == tag).await.unwrap();
@@ -165,51 +137,6 @@ async fn run() {
     latency_row(&format!("during the {SWAPS} swaps"), swapping);
     control.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
-}
-
-/// Sends requests back to back; publishes each response's tag. The first client also
-/// returns its latencies: the first 2000 before any swap, then those during the swaps.
-async fn client_loop(
-    address: SocketAddr,
-    tags: watch::Sender<String>,
-    stop: Arc<AtomicBool>,
-    measure: bool,
-) -> Option<(Vec<Duration>, Vec<Duration>)> {
-    let stream = TcpStream::connect(address).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let (mut quiet, mut swapping) = (Vec::new(), Vec::new());
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        let request = http::Request::get("/")
-            .header("host", "bench")
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let tag = response
-            .headers()
-            .get("x-wasm-tag")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        response.into_body().collect().await.unwrap();
-        if measure {
-            if tag.is_empty() && quiet.len() < 2000 {
-                quiet.push(started.elapsed());
-            } else if !tag.is_empty() {
-                swapping.push(started.elapsed());
-            }
-        }
-        tags.send_if_modified(|seen| {
-            let changed = *seen != tag;
-            *seen = tag;
-            changed
-        });
-        sender.ready().await.unwrap();
-    }
-    measure.then_some((quiet, swapping))
 }
 
 /// A cold compile (Cranelift, with the proxy's engine settings) against a plugin load that
@@ -259,27 +186,4 @@ fn latency_row(label: &str, mut samples: Vec<Duration>) {
         ms(percentile(&samples, 0.99)),
         ms(samples.last().copied().unwrap_or_default())
     );
-}
-
-async fn start_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"ok\n",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    address
 }

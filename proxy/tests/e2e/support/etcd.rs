@@ -1,6 +1,6 @@
 //! A real etcd cluster on loopback: Debian's `etcd-server`, which `.ci/run` installs. Members
 //! can be killed, stopped all together and started again on their data, as a lost machine
-//! or an outage would.
+//! or an outage would. Self-contained: the replica benchmark includes this file too.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -10,8 +10,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-use super::temp_folder;
 
 const ETCD: &str = "etcd";
 
@@ -49,7 +47,10 @@ impl EtcdCluster {
             );
             return None;
         }
-        let folder = temp_folder(name);
+        let folder =
+            std::env::temp_dir().join(format!("sluice-etcd-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir_all(&folder).unwrap();
         let members: Vec<Member> = (0..size)
             .map(|index| Member {
                 name: format!("m{index}"),
@@ -73,6 +74,11 @@ impl EtcdCluster {
         }
         cluster.wait_healthy(Duration::from_secs(30)).await;
         Some(cluster)
+    }
+
+    /// Each member's client address.
+    pub fn clients(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(|m| m.client).collect()
     }
 
     /// `--store` for `sluice control`.
@@ -157,6 +163,9 @@ impl EtcdCluster {
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         self.kill_all();
+        if let Some(folder) = self.members.first().and_then(|m| m.data_dir.parent()) {
+            let _ = std::fs::remove_dir_all(folder);
+        }
     }
 }
 
