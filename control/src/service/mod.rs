@@ -219,7 +219,13 @@ impl Control for ControlService {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.start_subscription(request.into_inner())
+        // Known when the proxy subscribed with mutual TLS, showing its workload certificate.
+        let spiffe_id = request
+            .extensions()
+            .get::<crate::tls::ControlPeer>()
+            .and_then(|peer| peer.spiffe_id.clone())
+            .unwrap_or_default();
+        self.start_subscription(request.into_inner(), spiffe_id)
             .await
             .map(Response::new)
     }

@@ -29,6 +29,8 @@ pub(super) struct SharedRecord {
     pub services: Vec<String>,
     pub registration_error: String,
     pub seen_unix: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub spiffe_id: String,
 }
 
 /// Writes this replica's proxy records to etcd, in order, and reads everyone's.
@@ -78,6 +80,7 @@ impl ProxyBook {
                     services: record.services,
                     registration_error: record.registration_error,
                     replica: record.replica,
+                    spiffe_id: record.spiffe_id,
                 })
             })
             .collect())

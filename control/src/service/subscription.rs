@@ -25,6 +25,7 @@ pub(super) struct ProxyRecord {
     seen: Instant,
     services: Vec<String>,
     registration_error: String,
+    spiffe_id: String,
 }
 
 // === impl ControlService (subscriptions) ===
@@ -33,6 +34,7 @@ impl ControlService {
     pub(super) async fn start_subscription(
         &self,
         request: SubscribeRequest,
+        spiffe_id: String,
     ) -> Result<ReceiverStream<Result<ConfigUpdate, Status>>, Status> {
         let id = request.proxy_id.clone();
         if id.is_empty() {
@@ -66,12 +68,14 @@ impl ControlService {
                 seen: Instant::now(),
                 services: Vec::new(),
                 registration_error: String::new(),
+                spiffe_id: String::new(),
             });
             record.subscriptions += 1;
             record.applied = request.applied_version;
             record.seen = Instant::now();
             record.services = facts.services.clone();
             record.registration_error.clone_from(&registration_error);
+            record.spiffe_id = spiffe_id;
             self.share(&id, record);
         }
         tracing::info!(proxy = %id, applied = request.applied_version, services = ?facts.services, "proxy subscribed");
@@ -146,6 +150,7 @@ impl ControlService {
                     services: record.services.clone(),
                     registration_error: record.registration_error.clone(),
                     seen_unix: now_unix(),
+                    spiffe_id: record.spiffe_id.clone(),
                 },
             );
         }
@@ -183,6 +188,7 @@ impl ControlService {
                 services: record.services.clone(),
                 registration_error: record.registration_error.clone(),
                 replica: replica.clone(),
+                spiffe_id: record.spiffe_id.clone(),
             })
             .collect();
         StatusReply {

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -15,12 +15,16 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::store::sha256_hex;
 
-/// How a client checks the control service it reaches over `https://`.
+/// How a client checks the control service it reaches over `https://`, and the certificate
+/// it shows in turn, if it has one.
 #[derive(Clone, Default)]
 pub struct ControlTrust {
     roots: Vec<CertificateDer<'static>>,
     /// The SHA-256 (hex) of the mesh CA's certificate.
     pinned: Option<String>,
+    /// A proxy's workload certificate: it subscribes with mutual TLS, so the control
+    /// service knows its SPIFFE ID.
+    client_certificate: Option<Arc<dyn ResolvesClientCert>>,
 }
 
 // === impl ControlTrust ===
@@ -29,8 +33,8 @@ impl ControlTrust {
     /// Trusts the CA whose certificate has this SHA-256 (hex).
     pub fn pinned(digest: &str) -> Self {
         Self {
-            roots: Vec::new(),
             pinned: Some(digest.to_ascii_lowercase()),
+            ..Self::default()
         }
     }
 
@@ -72,6 +76,12 @@ impl ControlTrust {
         Ok(trust)
     }
 
+    /// Shows the certificate `resolver` gives (kept current as it renews) to the replica.
+    pub fn with_client_certificate(mut self, resolver: Arc<dyn ResolvesClientCert>) -> Self {
+        self.client_certificate = Some(resolver);
+        self
+    }
+
     /// Whether it can check anything at all.
     pub fn is_empty(&self) -> bool {
         self.roots.is_empty() && self.pinned.is_none()
@@ -98,12 +108,15 @@ impl ControlTrust {
             pinned: self.pinned.clone(),
             provider: provider.clone(),
         };
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut config = match &self.client_certificate {
+            Some(resolver) => builder.with_client_cert_resolver(Arc::clone(resolver)),
+            None => builder.with_no_client_auth(),
+        };
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
     }

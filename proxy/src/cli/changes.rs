@@ -200,8 +200,8 @@ fn print_status(status: &StatusReply) {
         println!("partial: {}", status.partial);
     }
     println!(
-        "{:<28} {:<13} {:>7}  {:<20} {:<24} note",
-        "proxy", "state", "applied", "services", "replica"
+        "{:<28} {:<13} {:>7}  {:<20} {:<24} {:<40} note",
+        "proxy", "state", "applied", "services", "replica", "identity (mutual TLS)"
     );
     for proxy in &status.proxies {
         let state = if proxy.connected {
@@ -224,8 +224,13 @@ fn print_status(status: &StatusReply) {
         } else {
             proxy.services.join(",")
         };
+        let identity = if proxy.spiffe_id.is_empty() {
+            "-"
+        } else {
+            &proxy.spiffe_id
+        };
         println!(
-            "{:<28} {:<13} {:>7}  {:<20} {:<24} {note}",
+            "{:<28} {:<13} {:>7}  {:<20} {:<24} {identity:<40} {note}",
             proxy.proxy_id, state, proxy.applied_version, services, proxy.replica
         );
     }

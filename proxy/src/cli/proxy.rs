@@ -53,7 +53,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
     }
     // An https:// control service is checked by the CA the join token names (or the
     // environment's SLUICE_CONTROL_CA / SLUICE_CONTROL_CA_SHA256).
-    let trust = sluice_control::ControlTrust::for_join_token(join_token.as_deref())
+    let mut trust = sluice_control::ControlTrust::for_join_token(join_token.as_deref())
         .map_err(Failure::usage)?;
     let renewal = match (&args.control, &join_token) {
         (Some(url), Some(token)) => {
@@ -64,6 +64,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), Failure> {
             };
             let identity = source.obtain().await.map_err(Failure::runtime)?;
             loaded.mesh = Some(Arc::clone(&identity));
+            // Once it has its workload certificate, the proxy subscribes with mutual TLS.
+            trust = trust.with_client_certificate(Arc::new(sluice::tls::CurrentCertificate(
+                Arc::clone(&identity),
+            )));
             Some(source.keep_renewed(identity))
         }
         _ => None,

@@ -15,7 +15,7 @@ mod sni;
 pub use certs::{CertError, CertificateFacts};
 pub use client::ClientTls;
 pub use info::TlsInfo;
-pub use mesh::{IssuedIdentity, MeshIdentity, UnusableCertificate};
+pub use mesh::{CurrentCertificate, IssuedIdentity, MeshIdentity, UnusableCertificate};
 pub use names::NameTable;
 pub use peek::{PeekError, read_server_name};
 pub use server::{Accepted, HandshakeError, ServerTls, TlsConfigError};

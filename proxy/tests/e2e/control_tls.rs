@@ -82,10 +82,10 @@ async fn a_proxy_checks_the_replica_by_the_ca_its_join_token_names_then_follows_
     );
     let status = text(&cli(&control).arg("status").output().unwrap());
     assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("tls-proxy") && l.contains("connected")),
-        "{status}"
+        status.lines().any(|l| l.starts_with("tls-proxy")
+            && l.contains("connected")
+            && l.contains("spiffe://sluice.local/ns/shop/sa/cart")),
+        "the proxy subscribed with its workload certificate: {status}"
     );
     // `/ready` is served on the same TLS port.
     let ready = Command::new("curl")
