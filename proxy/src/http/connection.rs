@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use super::frame_guard::FrameGuard;
 use super::send_timeout::SendTimeout;
 
 use hyper::service::service_fn;
@@ -90,6 +91,8 @@ pub struct ConnectionSettings {
     pub header_timeouts: prometheus::IntCounter,
     pub send_timeouts: prometheus::IntCounter,
     pub reset_floods: prometheus::IntCounter,
+    /// HTTP/2 connections cut off for frame floods (see `frame_guard`).
+    pub frame_floods: prometheus::IntCounter,
     /// HTTP/2: most streams a client may have open at once.
     pub max_concurrent_streams: u32,
 }
@@ -230,10 +233,13 @@ pub async fn serve_http<S>(
         .max_header_list_size(u32::try_from(settings.max_request_headers_size).unwrap_or(u32::MAX))
         .max_concurrent_streams(settings.max_concurrent_streams);
     let service = service_fn(move |request| handle(Rc::clone(&conn), request));
-    let stream = SendTimeout::new(
-        stream,
-        settings.send_timeout,
-        settings.send_timeouts.clone(),
+    let stream = FrameGuard::new(
+        SendTimeout::new(
+            stream,
+            settings.send_timeout,
+            settings.send_timeouts.clone(),
+        ),
+        settings.frame_floods.clone(),
     );
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);

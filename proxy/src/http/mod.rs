@@ -4,6 +4,7 @@
 mod body;
 mod connection;
 mod deadline;
+mod frame_guard;
 pub mod grpc_reply;
 mod headers;
 mod local_reply;

@@ -86,6 +86,7 @@ pub async fn accept_loop(
                     header_timeouts: listener.stats.header_timeouts.clone(),
                     send_timeouts: listener.stats.send_timeouts.clone(),
                     reset_floods: listener.stats.reset_floods.clone(),
+                    frame_floods: listener.stats.frame_floods.clone(),
                     max_concurrent_streams: listener.max_concurrent_streams,
                 };
                 let metrics = Arc::clone(&worker.state.metrics);

@@ -18,6 +18,7 @@ mod extensions;
 mod failures;
 mod file_mode;
 mod forwarding;
+mod frame_floods;
 mod hot_swap;
 mod malformed;
 mod mesh;

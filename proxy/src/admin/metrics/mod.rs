@@ -251,6 +251,7 @@ impl Metrics {
             send_timeouts: self.cutoff(listener, "send_timeout"),
             max_connections_refused: self.cutoff(listener, "max_connections"),
             reset_floods: self.cutoff(listener, "premature_resets"),
+            frame_floods: self.cutoff(listener, "frame_flood"),
         }
     }
 

@@ -29,6 +29,8 @@ pub struct ListenerStats {
     pub max_connections_refused: IntCounter,
     /// Connections cut off because their client reset too many requests before the answer.
     pub reset_floods: IntCounter,
+    /// HTTP/2 connections cut off for floods of control or empty frames.
+    pub frame_floods: IntCounter,
 }
 
 impl RouteStats {
