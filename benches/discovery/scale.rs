@@ -62,6 +62,7 @@ pub async fn scale(control: &ControlProcess, token: &str) {
                 applied_version: 0,
                 registrations,
                 join_token: token.to_owned(),
+                sequence: 0,
             })
             .await
             .unwrap()
@@ -143,6 +144,7 @@ pub async fn scale(control: &ControlProcess, token: &str) {
                             labels: Default::default(),
                         }],
                         join_token: token.to_owned(),
+                        sequence: 0,
                     })
                     .await
                     .unwrap()
@@ -153,6 +155,7 @@ pub async fn scale(control: &ControlProcess, token: &str) {
                     .deregister(DeregisterRequest {
                         proxy_id: "churn".into(),
                         join_token: token.to_owned(),
+                        sequence: 0,
                     })
                     .await
                     .unwrap();

@@ -30,6 +30,10 @@ pub enum ConnectError {
     Unreachable { url: String, reason: String },
     #[error("cannot reach any of the control services: {0}")]
     NoneReachable(String),
+    /// The replica answered, but its certificate is not one to trust: a configuration
+    /// problem (the wrong CA, or a name its certificate lacks), not a network one.
+    #[error("refusing the control service at {url}: {reason}")]
+    Untrusted { url: String, reason: String },
 }
 
 /// The operators' identity client (join tokens), with the bearer token.
@@ -209,9 +213,20 @@ async fn channel_to(url: &str, trust: &ControlTrust) -> Result<Channel, ConnectE
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    let unreachable = |error: tonic::transport::Error| ConnectError::Unreachable {
-        url: url.to_owned(),
-        reason: chain(&error),
+    let unreachable = |error: tonic::transport::Error| {
+        let reason = chain(&error);
+        // rustls refused the certificate: the handshake reached a server.
+        if reason.contains("invalid peer certificate") || reason.contains("mesh CA pinned") {
+            ConnectError::Untrusted {
+                url: url.to_owned(),
+                reason,
+            }
+        } else {
+            ConnectError::Unreachable {
+                url: url.to_owned(),
+                reason,
+            }
+        }
     };
     let Some(config) = tls else {
         return endpoint.connect().await.map_err(unreachable);

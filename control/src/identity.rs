@@ -89,7 +89,10 @@ impl Identity for IdentityService {
         &self,
         request: Request<IssueCertificateRequest>,
     ) -> Result<Response<IssueCertificateReply>, Status> {
-        let peer = request.remote_addr();
+        let peer = request
+            .extensions()
+            .get::<crate::tls::ControlPeer>()
+            .and_then(|peer| peer.address);
         let request = request.into_inner();
         let grant = self
             .tokens

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-use crate::store::{EtcdStore, StoreError};
+use crate::store::{EtcdStore, StoreError, WatchTask};
 
 pub use checks::{check_label_key, check_registrations, check_service_name};
 use view::RegistryView;
@@ -73,6 +73,8 @@ pub struct Registry {
     settled_at: Instant,
     /// The etcd store when replicas share the registry; `None`: this process keeps it.
     shared: Option<EtcdStore>,
+    /// The watch feeding a shared registry, stopped with it.
+    watch_task: Mutex<Option<WatchTask>>,
     /// Each watcher's progress: the last change it has sent on (see [`Registry::deregister`]).
     watchers: Mutex<Vec<watch::Receiver<u64>>>,
     /// Woken when a lease starts running out, so the sweeper sleeps until the earliest one.
@@ -137,6 +139,7 @@ impl Registry {
             ttl,
             settled_at,
             shared,
+            watch_task: Mutex::default(),
             watchers: Mutex::default(),
             lease_started: tokio::sync::Notify::new(),
             watched: Mutex::default(),
@@ -173,6 +176,19 @@ impl Registry {
         identity: &str,
         instances: Vec<Registration>,
     ) -> RegistrationGuard {
+        self.register_at(0, proxy_id, identity, instances)
+    }
+
+    /// As [`Registry::register`], for the proxy's subscription number `sequence` (see
+    /// `SubscribeRequest.sequence`): with a shared registry, an older subscription's late
+    /// write does not replace a newer one's.
+    pub fn register_at(
+        self: &Arc<Self>,
+        sequence: u64,
+        proxy_id: &str,
+        identity: &str,
+        instances: Vec<Registration>,
+    ) -> RegistrationGuard {
         let keeper = match &self.shared {
             None => {
                 let changed = self
@@ -188,6 +204,7 @@ impl Registry {
                 Some(shared::LeaseKeeper::start(
                     store.clone(),
                     proxy_id,
+                    sequence,
                     record,
                     self.ttl,
                 ))
@@ -208,6 +225,17 @@ impl Registry {
         proxy_id: &str,
         identity: &str,
     ) -> Result<usize, DeregisterError> {
+        self.deregister_at(0, proxy_id, identity).await
+    }
+
+    /// As [`Registry::deregister`]; with a shared registry, subscriptions of the proxy before
+    /// `sequence` cannot register it again.
+    pub async fn deregister_at(
+        &self,
+        sequence: u64,
+        proxy_id: &str,
+        identity: &str,
+    ) -> Result<usize, DeregisterError> {
         let removed = {
             let view = self.view();
             let Some(holder) = view.holder(proxy_id) else {
@@ -222,7 +250,7 @@ impl Registry {
             holder.instances.len()
         };
         if let Some(store) = &self.shared {
-            shared::withdraw(store, proxy_id).await?;
+            shared::withdraw(store, proxy_id, sequence).await?;
         }
         let changed = self.view().release(proxy_id, self.settling());
         let Some(sequence) = self.announce(changed) else {

@@ -40,19 +40,32 @@ fn key(proxy_id: &str) -> String {
     format!("registry/{proxy_id}")
 }
 
+/// The sequence of the newest subscription (or deregistration) of a proxy: claims of older
+/// ones no longer write its registrations.
+fn fence(proxy_id: &str) -> String {
+    format!("registry-fence/{proxy_id}")
+}
+
 // === impl LeaseKeeper ===
 
 impl LeaseKeeper {
-    /// Writes `record` for `proxy_id` and keeps its lease alive until dropped. etcd being
-    /// away delays the write, retried with backoff; the local view has the record already.
+    /// Writes `record` for `proxy_id`'s subscription number `sequence` and keeps its lease
+    /// alive until dropped. etcd being away delays the write, retried with backoff; the
+    /// local view has the record already. A newer subscription's claim ends it.
     pub fn start(
         store: EtcdStore,
         proxy_id: &str,
+        sequence: u64,
         record: RegistrationRecord,
         ttl: Duration,
     ) -> Self {
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(keep(store, key(proxy_id), record, ttl, stopped));
+        let claim = Claim {
+            path: key(proxy_id),
+            fence: fence(proxy_id),
+            sequence,
+        };
+        tokio::spawn(keep(store, claim, record, ttl, stopped));
         Self { stop: Some(stop) }
     }
 }
@@ -65,9 +78,16 @@ impl Drop for LeaseKeeper {
     }
 }
 
+/// Where a keeper writes, and the subscription it writes for.
+struct Claim {
+    path: String,
+    fence: String,
+    sequence: u64,
+}
+
 async fn keep(
     store: EtcdStore,
-    path: String,
+    claim: Claim,
     record: RegistrationRecord,
     ttl: Duration,
     mut stopped: oneshot::Receiver<()>,
@@ -75,24 +95,33 @@ async fn keep(
     let Ok(json) = serde_json::to_vec(&record) else {
         return;
     };
+    let path = &claim.path;
     let mut retry = FIRST_RETRY;
     loop {
         let held = async {
             let lease = store.grant_lease(ttl).await?;
-            store.put_leased(&path, &json, lease).await?;
-            Ok::<i64, StoreError>(lease)
+            let claimed = store
+                .claim(path, &json, &claim.fence, claim.sequence, lease)
+                .await?;
+            Ok::<Option<i64>, StoreError>(claimed.then_some(lease))
         };
+        // A claim in flight when the subscription ends still lands: the fence keeps a late
+        // one from overwriting a newer subscription's.
         let outcome = tokio::select! {
             held = held => held,
             _ = &mut stopped => return,
         };
         let why = match outcome {
-            Ok(lease) => {
+            Ok(None) => {
+                tracing::info!(key = %path, "a newer subscription of this proxy holds its registrations");
+                return;
+            }
+            Ok(Some(lease)) => {
                 retry = FIRST_RETRY;
                 tokio::select! {
                     why = store.keep_alive(lease, ttl) => why,
                     _ = &mut stopped => {
-                        mark_disconnected(&store, &path, &record, lease).await;
+                        mark_disconnected(&store, path, &record, lease).await;
                         return;
                     }
                 }
@@ -149,7 +178,7 @@ impl Registry {
 
 /// Fed by the watch on etcd's `registry/`.
 impl Mirror for Registry {
-    fn reset(&self, entries: Vec<(String, Vec<u8>)>) {
+    fn reset(&self, entries: Vec<(String, Vec<u8>)>, _restored: bool) {
         let records: Vec<(String, RegistrationRecord)> = entries
             .into_iter()
             .filter_map(|(proxy_id, value)| readable(&proxy_id, &value).map(|r| (proxy_id, r)))
@@ -200,13 +229,24 @@ pub(super) async fn follow(registry: &Arc<Registry>, store: &EtcdStore) {
             }
         }
     };
-    registry.reset(entries);
+    registry.reset(entries, false);
     let weak: Weak<Registry> = Arc::downgrade(registry);
     let mirror: Weak<dyn Mirror> = weak;
-    store.follow("registry/", mirror, revision);
+    *registry
+        .watch_task
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        Some(store.follow("registry/", mirror, revision));
 }
 
-/// Withdraws `proxy_id`'s registrations from etcd.
-pub(super) async fn withdraw(store: &EtcdStore, proxy_id: &str) -> Result<(), StoreError> {
-    store.delete(&key(proxy_id)).await
+/// Withdraws `proxy_id`'s registrations from etcd; subscriptions before `sequence` cannot
+/// write them again.
+pub(super) async fn withdraw(
+    store: &EtcdStore,
+    proxy_id: &str,
+    sequence: u64,
+) -> Result<(), StoreError> {
+    store
+        .withdraw(&key(proxy_id), &fence(proxy_id), sequence)
+        .await
 }

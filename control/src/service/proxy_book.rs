@@ -1,14 +1,17 @@
 //! What `sluice status` shows of proxies subscribed to other replicas. With etcd, each replica
 //! writes every change to its proxies' records (subscribed, acknowledged, gone) to
-//! `proxies/<proxy id>`. A connected proxy's record is held by the replica's lease, so a
-//! replica that dies takes its proxies' records with it until they subscribe elsewhere; a
-//! disconnected one's stays, and `status` forgets it an hour later, as a single service does.
+//! `proxies/<proxy id>`, held by the replica's lease: a replica that dies takes its proxies'
+//! records with it until they subscribe elsewhere. A disconnected proxy's record is written
+//! only over this replica's own (one that moved on is the other replica's to record), and
+//! deleted an hour later, when `status` forgets it, as a single service does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{Notify, watch};
 
 use crate::proto::ProxyStatus;
 use crate::store::{EtcdStore, StoreError, now_unix};
@@ -33,10 +36,12 @@ pub(super) struct SharedRecord {
     pub spiffe_id: String,
 }
 
-/// Writes this replica's proxy records to etcd, in order, and reads everyone's.
+/// Writes this replica's proxy records to etcd (the latest of each, so an etcd outage
+/// piles nothing up), and reads everyone's.
 pub(super) struct ProxyBook {
     store: EtcdStore,
-    writes: mpsc::UnboundedSender<(String, SharedRecord)>,
+    pending: Arc<Mutex<BTreeMap<String, SharedRecord>>>,
+    wake: Arc<Notify>,
 }
 
 fn key(proxy_id: &str) -> String {
@@ -47,15 +52,29 @@ fn key(proxy_id: &str) -> String {
 
 impl ProxyBook {
     pub fn start(store: EtcdStore) -> Self {
-        let (writes, queue) = mpsc::unbounded_channel();
+        let pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let wake = Arc::new(Notify::new());
         let lease = store.replica_lease(REPLICA_LEASE_TTL);
-        tokio::spawn(write_in_order(store.clone(), queue, lease));
-        Self { store, writes }
+        tokio::spawn(write_latest(
+            store.clone(),
+            Arc::downgrade(&pending),
+            Arc::clone(&wake),
+            lease,
+        ));
+        Self {
+            store,
+            pending,
+            wake,
+        }
     }
 
-    /// Records `proxy_id` as it is now (written in the background, in order).
+    /// Records `proxy_id` as it is now (written in the background).
     pub fn record(&self, proxy_id: &str, record: SharedRecord) {
-        let _ = self.writes.send((proxy_id.to_owned(), record));
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(proxy_id.to_owned(), record);
+        self.wake.notify_one();
     }
 
     /// Every replica's proxies, by id.
@@ -87,24 +106,36 @@ impl ProxyBook {
     }
 }
 
-/// Puts each record as it comes; when the replica's lease is new (etcd came back, or the
-/// old lease ran out), puts the connected ones again under it.
-async fn write_in_order(
+/// Puts the latest record of each proxy as they come, all under the replica's lease, and
+/// only over a record this replica wrote (a proxy that moved to another replica is that
+/// one's to record). When the lease is new (etcd came back, or the old one ran out), puts
+/// the connected ones again; disconnected ones are deleted an hour on.
+async fn write_latest(
     store: EtcdStore,
-    mut queue: mpsc::UnboundedReceiver<(String, SharedRecord)>,
+    pending: Weak<Mutex<BTreeMap<String, SharedRecord>>>,
+    wake: Arc<Notify>,
     mut lease: watch::Receiver<Option<i64>>,
 ) {
     let mut connected: BTreeMap<String, SharedRecord> = BTreeMap::new();
+    let mut gone: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(600));
     loop {
         tokio::select! {
-            next = queue.recv() => {
-                let Some((proxy_id, record)) = next else { return };
+            () = wake.notified() => {
+                let Some(pending) = pending.upgrade() else { return };
+                let batch = std::mem::take(
+                    &mut *pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
                 let current = *lease.borrow();
-                put(&store, &proxy_id, &record, current).await;
-                if record.connected {
-                    connected.insert(proxy_id, record);
-                } else {
-                    connected.remove(&proxy_id);
+                for (proxy_id, record) in batch {
+                    put(&store, &proxy_id, &record, current).await;
+                    if record.connected {
+                        gone.remove(&proxy_id);
+                        connected.insert(proxy_id, record);
+                    } else {
+                        connected.remove(&proxy_id);
+                        gone.insert(proxy_id, record.seen_unix);
+                    }
                 }
             }
             changed = lease.changed() => {
@@ -118,6 +149,19 @@ async fn write_in_order(
                     }
                 }
             }
+            _ = sweep.tick() => {
+                let Some(current) = *lease.borrow() else { continue };
+                let now = now_unix();
+                let forgotten: Vec<String> = gone
+                    .iter()
+                    .filter(|(_, seen)| now.saturating_sub(**seen) > FORGET_AFTER_SECS)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for proxy_id in forgotten {
+                    gone.remove(&proxy_id);
+                    let _ = store.delete_if_leased(&key(&proxy_id), current).await;
+                }
+            }
         }
     }
 }
@@ -126,11 +170,15 @@ async fn put(store: &EtcdStore, proxy_id: &str, record: &SharedRecord, lease: Op
     let Ok(json) = serde_json::to_vec(record) else {
         return;
     };
-    let written = match (record.connected, lease) {
-        (true, Some(lease)) => store.put_leased(&key(proxy_id), &json, lease).await,
-        // Written when the replica has a lease again.
-        (true, None) => Ok(()),
-        (false, _) => store.put_path(&key(proxy_id), &json).await,
+    // Without a lease (etcd away), written when the replica has one again.
+    let Some(lease) = lease else { return };
+    let written = if record.connected {
+        store.put_leased(&key(proxy_id), &json, lease).await
+    } else {
+        store
+            .put_if_leased(&key(proxy_id), &json, lease)
+            .await
+            .map(drop)
     };
     if let Err(error) = written {
         tracing::warn!(proxy = proxy_id, %error, "could not record the proxy in etcd; `sluice status` through other replicas may lag");

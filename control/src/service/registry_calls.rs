@@ -56,10 +56,12 @@ impl ControlService {
             .iter()
             .flat_map(|i| i.labels.iter().map(|(k, v)| (k.clone(), v.clone())))
             .collect();
-        let guard = self
-            .shared
-            .registry
-            .register(&request.proxy_id, &identity, instances);
+        let guard = self.shared.registry.register_at(
+            request.sequence,
+            &request.proxy_id,
+            &identity,
+            instances,
+        );
         Ok(Some(HeldRegistration {
             guard,
             facts: ProxyFacts {
@@ -114,7 +116,7 @@ impl ControlService {
         let removed = self
             .shared
             .registry
-            .deregister(&request.proxy_id, &identity)
+            .deregister_at(request.sequence, &request.proxy_id, &identity)
             .await
             .map_err(|error| match error {
                 crate::registry::DeregisterError::NotYours(why) => Status::permission_denied(why),

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub use dir::DirStore;
 pub(crate) use dir::{write_atomically, write_private};
-pub use etcd::{EtcdSettings, EtcdStore, Mirror};
+pub use etcd::{EtcdSettings, EtcdStore, Mirror, WatchTask};
 pub use import::{ImportError, Imported, import_data_dir};
 pub use versions::{Published, VersionLog};
 
@@ -96,6 +96,7 @@ pub struct Store {
     backend: Backend,
     /// Held here; the etcd watch feeds it through a weak handle, and stops with it.
     versions: Arc<VersionLog>,
+    _watch: Option<WatchTask>,
 }
 
 enum Backend {
@@ -117,6 +118,7 @@ impl Store {
                 Ok(Self {
                     backend: Backend::Dir(Mutex::new(dir), path.clone()),
                     versions,
+                    _watch: None,
                 })
             }
             StoreLocation::Etcd(settings) => {
@@ -125,10 +127,11 @@ impl Store {
                 let versions = Arc::new(VersionLog::new(records));
                 let weak = Arc::downgrade(&versions);
                 let mirror: std::sync::Weak<dyn Mirror> = weak;
-                etcd.follow("versions/", mirror, revision);
+                let watch = etcd.follow("versions/", mirror, revision);
                 Ok(Self {
                     backend: Backend::Etcd(etcd),
                     versions,
+                    _watch: Some(watch),
                 })
             }
         }

@@ -105,12 +105,20 @@ impl VersionLog {
 
 /// Fed by the watch on etcd's `versions/`.
 impl super::Mirror for VersionLog {
-    fn reset(&self, entries: Vec<(String, Vec<u8>)>) {
-        let records = entries
+    fn reset(&self, entries: Vec<(String, Vec<u8>)>, restored: bool) {
+        let records: Vec<VersionRecord> = entries
             .iter()
             .filter_map(|(name, value)| readable(name, value))
             .collect();
-        self.replace(records);
+        if restored {
+            self.replace(records);
+        } else {
+            // Versions are only ever added: a read older than a version this replica wrote
+            // since must not take the current version back.
+            for record in records {
+                self.learn(record);
+            }
+        }
     }
 
     fn put(&self, name: &str, value: &[u8]) {

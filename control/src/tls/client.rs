@@ -71,6 +71,11 @@ impl ControlTrust {
     pub fn for_join_token(join_token: Option<&str>) -> Result<Self, String> {
         let mut trust = Self::from_env()?;
         if let Some((_, Some(digest))) = join_token.map(crate::tokens::split_token) {
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(
+                    "the join token's CA digest (after the '.') is not 64 hex digits: the token file is damaged; make a new one with `sluice join-token`".into(),
+                );
+            }
             trust.pinned = Some(digest.to_ascii_lowercase());
         }
         Ok(trust)

@@ -93,6 +93,7 @@ impl ControlSubscription {
             let request = DeregisterRequest {
                 proxy_id: settings.proxy_id.clone(),
                 join_token,
+                sequence: subscription_sequence(),
             };
             let removed = client
                 .deregister(request)
@@ -133,6 +134,8 @@ enum Ended {
     Failed(String),
     /// The service refused our token.
     Refused(String),
+    /// The service's certificate is not one to trust (another mesh's CA, a name it lacks).
+    Untrusted(String),
     /// The file's `register:` changed: subscribe again with the new set.
     Reregister,
 }
@@ -171,6 +174,10 @@ async fn follow(settings: SubscriberSettings, applier: ConfigApplier) {
                 tracing::error!(url = %settings.url, %error, "the control service refused this proxy; check SLUICE_CONTROL_TOKEN. Keeping the last good config");
                 RETRY_AFTER_REFUSAL
             }
+            Ended::Untrusted(error) => {
+                tracing::error!(%error, "not subscribing: the control service's certificate is not one this proxy trusts (check --control and the join token's CA). Keeping the last good config");
+                RETRY_AFTER_REFUSAL
+            }
             Ended::Reregister => continue,
         };
         // Jitter keeps a fleet of proxies from reconnecting in lockstep.
@@ -197,6 +204,9 @@ impl Subscriber {
         .await
         {
             Ok(connected) => connected,
+            Err(error @ sluice_control::ConnectError::Untrusted { .. }) => {
+                return Ended::Untrusted(error.to_string());
+            }
             Err(error) => return Ended::Failed(error.to_string()),
         };
         // The next subscription starts with the next replica: one that failed or shut down
@@ -217,6 +227,7 @@ impl Subscriber {
             applied_version: self.running.as_ref().map_or(0, |(v, _)| *v),
             registrations: register,
             join_token: settings.join_token.clone().unwrap_or_default(),
+            sequence: subscription_sequence(),
         };
         let mut updates = match client.subscribe(request).await {
             Ok(updates) => updates.into_inner(),
@@ -351,6 +362,24 @@ async fn ack(
         error: outcome.err().unwrap_or_default(),
     };
     client.acknowledge(ack).await.map(drop)
+}
+
+/// The number of a new subscription (or deregistration): this machine's clock in
+/// microseconds, and always more than the last, so it grows across restarts of the proxy too.
+/// With control replicas, the newest subscription's registrations win.
+fn subscription_sequence() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let previous = LAST
+        .fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |last| Some(now.max(last + 1)),
+        )
+        .unwrap_or(0);
+    now.max(previous + 1)
 }
 
 fn ended(status: &tonic::Status) -> Ended {

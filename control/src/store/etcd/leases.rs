@@ -117,6 +117,58 @@ impl EtcdStore {
         Ok(self.txn(&txn).await?.succeeded())
     }
 
+    /// Sets `path` to `value` and `fence` to `sequence`, both held by `lease`, unless `fence`
+    /// already holds a greater sequence: a newer holder claimed it (or withdrew it). Returns
+    /// whether this claim holds. Sequence 0 (a client that sends none) always claims.
+    pub async fn claim(
+        &self,
+        path: &str,
+        value: &[u8],
+        fence: &str,
+        sequence: u64,
+        lease: i64,
+    ) -> Result<bool, StoreError> {
+        let (key, fence) = (self.key(path), self.key(fence));
+        let stamp = format!("{sequence:020}");
+        let leased = || Some(PutOptions::new().with_lease(lease));
+        let puts = vec![
+            TxnOp::put(fence.clone(), stamp.clone(), leased()),
+            TxnOp::put(key, value, leased()),
+        ];
+        let newer = if sequence == 0 {
+            // Never true: claims unconditionally.
+            vec![Compare::version(fence, CompareOp::Less, 0)]
+        } else {
+            vec![Compare::value(fence, CompareOp::Greater, stamp)]
+        };
+        let txn = Txn::new().when(newer).or_else(puts);
+        Ok(!self.txn(&txn).await?.succeeded())
+    }
+
+    /// Deletes `path` and sets `fence` to `sequence` for an hour, so no claim older than
+    /// `sequence` (a subscription still ending) writes `path` again.
+    pub async fn withdraw(&self, path: &str, fence: &str, sequence: u64) -> Result<(), StoreError> {
+        let lease = self.grant_lease(Duration::from_secs(3600)).await?;
+        let txn = Txn::new().and_then(vec![
+            TxnOp::delete(self.key(path), None),
+            TxnOp::put(
+                self.key(fence),
+                format!("{sequence:020}"),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        ]);
+        self.txn(&txn).await.map(drop)
+    }
+
+    /// Deletes `path` only while `lease` holds it.
+    pub async fn delete_if_leased(&self, path: &str, lease: i64) -> Result<bool, StoreError> {
+        let key = self.key(path);
+        let txn = Txn::new()
+            .when(vec![Compare::lease(key.clone(), CompareOp::Equal, lease)])
+            .and_then(vec![TxnOp::delete(key, None)]);
+        Ok(self.txn(&txn).await?.succeeded())
+    }
+
     /// Deletes `path`.
     pub async fn delete(&self, path: &str) -> Result<(), StoreError> {
         let key = self.key(path);

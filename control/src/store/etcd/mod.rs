@@ -19,7 +19,7 @@ mod leases;
 mod modules;
 mod watch;
 
-pub use watch::Mirror;
+pub use watch::{Mirror, WatchTask};
 
 use std::sync::Arc;
 use std::time::Duration;

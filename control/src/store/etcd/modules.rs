@@ -19,6 +19,17 @@ struct ModuleMeta {
 // === impl EtcdStore (modules) ===
 
 impl EtcdStore {
+    /// Drops a damaged module's meta key, so uploading it again writes every chunk anew
+    /// (an upload skips a module whose meta is there).
+    async fn forget_module(&self, meta_key: &str) {
+        let path = meta_key
+            .strip_prefix(&format!("{}/", self.settings.prefix))
+            .unwrap_or(meta_key);
+        if let Err(error) = self.delete(path).await {
+            tracing::warn!(key = meta_key, %error, "could not drop a damaged module's meta key");
+        }
+    }
+
     fn module_key(&self, digest: &str, part: &str) -> String {
         self.key(&format!("modules/{digest}/{part}"))
     }
@@ -62,11 +73,14 @@ impl EtcdStore {
             return Ok(None);
         };
         let meta: ModuleMeta = parse_json(pair.key(), pair.value())?;
-        let mut bytes = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0));
+        // The size is etcd's word: reserve no more than the chunks can hold.
+        let most = (meta.chunks as usize).saturating_mul(CHUNK);
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0).min(most));
         for index in 0..meta.chunks {
             let key = self.module_key(digest, &format!("chunks/{index:06}"));
             let chunk = self.get(&key).await?;
             let Some(pair) = chunk.kvs().first() else {
+                self.forget_module(&meta_key).await;
                 return Err(StoreError::Invalid {
                     key,
                     what: "missing: upload the module again".into(),
@@ -76,9 +90,12 @@ impl EtcdStore {
         }
         let actual = sha256_hex(&bytes);
         if actual != digest {
+            self.forget_module(&meta_key).await;
             return Err(StoreError::Invalid {
                 key: meta_key,
-                what: format!("the chunks hold bytes whose sha256 is {actual}"),
+                what: format!(
+                    "the chunks hold bytes whose sha256 is {actual}: upload the module again"
+                ),
             });
         }
         Ok(Some(bytes))

@@ -11,15 +11,16 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 
 use super::{EtcdStore, prefix_end};
-use crate::store::StoreError;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// What a watch on a folder keeps up to date. Names are keys without the folder.
 pub trait Mirror: Send + Sync + 'static {
-    /// Everything in the folder, after a full read.
-    fn reset(&self, entries: Vec<(String, Vec<u8>)>);
+    /// Everything in the folder, after a full read: `restored` when the store went back in
+    /// time (its revision fell), so what the mirror holds beyond the read is gone too;
+    /// otherwise the read may be older than the mirror's newest entries.
+    fn reset(&self, entries: Vec<(String, Vec<u8>)>, restored: bool);
     fn put(&self, name: &str, value: &[u8]);
     fn delete(&self, name: &str);
 }
@@ -30,15 +31,32 @@ enum Lost {
     Stream(String),
     /// History this replica needs is gone: read everything again.
     History(String),
+    /// The store's revision fell: it was restored or recreated; read everything again.
+    Restored(String),
+}
+
+/// Stops a watch when dropped (with the store or registry that holds it).
+pub struct WatchTask(tokio::task::AbortHandle);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 // === impl EtcdStore (watch) ===
 
 impl EtcdStore {
     /// Feeds `mirror` with the writes to `folder` from `revision` on (the revision of the
-    /// read that filled it), until the mirror is dropped.
-    pub fn follow(&self, folder: &'static str, mirror: Weak<dyn Mirror>, revision: i64) {
-        tokio::spawn(follow(self.clone(), folder, mirror, revision));
+    /// read that filled it), until the returned task is dropped.
+    #[must_use]
+    pub fn follow(
+        &self,
+        folder: &'static str,
+        mirror: Weak<dyn Mirror>,
+        revision: i64,
+    ) -> WatchTask {
+        WatchTask(tokio::spawn(follow(self.clone(), folder, mirror, revision)).abort_handle())
     }
 
     /// One watch, until it is lost. Advances `revision` past every event seen.
@@ -78,7 +96,7 @@ impl EtcdStore {
             if let Some(header) = response.header()
                 && header.revision() < *revision
             {
-                return Lost::History(format!(
+                return Lost::Restored(format!(
                     "the store's revision went back from {} to {} (restored or recreated)",
                     *revision,
                     header.revision()
@@ -108,41 +126,49 @@ async fn follow(
     mut revision: i64,
 ) {
     let mut retry = FIRST_RETRY;
+    // Set when the next step is a full read, not a watch: and whether the store was restored.
+    let mut reread: Option<bool> = None;
     while mirror.strong_count() > 0 {
+        if let Some(restored) = reread {
+            match store.read_folder(folder, "").await {
+                Ok((entries, read_at)) => {
+                    let Some(mirror) = mirror.upgrade() else {
+                        return;
+                    };
+                    mirror.reset(entries, restored);
+                    revision = read_at;
+                    reread = None;
+                    retry = FIRST_RETRY;
+                }
+                Err(error) => {
+                    // Never a watch from revision 0 (the whole history) in its place.
+                    tracing::warn!(folder, %error, ?retry, "cannot read the folder again yet");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(MAX_RETRY);
+                    continue;
+                }
+            }
+        }
         let started = tokio::time::Instant::now();
         let lost = store.watch(folder, &mirror, &mut revision).await;
         // A watch that held for a while was healthy: the next loss starts the backoff again.
         if started.elapsed() > MAX_RETRY {
             retry = FIRST_RETRY;
         }
-        let reread = match lost {
+        match lost {
             Lost::Stream(why) => {
                 tracing::warn!(store = %store.settings, folder, %why, ?retry, "lost the watch on etcd; keeping what this replica has; resuming");
-                false
             }
             Lost::History(why) => {
                 tracing::warn!(store = %store.settings, folder, %why, "reading the folder again");
-                true
+                reread = Some(false);
             }
-        };
-        tokio::time::sleep(retry).await;
-        retry = (retry * 2).min(MAX_RETRY);
-        if reread || revision == 0 {
-            match store.read_folder(folder, "").await {
-                Ok((entries, read_at)) => {
-                    let Some(mirror) = mirror.upgrade() else {
-                        return;
-                    };
-                    mirror.reset(entries);
-                    revision = read_at;
-                    retry = FIRST_RETRY;
-                }
-                Err(StoreError::Unavailable(why)) => {
-                    tracing::warn!(folder, %why, "cannot read the folder again yet");
-                    revision = 0;
-                }
-                Err(error) => tracing::error!(folder, %error, "reading the folder again failed"),
+            Lost::Restored(why) => {
+                tracing::warn!(store = %store.settings, folder, %why, "reading the folder again");
+                reread = Some(true);
             }
         }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(MAX_RETRY);
     }
 }
