@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub use dir::DirStore;
 pub(crate) use dir::{write_atomically, write_private};
-pub use etcd::{EtcdSettings, EtcdStore, Mirror, WatchTask};
+pub use etcd::{EtcdSettings, EtcdStore, EtcdTls, Mirror, WatchTask};
 pub use import::{ImportError, Imported, import_data_dir};
 pub use versions::{Published, VersionLog};
 

@@ -23,6 +23,15 @@ pub struct ControlArgs {
     /// The key prefix in etcd, which keeps this mesh apart from others on the same cluster.
     #[arg(long, default_value = "/sluice")]
     store_prefix: String,
+    /// TLS to etcd: the CA (PEM) its members' certificates chain to.
+    #[arg(long)]
+    store_ca: Option<PathBuf>,
+    /// This replica's client certificate for etcd (with --store-key), as etcd's
+    /// --client-cert-auth requires.
+    #[arg(long, requires = "store_key")]
+    store_cert: Option<PathBuf>,
+    #[arg(long, requires = "store_cert")]
+    store_key: Option<PathBuf>,
     /// This replica's name in `sluice status` [the host name and the port it listens on].
     #[arg(long)]
     name: Option<String>,
@@ -71,9 +80,19 @@ pub struct JoinTokenArgs {
 pub async fn run(args: ControlArgs) -> Result<(), Failure> {
     let store = match &args.store {
         None => StoreLocation::Dir(args.data_dir),
-        Some(url) => StoreLocation::Etcd(
-            EtcdSettings::parse(url, &args.store_prefix).map_err(Failure::usage)?,
-        ),
+        Some(url) => {
+            let mut settings =
+                EtcdSettings::parse(url, &args.store_prefix).map_err(Failure::usage)?;
+            if let Some(ca) = &args.store_ca {
+                let client = args.store_cert.as_deref().zip(args.store_key.as_deref());
+                settings = settings.with_tls(ca, client).map_err(Failure::usage)?;
+            } else if args.store_cert.is_some() {
+                return Err(Failure::usage(
+                    "--store-cert needs --store-ca: the CA that checks the etcd members",
+                ));
+            }
+            StoreLocation::Etcd(settings)
+        }
     };
     if let Some(dir) = &args.import_data_dir {
         let StoreLocation::Etcd(etcd) = &store else {

@@ -17,8 +17,10 @@
 mod ca;
 mod leases;
 mod modules;
+mod settings;
 mod watch;
 
+pub use settings::{EtcdSettings, EtcdTls};
 pub use watch::{Mirror, WatchTask};
 
 use std::sync::Arc;
@@ -36,58 +38,6 @@ const RETRY_WITHIN: Duration = Duration::from_secs(4);
 /// Versions read per request during a full read.
 const PAGE: i64 = 256;
 
-/// Where the etcd cluster is, from `--store etcd://HOST:PORT[,HOST:PORT...]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdSettings {
-    pub endpoints: Vec<String>,
-    pub prefix: String,
-}
-
-impl EtcdSettings {
-    /// Parses `--store` and `--store-prefix`.
-    pub fn parse(store: &str, prefix: &str) -> Result<Self, String> {
-        let Some(members) = store.strip_prefix("etcd://") else {
-            return Err(format!(
-                "--store {store:?}: expected etcd://HOST:PORT[,HOST:PORT...] (without --store, the data dir is used)"
-            ));
-        };
-        let mut endpoints = Vec::new();
-        for member in members.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-            let (host, port) = member.rsplit_once(':').ok_or_else(|| {
-                format!("--store: {member:?} has no port (etcd listens for clients on 2379)")
-            })?;
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(format!("--store: {member:?} is not HOST:PORT"));
-            }
-            endpoints.push(format!("http://{member}"));
-        }
-        if endpoints.is_empty() {
-            return Err("--store etcd://: name at least one member, as etcd://HOST:PORT".into());
-        }
-        let prefix = prefix.trim_end_matches('/');
-        if !prefix.starts_with('/') || prefix.len() < 2 {
-            return Err(format!(
-                "--store-prefix {prefix:?}: a key path such as /sluice (it keeps this mesh's keys apart from others')"
-            ));
-        }
-        Ok(Self {
-            endpoints,
-            prefix: prefix.to_owned(),
-        })
-    }
-}
-
-impl std::fmt::Display for EtcdSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let members: Vec<&str> = self
-            .endpoints
-            .iter()
-            .map(|e| e.trim_start_matches("http://"))
-            .collect();
-        write!(f, "etcd {} (prefix {})", members.join(","), self.prefix)
-    }
-}
-
 #[derive(Clone)]
 pub struct EtcdStore {
     /// Shared: the client is large (3.6 KB), and every clone talks over the same channel.
@@ -101,7 +51,7 @@ impl EtcdStore {
     /// A client for the cluster. It connects lazily (etcd-client sets up a balanced channel
     /// and no more), so this succeeds while etcd is down; the first request tells.
     pub async fn connect(settings: &EtcdSettings) -> Result<Self, StoreError> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
@@ -109,6 +59,14 @@ impl EtcdStore {
             // A member cut off from the others answers "no leader" at once instead of
             // leaving watches silent.
             .with_require_leader(true);
+        if let Some(tls) = &settings.tls {
+            let mut config = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client {
+                config = config.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
         let client = Client::connect(settings.endpoints.clone(), Some(options))
             .await
             .map_err(|e| StoreError::Unavailable(format!("{settings}: {}", describe(&e))))?;
@@ -347,31 +305,6 @@ fn parse_json<T: serde::de::DeserializeOwned>(key: &[u8], value: &[u8]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn store_urls_name_members_and_a_prefix() {
-        let settings =
-            EtcdSettings::parse("etcd://10.0.0.1:2379, 10.0.0.2:2379", "/mesh/").unwrap();
-        assert_eq!(
-            settings.endpoints,
-            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
-        );
-        assert_eq!(settings.prefix, "/mesh");
-        assert_eq!(
-            settings.to_string(),
-            "etcd 10.0.0.1:2379,10.0.0.2:2379 (prefix /mesh)"
-        );
-        for bad in [
-            "10.0.0.1:2379",
-            "etcd://",
-            "etcd://host",
-            "etcd://host:port",
-        ] {
-            assert!(EtcdSettings::parse(bad, "/sluice").is_err(), "{bad}");
-        }
-        assert!(EtcdSettings::parse("etcd://h:2379", "sluice").is_err());
-        assert!(EtcdSettings::parse("etcd://h:2379", "/").is_err());
-    }
 
     #[test]
     fn prefix_end_is_the_next_key() {

@@ -244,3 +244,40 @@ fn with_custom_section(module: &[u8], size: usize) -> Vec<u8> {
     out.extend_from_slice(&payload);
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_reaches_etcd_over_mutual_tls() {
+    let folder = temp_folder("replicas-etcd-tls");
+    let ca = crate::support::tls::TestCa::new("etcd test CA");
+    let files = crate::support::etcd::EtcdTlsFiles {
+        ca: ca.write(&folder),
+        server: ca
+            .server(&["127.0.0.1", "localhost"])
+            .write(&folder, "member"),
+        client: ca.server(&["sluice-control"]).write(&folder, "replica"),
+    };
+    let Some(cluster) = EtcdCluster::start_tls("replicas-etcd-tls", 3, files.clone()).await else {
+        return;
+    };
+    let (cert, key) = (
+        files.client.0.to_str().unwrap(),
+        files.client.1.to_str().unwrap(),
+    );
+    let a = replica_with(
+        &cluster,
+        "etcd-tls-a",
+        &[
+            "--store-ca",
+            files.ca.to_str().unwrap(),
+            "--store-cert",
+            cert,
+            "--store-key",
+            key,
+        ],
+    );
+    let pushed = push(&mut client_of(&a.url).await, push_tagger("over-tls"))
+        .await
+        .unwrap();
+    assert_eq!(pushed.version, 1);
+    assert!(a.log().contains("TLS"), "{}", a.log());
+}

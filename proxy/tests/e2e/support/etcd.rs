@@ -17,6 +17,17 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     /// `--initial-cluster`: every member's name and peer URL.
     initial_cluster: String,
+    tls: Option<EtcdTlsFiles>,
+}
+
+/// TLS for the members' client port, with client certificates required (etcd's
+/// `--client-cert-auth`): the CA both sides chain to, the members' certificate (for
+/// 127.0.0.1) and a client's.
+#[derive(Clone)]
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    pub server: (PathBuf, PathBuf),
+    pub client: (PathBuf, PathBuf),
 }
 
 struct Member {
@@ -32,6 +43,15 @@ impl EtcdCluster {
     /// why) where etcd is not installed and cannot be, outside CI. In CI a missing etcd
     /// fails the test: `.ci/run` installs it.
     pub async fn start(name: &str, size: usize) -> Option<Self> {
+        Self::start_with(name, size, None).await
+    }
+
+    /// The same, serving clients over TLS only.
+    pub async fn start_tls(name: &str, size: usize, tls: EtcdTlsFiles) -> Option<Self> {
+        Self::start_with(name, size, Some(tls)).await
+    }
+
+    async fn start_with(name: &str, size: usize, tls: Option<EtcdTlsFiles>) -> Option<Self> {
         if Command::new(ETCD)
             .arg("--version")
             .stdout(Stdio::null())
@@ -68,6 +88,7 @@ impl EtcdCluster {
         let mut cluster = Self {
             members,
             initial_cluster,
+            tls,
         };
         for index in 0..size {
             cluster.start_member(index);
@@ -90,6 +111,14 @@ impl EtcdCluster {
 
     fn start_member(&mut self, index: usize) {
         let initial_cluster = self.initial_cluster.clone();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut tls_flags = Vec::new();
+        if let Some(tls) = &self.tls {
+            tls_flags.push(format!("--cert-file={}", tls.server.0.display()));
+            tls_flags.push(format!("--key-file={}", tls.server.1.display()));
+            tls_flags.push(format!("--trusted-ca-file={}", tls.ca.display()));
+            tls_flags.push("--client-cert-auth=true".to_owned());
+        }
         let member = &mut self.members[index];
         let log = std::fs::File::create(member.data_dir.with_extension("log")).unwrap();
         let child = Command::new(ETCD)
@@ -97,8 +126,12 @@ impl EtcdCluster {
             .arg(&member.name)
             .arg("--data-dir")
             .arg(&member.data_dir)
-            .arg(format!("--listen-client-urls=http://{}", member.client))
-            .arg(format!("--advertise-client-urls=http://{}", member.client))
+            .arg(format!("--listen-client-urls={scheme}://{}", member.client))
+            .arg(format!(
+                "--advertise-client-urls={scheme}://{}",
+                member.client
+            ))
+            .args(&tls_flags)
             .arg(format!("--listen-peer-urls=http://{}", member.peer))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://{}",
@@ -147,7 +180,7 @@ impl EtcdCluster {
     async fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;
         for member in self.members.iter().filter(|m| m.child.is_some()) {
-            while !healthy(member.client).await {
+            while !healthy(member.client, self.tls.as_ref()).await {
                 assert!(
                     Instant::now() < deadline,
                     "etcd member {} never became healthy; its log: {}",
@@ -171,7 +204,22 @@ impl Drop for EtcdCluster {
 }
 
 /// etcd's `/health`: true once the member has a leader and answers reads.
-async fn healthy(client: SocketAddr) -> bool {
+async fn healthy(client: SocketAddr, tls: Option<&EtcdTlsFiles>) -> bool {
+    if let Some(tls) = tls {
+        // curl, which `.ci/run` installs, speaks TLS with a client certificate.
+        let mut curl = Command::new("curl");
+        curl.args(["-s", "--max-time", "2", "--cacert"])
+            .arg(&tls.ca)
+            .arg("--cert")
+            .arg(&tls.client.0)
+            .arg("--key")
+            .arg(&tls.client.1)
+            .arg(format!("https://{client}/health"));
+        let asked = tokio::task::spawn_blocking(move || curl.output()).await;
+        return asked.is_ok_and(|out| {
+            out.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(r#""health":"true""#))
+        });
+    }
     let ask = async {
         let mut stream = TcpStream::connect(client).await.ok()?;
         let request =
