@@ -135,7 +135,14 @@ async fn channel(
 /// Each URL of a comma-separated list; a host name with several addresses becomes one URL
 /// per address, so a replica that is gone is skipped quickly rather than being the name's
 /// first answer every time.
-async fn candidates(urls: &str) -> Result<Vec<String>, ConnectError> {
+/// One replica to try: its URL (the name TLS checks), and the address to dial when its
+/// name has several.
+struct Candidate {
+    url: String,
+    address: Option<std::net::SocketAddr>,
+}
+
+async fn candidates(urls: &str) -> Result<Vec<Candidate>, ConnectError> {
     let mut candidates = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let bad_url = |reason: String| ConnectError::Url {
@@ -159,11 +166,18 @@ async fn candidates(urls: &str) -> Result<Vec<String>, ConnectError> {
                 .unwrap_or_default(),
             false => Vec::new(),
         };
-        if scheme == "http" && addresses.len() > 1 {
-            candidates.extend(addresses.iter().map(|a| format!("http://{a}")));
+        if addresses.len() > 1 {
+            // Each address on its own, under the name the certificate must carry.
+            candidates.extend(addresses.iter().map(|&address| Candidate {
+                url: url.to_owned(),
+                address: Some(address),
+            }));
         } else {
             // One address, or a name that does not resolve now: the connection says why.
-            candidates.push(url.to_owned());
+            candidates.push(Candidate {
+                url: url.to_owned(),
+                address: None,
+            });
         }
     }
     if candidates.is_empty() {
@@ -175,7 +189,8 @@ async fn candidates(urls: &str) -> Result<Vec<String>, ConnectError> {
     Ok(candidates)
 }
 
-async fn channel_to(url: &str, trust: &ControlTrust) -> Result<Channel, ConnectError> {
+async fn channel_to(candidate: &Candidate, trust: &ControlTrust) -> Result<Channel, ConnectError> {
+    let url = candidate.url.as_str();
     let bad_url = |reason: String| ConnectError::Url {
         url: url.to_owned(),
         reason,
@@ -205,7 +220,14 @@ async fn channel_to(url: &str, trust: &ControlTrust) -> Result<Channel, ConnectE
         }
     };
     // tonic speaks plaintext HTTP/2 to whatever the connector returns; TLS is done there.
-    let plain = format!("http://{}", uri.authority().map_or("", |a| a.as_str()));
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let plain = match candidate.address {
+        Some(address) if tls.is_none() => format!("http://{address}"),
+        _ => format!("http://{authority}"),
+    };
+    let dial = candidate
+        .address
+        .map_or_else(|| authority.to_owned(), |a| a.to_string());
     let endpoint = Endpoint::from_shared(plain)
         .map_err(|e| bad_url(e.to_string()))?
         .connect_timeout(Duration::from_secs(2))
@@ -237,14 +259,20 @@ async fn channel_to(url: &str, trust: &ControlTrust) -> Result<Channel, ConnectE
             .to_owned(),
     )
     .map_err(|e| bad_url(e.to_string()))?;
-    let connector = tower::service_fn(move |uri: http::Uri| {
-        let (config, name) = (Arc::clone(&config), name.clone());
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (config, name, dial) = (Arc::clone(&config), name.clone(), dial.clone());
         async move {
-            let authority = uri
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .unwrap_or_default();
-            let tcp = tokio::net::TcpStream::connect(authority).await?;
+            // Each address gets its own two seconds: one that drops packets does not use up
+            // the time of the next.
+            let tcp =
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(dial))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no TCP connection within 2s",
+                        )
+                    })??;
             tcp.set_nodelay(true)?;
             let stream = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)

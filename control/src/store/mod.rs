@@ -101,7 +101,8 @@ pub struct Store {
 
 enum Backend {
     /// The data dir is written by one process; the lock only orders this process's writes.
-    Dir(Mutex<DirStore>, PathBuf),
+    /// Its file work (modules of tens of MiB, each write synced) runs on the blocking pool.
+    Dir(Arc<Mutex<DirStore>>, PathBuf),
     Etcd(EtcdStore),
 }
 
@@ -116,7 +117,7 @@ impl Store {
                 let dir = DirStore::open(path)?;
                 let versions = Arc::new(VersionLog::new(dir.versions().to_vec()));
                 Ok(Self {
-                    backend: Backend::Dir(Mutex::new(dir), path.clone()),
+                    backend: Backend::Dir(Arc::new(Mutex::new(dir)), path.clone()),
                     versions,
                     _watch: None,
                 })
@@ -145,7 +146,10 @@ impl Store {
     /// Stores a module; returns its sha256 in hex.
     pub async fn put_module(&self, bytes: &[u8]) -> Result<String, StoreError> {
         match &self.backend {
-            Backend::Dir(dir, _) => locked(dir).put_module(bytes),
+            Backend::Dir(dir, _) => {
+                let (dir, bytes) = (Arc::clone(dir), bytes.to_vec());
+                blocking(move || locked(&dir).put_module(&bytes)).await
+            }
             Backend::Etcd(etcd) => etcd.put_module(bytes).await,
         }
     }
@@ -153,7 +157,10 @@ impl Store {
     /// A stored module, checked against its name; `None` if it was never uploaded.
     pub async fn module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.backend {
-            Backend::Dir(dir, _) => locked(dir).module(digest),
+            Backend::Dir(dir, _) => {
+                let (dir, digest) = (Arc::clone(dir), digest.to_owned());
+                blocking(move || locked(&dir).module(&digest)).await
+            }
             Backend::Etcd(etcd) => etcd.module(&digest.to_ascii_lowercase()).await,
         }
     }
@@ -175,11 +182,16 @@ impl Store {
         };
         match &self.backend {
             Backend::Dir(dir, _) => {
-                let mut dir = locked(dir);
-                if dir.current_version() != based_on {
-                    return Err(AppendError::Taken(based_on + 1));
-                }
-                let record = dir.append(record.overlay, record.description)?;
+                let dir = Arc::clone(dir);
+                let record = blocking(move || {
+                    let mut dir = locked(&dir);
+                    if dir.current_version() != based_on {
+                        return Ok(None);
+                    }
+                    dir.append(record.overlay, record.description).map(Some)
+                })
+                .await?
+                .ok_or(AppendError::Taken(based_on + 1))?;
                 self.versions.learn(record.clone());
                 Ok(record)
             }
@@ -229,6 +241,15 @@ impl Store {
             Backend::Etcd(etcd) => Ok(JoinTokens::in_etcd(etcd.clone())),
         }
     }
+}
+
+/// Runs data dir work on the blocking pool, off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("data dir work stopped: {e}")))?
 }
 
 fn locked(dir: &Mutex<DirStore>) -> std::sync::MutexGuard<'_, DirStore> {
