@@ -79,6 +79,10 @@ pub struct ListenerConfig {
     /// arrived this long after its first byte (slowloris); `0` never. [10s]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_header_timeout: Option<ConfigDuration>,
+    /// Answer 408 to a request whose client sends no body bytes for this long while the body
+    /// is read (a slow POST holding an upstream request); `0` never. [60s]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body_timeout: Option<ConfigDuration>,
     /// Reset a connection whose client accepts no response bytes for this long, freeing the
     /// upstream request behind it; `0` never. [30s]
     #[serde(default, skip_serializing_if = "Option::is_none")]

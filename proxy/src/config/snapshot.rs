@@ -39,6 +39,7 @@ pub struct ListenerSnapshot {
     pub sni_routes: Option<Arc<crate::tls::NameTable<Arc<Cluster>>>>,
     pub idle_timeout: Option<Duration>,
     pub request_header_timeout: Option<Duration>,
+    pub request_body_timeout: Option<Duration>,
     pub send_timeout: Option<Duration>,
     pub max_connections: Option<u32>,
     pub max_concurrent_streams: u32,
@@ -182,6 +183,9 @@ impl Snapshot {
                 request_header_timeout: listener
                     .request_header_timeout
                     .map_or(Some(Duration::from_secs(10)), |t| t.non_zero()),
+                request_body_timeout: listener
+                    .request_body_timeout
+                    .map_or(Some(Duration::from_secs(60)), |t| t.non_zero()),
                 send_timeout: listener
                     .send_timeout
                     .map_or(Some(Duration::from_secs(30)), |t| t.non_zero()),

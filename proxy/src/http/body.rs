@@ -77,6 +77,8 @@ pub enum ClientBodyError {
     Malformed(String),
     #[error("the client went away before its request body ended: {0}")]
     Disconnected(String),
+    #[error("the client sent no request body bytes for {0:?} (request_body_timeout)")]
+    Stalled(Duration),
 }
 
 impl ClientBodyError {
@@ -110,25 +112,53 @@ pub trait ClientBodyWatch {
     fn body_failed(&self, failure: ClientBodyError);
 }
 
-/// A client's request body, which reports how it failed.
+/// A client's request body, which reports how it failed, and fails when the client sends
+/// nothing for the listener's `request_body_timeout` while it is read (a slow POST holds an
+/// upstream request open; a body the upstream does not read yet is not the client's delay).
 pub struct DownstreamBody {
     incoming: Incoming,
     watch: Rc<dyn ClientBodyWatch>,
+    stall_limit: Option<Duration>,
+    /// Armed while a read waits on the client; disarmed by any frame.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl DownstreamBody {
-    pub fn new(incoming: Incoming, watch: Rc<dyn ClientBodyWatch>) -> Self {
-        Self { incoming, watch }
+    pub fn new(
+        incoming: Incoming,
+        watch: Rc<dyn ClientBodyWatch>,
+        stall_limit: Option<Duration>,
+    ) -> Self {
+        Self {
+            incoming,
+            watch,
+            stall_limit,
+            stalled: None,
+        }
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.incoming)
-            .poll_frame(cx)
-            .map_err(|error| {
-                let failure = ClientBodyError::classify(&error);
-                self.watch.body_failed(failure.clone());
-                Box::new(failure).into()
-            })
+        let failure = match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Pending => match self.stall_limit {
+                Some(limit) => {
+                    let timer = self
+                        .stalled
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    ClientBodyError::Stalled(limit)
+                }
+                None => return Poll::Pending,
+            },
+            Poll::Ready(Some(Err(error))) => ClientBodyError::classify(&error),
+            ready => {
+                self.stalled = None;
+                return ready.map_err(Into::into);
+            }
+        };
+        self.watch.body_failed(failure.clone());
+        Poll::Ready(Some(Err(Box::new(failure))))
     }
 }
 

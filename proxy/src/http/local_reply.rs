@@ -40,6 +40,8 @@ pub enum Reason {
     DownstreamDisconnect,
     /// A circuit-breaker threshold of the cluster (max_requests, max_pending_requests).
     UpstreamOverflow,
+    /// The client sent no request body bytes for the listener's `request_body_timeout`: 408.
+    RequestBodyTimeout,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,7 @@ impl Reason {
             Self::DownstreamProtocolError => "downstream_protocol_error",
             Self::DownstreamDisconnect => "downstream_disconnect",
             Self::UpstreamOverflow => "upstream_overflow",
+            Self::RequestBodyTimeout => "request_body_timeout",
         }
     }
 }
@@ -112,6 +115,8 @@ impl Reason {
             Self::DownstreamProtocolError => "downstream_protocol_error",
             Self::DownstreamDisconnect => "downstream_remote_disconnect",
             Self::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
+            // Envoy's stream idle timeout is what fires on a stalled request body there.
+            Self::RequestBodyTimeout => "stream_idle_timeout",
         }
     }
 
@@ -124,7 +129,7 @@ impl Reason {
             Self::UpstreamReset => 4,
             Self::UpstreamConnectFailure | Self::UpstreamConnectTimeout => 5,
             Self::NoRoute => 8,
-            Self::StreamIdleTimeout => 16,
+            Self::StreamIdleTimeout | Self::RequestBodyTimeout => 16,
             Self::FilterInvalidHeader | Self::DownstreamProtocolError => 18,
             Self::DownstreamDisconnect => 14,
             Self::UpstreamOverflow => 7,
@@ -135,7 +140,7 @@ impl Reason {
     }
 }
 
-const ALL_REASONS: [Reason; 16] = [
+const ALL_REASONS: [Reason; 17] = [
     Reason::NoRoute,
     Reason::NoHealthyUpstream,
     Reason::UpstreamConnectFailure,
@@ -152,6 +157,7 @@ const ALL_REASONS: [Reason; 16] = [
     Reason::DownstreamProtocolError,
     Reason::DownstreamDisconnect,
     Reason::UpstreamOverflow,
+    Reason::RequestBodyTimeout,
 ];
 
 // === impl LocalReply ===
@@ -250,6 +256,11 @@ impl LocalReply {
             ClientBodyError::Disconnected(_) => Self::new(
                 StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
                 Reason::DownstreamDisconnect,
+                error.to_string(),
+            ),
+            ClientBodyError::Stalled(_) => Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                Reason::RequestBodyTimeout,
                 error.to_string(),
             ),
         }

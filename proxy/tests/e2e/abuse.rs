@@ -79,6 +79,44 @@ async fn a_slowloris_client_is_closed_at_the_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_post_gets_408_at_the_request_body_timeout() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&config("    request_body_timeout: 500ms"), &[&upstream]).await;
+    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // Ten of the hundred bytes it announced, then nothing.
+    slow.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let reply = read_for(&mut slow, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        reply.contains("x-sluice-reason: request_body_timeout"),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(proxy.metrics().await.contains(
+        r#"sluice_http_local_replies_total{listener="main",reason="request_body_timeout"} 1"#
+    ));
+    // A body that keeps coming, however slowly, is not cut off.
+    let mut steady = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    steady
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\ncontent-length: 6\r\n\r\n")
+        .await
+        .unwrap();
+    for byte in b"steady" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        steady.write_all(&[*byte]).await.unwrap();
+    }
+    let reply = read_for(&mut steady, Duration::from_secs(5)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_reset_at_the_send_timeout() {
     let upstream = TestUpstream::start("app").await;
     let proxy = start_proxy(&config("    send_timeout: 500ms"), &[&upstream]).await;

@@ -186,7 +186,11 @@ impl Exchange<'_> {
         let (mut parts, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
         let watch: Rc<dyn ClientBodyWatch> = self.scope.clone();
-        let mut body = ProxyBody::Downstream(DownstreamBody::new(body, watch));
+        let mut body = ProxyBody::Downstream(DownstreamBody::new(
+            body,
+            watch,
+            listener.request_body_timeout,
+        ));
         // What a hop does to every request happens before the filters, as in Envoy, so they
         // see `x-request-id` and `x-forwarded-proto` and never hop-by-hop headers.
         let upgrade = is_upgrade_request(parts.version, &parts.headers);
