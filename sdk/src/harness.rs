@@ -228,26 +228,53 @@ impl Harness {
     /// summed over the plugins that define it; `None` if no plugin did.
     pub async fn filter_metric(&self, name: &str) -> Option<f64> {
         let text = self.metrics().await;
-        sum_of(&text, &["sluice_wasm_counter{", "sluice_wasm_gauge{"], name)
+        sum_of(
+            &text,
+            &["sluice_wasm_counter{", "sluice_wasm_gauge{"],
+            "",
+            name,
+        )
     }
 
     /// How many values a histogram a filter defined has recorded; `None` if none defined it.
     pub async fn filter_histogram_count(&self, name: &str) -> Option<f64> {
         let text = self.metrics().await;
-        sum_of(&text, &["sluice_wasm_histogram_count{"], name)
+        sum_of(&text, &["sluice_wasm_histogram_count{"], "_count", name)
     }
 }
 
-/// The sum of the samples of `families` whose `name` label is `name`.
-fn sum_of(text: &str, families: &[&str], name: &str) -> Option<f64> {
-    let label = format!(
-        "name=\"{}\"",
-        name.replace('\\', "\\\\").replace('"', "\\\"")
-    );
+/// The sum of the samples of the metric a filter defined as `name`: in the flat `families`
+/// by its `name` label, or, for a tagged name (`name;key=value`), in its own family (with
+/// `suffix`, such as `_count`) by its labels.
+fn sum_of(text: &str, families: &[&str], suffix: &str, name: &str) -> Option<f64> {
+    let escape = |value: &str| value.replace('\\', "\\\\").replace('"', "\\\"");
+    let (prefixes, labels): (Vec<String>, Vec<String>) = match sluice::wasm::TaggedName::parse(name)
+    {
+        Some(tagged) => (
+            vec![format!("{}{suffix}{{", tagged.family)],
+            tagged
+                .labels
+                .iter()
+                .map(|(key, value)| format!("{key}=\"{}\"", escape(value)))
+                .collect(),
+        ),
+        None => (
+            families.iter().map(|f| (*f).to_owned()).collect(),
+            vec![format!("name=\"{}\"", escape(name))],
+        ),
+    };
     let values: Vec<f64> = text
         .lines()
-        .filter(|line| families.iter().any(|family| line.starts_with(family)))
-        .filter(|line| line.contains(&label))
+        .filter(|line| {
+            prefixes
+                .iter()
+                .any(|prefix| line.starts_with(prefix.as_str()))
+        })
+        .filter(|line| {
+            labels.iter().all(|label| {
+                line.contains(&format!("{{{label}")) || line.contains(&format!(",{label}"))
+            })
+        })
         .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())

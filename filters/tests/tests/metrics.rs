@@ -71,3 +71,47 @@ async fn past_max_series_new_pairs_count_as_other() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_series_are_prometheus_families_with_labels_a_real_parser_reads() {
+    let harness = Harness::builder()
+        .filter("metrics", &module("metrics"), "")
+        .route_name("api")
+        .start()
+        .await
+        .unwrap();
+    harness.upstream().script([Scripted::status(503)]);
+    for _ in 0..3 {
+        harness.get("/", &[]).await;
+    }
+    let text = harness.metrics().await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let count = |class: &str| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "sluice_wasm_requests_total")
+            .filter(|s| {
+                s.labels.get("plugin") == Some("metrics")
+                    && s.labels.get("route") == Some("api")
+                    && s.labels.get("cluster") == Some("upstream")
+                    && s.labels.get("status_class") == Some(class)
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(count("5xx"), 1.0, "{text}");
+    assert_eq!(count("2xx"), 2.0, "{text}");
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "sluice_wasm_request_duration_ms")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(histogram.labels.get("route"), Some("api"));
+    // The flat form is gone for tagged names.
+    assert!(!text.contains("name=\"requests_total;"), "{text}");
+}

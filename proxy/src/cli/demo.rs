@@ -55,7 +55,7 @@ pub async fn run() -> Result<(), Failure> {
          # the app fails 3 times, then the breaker answers for 10s\n  \
          for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} %header{{x-sluice-attempts}}  ' http://{gateway}/unsteady; done; echo\n                                          \
          # the app fails every other request; clients see 200, some after a retry\n  \
-         curl -s http://{admin}/metrics | grep sluice_wasm_counter   # what the filters count\n  \
+         curl -s http://{admin}/metrics | grep sluice_wasm_requests_total   # what the metrics filter counts, by route\n  \
          curl -s http://{admin}/config\n  \
          cargo run --release -p sluice -- services   # the registry: hello's instances, identity, labels\n\n\
          Start a third instance (an app is waiting at {}); the gateway uses it within a moment:\n  \

@@ -1,13 +1,17 @@
 //! Plugin-defined metrics (`proxy_define_metric` and friends), exported on `/metrics` as
-//! `sluice_wasm_counter` / `_gauge` / `_histogram` with the plugin and metric name as labels.
+//! `sluice_wasm_counter` / `_gauge` / `_histogram` with the plugin and metric name as labels,
+//! or, for names with Envoy's tags (`name;key=value`), as families of their own
+//! (`tagged_metrics.rs`).
 //! Ids encode the type in their low two bits, as cpp-host does: counters 4, 8, …; gauges
 //! 5, 9, …; histograms 6, 10, ….
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 use super::status::Status;
+use super::tagged_metrics::{TaggedMetrics, TaggedName, TaggedSeries};
 
 /// The metric families every plugin's metrics live in.
 #[derive(Clone)]
@@ -15,6 +19,7 @@ pub struct WasmMetricFamilies {
     pub counters: IntCounterVec,
     pub gauges: IntGaugeVec,
     pub histograms: HistogramVec,
+    pub tagged: Arc<TaggedMetrics>,
 }
 
 enum Defined {
@@ -43,21 +48,24 @@ impl VmMetrics {
 
     pub fn define(&mut self, kind: u32, name: &str) -> Result<u32, Status> {
         let labels = [self.plugin.as_str(), name];
+        let tagged = self
+            .families
+            .as_ref()
+            .zip(TaggedName::parse(name))
+            .map(|(families, tagged)| families.tagged.define(&self.plugin, kind, &tagged));
         let defined = match (kind, &self.families) {
+            (0..=2, Some(_)) if tagged.is_some() => match tagged.flatten() {
+                Some(TaggedSeries::Counter(counter)) => Defined::Counter(counter),
+                Some(TaggedSeries::Gauge(gauge)) => Defined::Gauge(gauge),
+                Some(TaggedSeries::Histogram(histogram)) => Defined::Histogram(histogram),
+                // Refused (counted): the guest keeps a metric of its own, not exported.
+                None => local(kind)?,
+            },
             (0, Some(f)) => Defined::Counter(f.counters.with_label_values(&labels)),
             (1, Some(f)) => Defined::Gauge(f.gauges.with_label_values(&labels)),
             (2, Some(f)) => Defined::Histogram(f.histograms.with_label_values(&labels)),
             // No registry (a canary VM): keep the metric local so the guest behaves the same.
-            (0, None) => {
-                Defined::Counter(IntCounter::new("c", "c").map_err(|_| Status::InternalFailure)?)
-            }
-            (1, None) => {
-                Defined::Gauge(IntGauge::new("g", "g").map_err(|_| Status::InternalFailure)?)
-            }
-            (2, None) => Defined::Histogram(
-                Histogram::with_opts(prometheus::HistogramOpts::new("h", "h"))
-                    .map_err(|_| Status::InternalFailure)?,
-            ),
+            (0..=2, None) => local(kind)?,
             _ => return Err(Status::BadArgument),
         };
         self.next_index += 1;
@@ -91,6 +99,18 @@ impl VmMetrics {
             Defined::Histogram(_) => Err(Status::BadArgument),
         }
     }
+}
+
+/// A metric nobody exports, for a guest whose metric cannot be.
+fn local(kind: u32) -> Result<Defined, Status> {
+    let failed = |_| Status::InternalFailure;
+    Ok(match kind {
+        0 => Defined::Counter(IntCounter::new("c", "c").map_err(failed)?),
+        1 => Defined::Gauge(IntGauge::new("g", "g").map_err(failed)?),
+        _ => Defined::Histogram(
+            Histogram::with_opts(prometheus::HistogramOpts::new("h", "h")).map_err(failed)?,
+        ),
+    })
 }
 
 #[cfg(test)]

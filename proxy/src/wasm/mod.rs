@@ -13,6 +13,8 @@ mod grpc_stream;
 mod guest;
 mod hostcalls;
 mod metrics;
+mod tagged_metrics;
+pub use tagged_metrics::{TaggedMetrics, TaggedName};
 mod network;
 mod pairs;
 mod plugin;

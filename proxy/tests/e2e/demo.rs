@@ -84,7 +84,7 @@ async fn the_demo_gateway_balances_and_runs_every_standard_filter() {
 
     let metrics = get(admin, "/metrics").await.body;
     assert!(
-        metrics.contains(r#"name="requests_total;route=limited;cluster=hello;status_class=4xx",plugin="metrics"} 2"#),
+        metrics.contains(r#"sluice_wasm_requests_total{cluster="hello",plugin="metrics",route="limited",status_class="4xx"} 2"#),
         "{metrics}"
     );
 

@@ -13,7 +13,7 @@ use prometheus::{
 };
 
 use crate::upstream::EndpointStats;
-use crate::wasm::{PluginHealth, WasmMetricFamilies};
+use crate::wasm::{PluginHealth, TaggedMetrics, WasmMetricFamilies};
 
 mod stats;
 pub use stats::{ListenerStats, RouteStats};
@@ -159,14 +159,23 @@ impl Metrics {
                     &["plugin", "name"],
                 ),
                 histograms: {
-                    let buckets = prometheus::exponential_buckets(1.0, 4.0, 12).unwrap_or_default();
                     let opts = HistogramOpts::new(
                         "sluice_wasm_histogram",
                         "Histograms defined by Wasm plugins",
                     )
-                    .buckets(buckets);
+                    .buckets(wasm_buckets());
                     register(&registry, HistogramVec::new(opts, &["plugin", "name"]))
                 },
+                tagged: Arc::new(TaggedMetrics::new(
+                    registry.clone(),
+                    wasm_buckets(),
+                    counter_vec(
+                        &registry,
+                        "sluice_wasm_metrics_refused_total",
+                        "Tagged plugin metrics not exported, by reason (series_limit, conflict)",
+                        &["plugin", "reason"],
+                    ),
+                )),
             },
             plugin_failures: counter_vec(
                 &registry,
@@ -367,6 +376,11 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
     metric
+}
+
+/// Buckets of plugins' histograms (`proxy_record_metric` values: often milliseconds).
+fn wasm_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(1.0, 4.0, 12).unwrap_or_default()
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
