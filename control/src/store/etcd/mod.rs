@@ -43,6 +43,7 @@ pub struct EtcdStore {
     /// Shared: the client is large (3.6 KB), and every clone talks over the same channel.
     client: Arc<Client>,
     settings: EtcdSettings,
+    modules: Arc<modules::ModuleCache>,
 }
 
 // === impl EtcdStore ===
@@ -73,6 +74,7 @@ impl EtcdStore {
         Ok(Self {
             client: Arc::new(client),
             settings: settings.clone(),
+            modules: Arc::default(),
         })
     }
 

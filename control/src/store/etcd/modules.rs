@@ -2,6 +2,9 @@
 //! The meta key is written last, so a module is visible only once all of it is stored; an
 //! upload cut short is finished by uploading again.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
 use serde::{Deserialize, Serialize};
 
 use super::{EtcdStore, parse_json};
@@ -9,6 +12,54 @@ use crate::store::{StoreError, sha256_hex};
 
 /// Well under etcd's default request limit (1.5 MiB) with room for the key and framing.
 const CHUNK: usize = 1 << 20;
+/// Most module bytes a replica keeps in memory.
+const CACHE_BYTES: usize = 128 << 20;
+
+/// Modules this replica stored or read, by digest. They are content-addressed, so never
+/// stale: a push reads its module back to validate it, and proxies fetch it, without going
+/// to etcd. The oldest go first past [`CACHE_BYTES`].
+#[derive(Default)]
+pub(super) struct ModuleCache {
+    held: Mutex<CacheState>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    order: VecDeque<String>,
+    modules: HashMap<String, Arc<[u8]>>,
+    bytes: usize,
+}
+
+impl ModuleCache {
+    fn get(&self, digest: &str) -> Option<Arc<[u8]>> {
+        self.state().modules.get(digest).cloned()
+    }
+
+    fn keep(&self, digest: &str, bytes: &[u8]) {
+        if bytes.len() > CACHE_BYTES {
+            return;
+        }
+        let mut state = self.state();
+        if state.modules.contains_key(digest) {
+            return;
+        }
+        while state.bytes + bytes.len() > CACHE_BYTES {
+            let Some(oldest) = state.order.pop_front() else { break };
+            if let Some(gone) = state.modules.remove(&oldest) {
+                state.bytes -= gone.len();
+            }
+        }
+        state.bytes += bytes.len();
+        state.order.push_back(digest.to_owned());
+        state.modules.insert(digest.to_owned(), bytes.into());
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, CacheState> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct ModuleMeta {
@@ -41,6 +92,7 @@ impl EtcdStore {
         if let Some(pair) = stored.kvs().first() {
             let meta: ModuleMeta = parse_json(pair.key(), pair.value())?;
             if meta.size == bytes.len() as u64 {
+                self.modules.keep(&digest, bytes);
                 return Ok(digest);
             }
         }
@@ -62,11 +114,15 @@ impl EtcdStore {
             what: e.to_string(),
         })?;
         self.put(&meta_key, &json).await?;
+        self.modules.keep(&digest, bytes);
         Ok(digest)
     }
 
     /// The module named `digest` (lowercase hex), checked against it.
     pub async fn module(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(bytes) = self.modules.get(digest) {
+            return Ok(Some(bytes.to_vec()));
+        }
         let meta_key = self.module_key(digest, "meta");
         let stored = self.get(&meta_key).await?;
         let Some(pair) = stored.kvs().first() else {
@@ -98,6 +154,27 @@ impl EtcdStore {
                 ),
             });
         }
+        self.modules.keep(digest, &bytes);
         Ok(Some(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_the_newest_modules_within_its_bound() {
+        let cache = ModuleCache::default();
+        let big = vec![0u8; CACHE_BYTES / 2];
+        cache.keep("a", &big);
+        cache.keep("b", &big);
+        assert!(cache.get("a").is_some() && cache.get("b").is_some());
+        cache.keep("c", &big);
+        assert!(cache.get("a").is_none(), "the oldest went");
+        assert!(cache.get("b").is_some() && cache.get("c").is_some());
+        cache.keep("huge", &vec![0u8; CACHE_BYTES + 1]);
+        assert!(cache.get("huge").is_none());
+        assert_eq!(cache.state().bytes, CACHE_BYTES);
     }
 }
