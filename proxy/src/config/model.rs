@@ -34,6 +34,17 @@ pub struct ProxyConfig {
     /// Where this proxy runs, for zone-aware balancing. [the `zone` label of `register:`]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<Locality>,
+    /// Shedding load before the kernel's OOM killer decides. [none]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overload: Option<OverloadConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverloadConfig {
+    /// Past this resident memory, new connections are closed at accept and new requests get
+    /// 503 `overload`, until it falls under 95% of it. At least 1MiB.
+    pub max_memory: ByteSize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

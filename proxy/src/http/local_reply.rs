@@ -42,6 +42,8 @@ pub enum Reason {
     UpstreamOverflow,
     /// The client sent no request body bytes for the listener's `request_body_timeout`: 408.
     RequestBodyTimeout,
+    /// The proxy sheds load: its memory is past `overload.max_memory`.
+    Overload,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,7 @@ impl Reason {
             Self::DownstreamDisconnect => "downstream_disconnect",
             Self::UpstreamOverflow => "upstream_overflow",
             Self::RequestBodyTimeout => "request_body_timeout",
+            Self::Overload => "overload",
         }
     }
 }
@@ -117,11 +120,13 @@ impl Reason {
             Self::UpstreamOverflow => "upstream_reset_before_response_started{overflow}",
             // Envoy's stream idle timeout is what fires on a stalled request body there.
             Self::RequestBodyTimeout => "stream_idle_timeout",
+            Self::Overload => "overload",
         }
     }
 
     /// Envoy's response flags for the same reply (`response.flags`): bit n is Envoy's core
-    /// response flag n (UH 1, UT 2, UR 4, UF 5, UO 7, NR 8, DC 14, SI 16, DPE 18, UPE 23).
+    /// response flag n (UH 1, UT 2, UR 4, UF 5, UO 7, NR 8, DC 14, SI 16, DPE 18, UPE 23,
+    /// OM 25).
     pub fn envoy_flags(self) -> u64 {
         let bit = match self {
             Self::NoHealthyUpstream => 1,
@@ -134,13 +139,14 @@ impl Reason {
             Self::DownstreamDisconnect => 14,
             Self::UpstreamOverflow => 7,
             Self::UpstreamProtocolError => 23,
+            Self::Overload => 25,
             Self::WasmFailStream | Self::FilterLocalReply | Self::BodyTooLarge => return 0,
         };
         1 << bit
     }
 }
 
-const ALL_REASONS: [Reason; 17] = [
+const ALL_REASONS: [Reason; 18] = [
     Reason::NoRoute,
     Reason::NoHealthyUpstream,
     Reason::UpstreamConnectFailure,
@@ -158,6 +164,7 @@ const ALL_REASONS: [Reason; 17] = [
     Reason::DownstreamDisconnect,
     Reason::UpstreamOverflow,
     Reason::RequestBodyTimeout,
+    Reason::Overload,
 ];
 
 // === impl LocalReply ===
@@ -264,6 +271,15 @@ impl LocalReply {
                 error.to_string(),
             ),
         }
+    }
+
+    /// The proxy sheds load (`overload.max_memory`).
+    pub fn overload() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Overload,
+            "the proxy is shedding load: its memory is past overload.max_memory",
+        )
     }
 
     /// Maps an upstream failure to the status Envoy would answer with.

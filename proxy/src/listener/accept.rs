@@ -56,6 +56,12 @@ pub async fn accept_loop(
             drop(stream);
             continue;
         }
+        // Past `overload.max_memory`: a new connection would only grow it.
+        if listener.stats.overload.is_shedding() {
+            listener.stats.overload_refused.inc();
+            drop(stream);
+            continue;
+        }
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
         }

@@ -7,6 +7,7 @@ mod exec;
 mod fast_hash;
 mod file_watch;
 mod listeners;
+pub mod overload;
 mod proxy;
 mod state;
 mod worker;

@@ -39,6 +39,7 @@ pub enum NotReady {
 impl ProxyState {
     pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>, discovery: Arc<Discovery>) -> Arc<Self> {
         metrics.set_config_version(snapshot.version);
+        metrics.overload.set_limit(overload_limit(&snapshot));
         Arc::new(Self {
             published: watch::channel(snapshot.version).0,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -57,6 +58,7 @@ impl ProxyState {
     /// Makes `snapshot` the one new requests run on. Requests in flight keep theirs.
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
         let version = snapshot.version;
+        self.metrics.overload.set_limit(overload_limit(&snapshot));
         self.snapshot.store(snapshot);
         self.metrics.set_config_version(version);
         self.published.send_replace(version);
@@ -91,4 +93,9 @@ impl ProxyState {
             }
         }
     }
+}
+
+/// The config's `overload.max_memory`, in bytes.
+fn overload_limit(snapshot: &Snapshot) -> Option<u64> {
+    snapshot.config.overload.as_ref().map(|o| o.max_memory.0)
 }

@@ -322,3 +322,59 @@ async fn a_connection_ends_after_max_requests_per_connection() {
     let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
     assert!(ended.is_ok(), "the HTTP/2 connection stayed open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_memory_the_proxy_sheds_new_connections_and_requests_until_it_is_back() {
+    let upstream = TestUpstream::start("app").await;
+    let proxy = start_proxy(&config(""), &[&upstream]).await;
+    let mut open = KeptConnection::open(proxy.addr).await;
+    assert_eq!(open.get("/").await.status, 200);
+
+    // A bound this test process is far past: the proxy sheds within a sample or two.
+    let shedding = test_config(
+        &format!("overload: {{ max_memory: 1MiB }}\n{}", config("")),
+        &[&upstream],
+    );
+    proxy.proxy.applier().apply(shedding).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            proxy
+                .metrics()
+                .await
+                .lines()
+                .any(|l| l == "sluice_overloaded 1")
+        })
+        .await
+    );
+    let shed = open.get("/").await;
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.header("x-sluice-reason"), Some("overload"));
+    let refused = raw_exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(
+        !refused.contains("200"),
+        "a new connection was served: {refused}"
+    );
+    assert!(cutoffs(&proxy.metrics().await, "overload") >= 1);
+
+    // Without the bound, it serves again at once.
+    proxy
+        .proxy
+        .applier()
+        .apply(test_config(&config(""), &[&upstream]))
+        .await
+        .unwrap();
+    assert_eq!(open.get("/").await.status, 200);
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .lines()
+            .any(|l| l == "sluice_overloaded 0")
+    );
+}

@@ -44,7 +44,9 @@ impl ModuleCache {
             return;
         }
         while state.bytes + bytes.len() > CACHE_BYTES {
-            let Some(oldest) = state.order.pop_front() else { break };
+            let Some(oldest) = state.order.pop_front() else {
+                break;
+            };
             if let Some(gone) = state.modules.remove(&oldest) {
                 state.bytes -= gone.len();
             }

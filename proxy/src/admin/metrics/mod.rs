@@ -26,6 +26,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 pub struct Metrics {
     registry: Registry,
+    /// Whether the proxy sheds load (`overload.max_memory`). Kept here because every
+    /// listener's stats carry it to the accept loops and the request path.
+    pub overload: Arc<crate::runtime::overload::Overload>,
     requests: IntCounterVec,
     request_duration: HistogramVec,
     local_replies: IntCounterVec,
@@ -55,7 +58,15 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
+        let overloaded = register(
+            &registry,
+            IntGauge::new(
+                "sluice_overloaded",
+                "Whether the proxy sheds new connections and requests: its memory is past overload.max_memory",
+            ),
+        );
         let metrics = Self {
+            overload: crate::runtime::overload::Overload::start(overloaded),
             requests: counter_vec(
                 &registry,
                 "sluice_http_requests_total",
@@ -82,7 +93,7 @@ impl Metrics {
             cutoffs: counter_vec(
                 &registry,
                 "sluice_downstream_cutoffs_total",
-                "Downstream connections the proxy cut off, by reason: request_header_timeout (the request head took too long), send_timeout (the client accepted no response bytes), max_connections (refused at accept), premature_resets (a client that reset too many requests before their answer)",
+                "Downstream connections the proxy cut off, by reason: request_header_timeout (the request head took too long), send_timeout (the client accepted no response bytes), max_connections (refused at accept), premature_resets (a client that reset too many requests before their answer), frame_flood (HTTP/2 frames far beyond its requests), overload (closed at accept while shedding load)",
                 &["listener", "reason"],
             ),
             replays: counter_vec(
@@ -261,6 +272,8 @@ impl Metrics {
             max_connections_refused: self.cutoff(listener, "max_connections"),
             reset_floods: self.cutoff(listener, "premature_resets"),
             frame_floods: self.cutoff(listener, "frame_flood"),
+            overload_refused: self.cutoff(listener, "overload"),
+            overload: Arc::clone(&self.overload),
         }
     }
 

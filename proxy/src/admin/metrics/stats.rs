@@ -31,6 +31,9 @@ pub struct ListenerStats {
     pub reset_floods: IntCounter,
     /// HTTP/2 connections cut off for floods of control or empty frames.
     pub frame_floods: IntCounter,
+    /// Connections closed at accept while the proxy sheds load, and whether it does.
+    pub overload_refused: IntCounter,
+    pub overload: Arc<crate::runtime::overload::Overload>,
 }
 
 impl RouteStats {

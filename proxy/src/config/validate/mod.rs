@@ -21,6 +21,14 @@ pub fn validate(config: &ProxyConfig) -> Result<(), Vec<ConfigProblem>> {
     if config.workers == Some(0) {
         check.problem("workers", "must be at least 1");
     }
+    if let Some(overload) = &config.overload
+        && overload.max_memory.0 < 1 << 20
+    {
+        check.problem(
+            "overload.max_memory",
+            "must be at least 1MiB (the proxy itself takes several)",
+        );
+    }
     if config.listeners.is_empty() {
         check.problem("listeners", "at least one listener is needed");
     }

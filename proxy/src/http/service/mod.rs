@@ -204,6 +204,10 @@ impl Exchange<'_> {
         self.head_request = parts.method == http::Method::HEAD;
         self.http1_client = parts.version < http::Version::HTTP_2;
         self.http1_with_body = self.http1_client && !end_of_stream;
+        // Past `overload.max_memory`: shed before any work, as Envoy's overload manager does.
+        if listener.stats.overload.is_shedding() {
+            return self.local(&listener.unrouted, LocalReply::overload()).await;
+        }
 
         if !listener.filters.is_empty() || listener.routes.has_filters() {
             let info = Rc::new(
