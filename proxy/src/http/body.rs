@@ -110,11 +110,15 @@ fn io_kinds<'a>(
 /// Where a client's request body reports how it failed, for the exchange to blame the client.
 pub trait ClientBodyWatch {
     fn body_failed(&self, failure: ClientBodyError);
+    /// Whether the upstream's response has started: from then on a quiet client is a
+    /// streaming one (gRPC, a watch), not a slow POST, and `request_body_timeout` is over.
+    fn response_started(&self) -> bool;
 }
 
 /// A client's request body, which reports how it failed, and fails when the client sends
-/// nothing for the listener's `request_body_timeout` while it is read (a slow POST holds an
-/// upstream request open; a body the upstream does not read yet is not the client's delay).
+/// nothing for the listener's `request_body_timeout` while it is read before the response
+/// starts (a slow POST holds an upstream request open; a body the upstream does not read yet
+/// is not the client's delay, and a stream whose response flows may be quiet).
 pub struct DownstreamBody {
     incoming: Incoming,
     watch: Rc<dyn ClientBodyWatch>,
@@ -140,6 +144,10 @@ impl DownstreamBody {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let failure = match Pin::new(&mut self.incoming).poll_frame(cx) {
             Poll::Pending => match self.stall_limit {
+                Some(_) if self.watch.response_started() => {
+                    self.stalled = None;
+                    return Poll::Pending;
+                }
                 Some(limit) => {
                     let timer = self
                         .stalled

@@ -17,31 +17,36 @@ pub struct Overload {
     limit: AtomicU64,
     shedding: AtomicBool,
     gauge: IntGauge,
+    /// The sampler thread starts with the first bound (most proxies never set one).
+    sampling: AtomicBool,
 }
 
 impl Overload {
-    /// Starts the sampler, which stops when the returned value is dropped.
-    pub fn start(gauge: IntGauge) -> Arc<Self> {
-        let overload = Arc::new(Self {
+    pub fn new(gauge: IntGauge) -> Arc<Self> {
+        Arc::new(Self {
             limit: AtomicU64::new(0),
             shedding: AtomicBool::new(false),
             gauge,
-        });
-        let weak = Arc::downgrade(&overload);
-        let sampler = std::thread::Builder::new()
-            .name("sluice-overload".into())
-            .spawn(move || sample(&weak));
-        if let Err(error) = sampler {
-            tracing::error!(%error, "cannot start the memory sampler; overload.max_memory is not enforced");
-        }
-        overload
+            sampling: AtomicBool::new(false),
+        })
     }
 
-    /// The bound from the config now serving (`None`: no bound, never shed).
-    pub fn set_limit(&self, bytes: Option<u64>) {
+    /// The bound from the config now serving (`None`: no bound, never shed). The first bound
+    /// starts the sampler, which stops when this is dropped.
+    pub fn set_limit(self: &Arc<Self>, bytes: Option<u64>) {
         self.limit.store(bytes.unwrap_or(0), Ordering::Relaxed);
         if bytes.is_none() {
             self.set_shedding(false);
+            return;
+        }
+        if !self.sampling.swap(true, Ordering::Relaxed) {
+            let weak = Arc::downgrade(self);
+            let sampler = std::thread::Builder::new()
+                .name("sluice-overload".into())
+                .spawn(move || sample(&weak));
+            if let Err(error) = sampler {
+                tracing::error!(%error, "cannot start the memory sampler; overload.max_memory is not enforced");
+            }
         }
     }
 
@@ -86,8 +91,12 @@ fn sample(overload: &Weak<Overload>) {
         let Some(overload) = overload.upgrade() else {
             return;
         };
-        // Without a bound there is nothing to read memory for.
+        // Without a bound there is nothing to read memory for. A reading taken just before
+        // the bound was lifted may have set shedding again: clear it.
         if overload.limit.load(Ordering::Relaxed) == 0 {
+            if overload.is_shedding() {
+                overload.set_shedding(false);
+            }
             continue;
         }
         if let Some(resident) = resident_bytes() {
@@ -116,10 +125,11 @@ mod tests {
     #[test]
     fn shedding_starts_past_the_bound_and_ends_under_95_percent() {
         let gauge = IntGauge::new("g", "g").unwrap();
-        let overload = Overload::start(gauge.clone());
+        let overload = Overload::new(gauge.clone());
         overload.observe(u64::MAX);
         assert!(!overload.is_shedding(), "no bound: never");
-        overload.set_limit(Some(1000));
+        // The bound set directly: `set_limit` would start the sampler, reading real memory.
+        overload.limit.store(1000, Ordering::Relaxed);
         overload.observe(1000);
         assert!(!overload.is_shedding());
         overload.observe(1001);

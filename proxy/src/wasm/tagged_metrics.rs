@@ -37,8 +37,9 @@ impl TaggedName {
         let mut labels = Vec::new();
         for part in parts {
             let (key, value) = part.split_once('=')?;
+            // `plugin` is the proxy's own label; `__` starts Prometheus's reserved names.
             let key = match sanitize(key, false) {
-                key if key == "plugin" => "tag_plugin".to_owned(),
+                key if key == "plugin" || key.starts_with("__") => format!("tag_{key}"),
                 key => key,
             };
             labels.push((key, value.to_owned()));
@@ -64,6 +65,18 @@ impl TaggedName {
 
 /// Letters, digits and `_` (and `:` in metric names); anything else becomes `_`, and a
 /// leading digit gets a `_` before it.
+/// The names a family of `kind` puts in the exposition: a histogram's three, else its own.
+fn exposition_names(kind: u32, family: &str) -> Vec<String> {
+    match kind {
+        2 => ["_count", "_sum", "_bucket"]
+            .iter()
+            .map(|suffix| format!("{family}{suffix}"))
+            .chain([family.to_owned()])
+            .collect(),
+        _ => vec![family.to_owned()],
+    }
+}
+
 fn sanitize(text: &str, metric_name: bool) -> String {
     let mut out: String = text
         .chars()
@@ -87,6 +100,17 @@ enum Family {
     Histogram(HistogramVec),
 }
 
+#[derive(Default)]
+struct Families {
+    /// By family name: fixed by its first definition.
+    defined: HashMap<String, Registered>,
+    /// Every name the exposition holds for plugins' metrics (a histogram's `_count`, `_sum`
+    /// and `_bucket` too), so a new family cannot clash with one of them.
+    taken: HashSet<String>,
+    /// Families that could not be registered: refused again at once.
+    refused: HashSet<String>,
+}
+
 /// A family as first defined: its type (0 counter, 1 gauge, 2 histogram), label keys, and
 /// collector.
 struct Registered {
@@ -106,8 +130,7 @@ pub enum TaggedSeries {
 pub struct TaggedMetrics {
     registry: Registry,
     buckets: Vec<f64>,
-    /// By family name: fixed by its first definition.
-    families: Mutex<HashMap<String, Registered>>,
+    families: Mutex<Families>,
     /// Each plugin's series, to cap them (several VMs define the same ones).
     series: Mutex<HashMap<String, HashSet<String>>>,
     refused: IntCounterVec,
@@ -115,10 +138,21 @@ pub struct TaggedMetrics {
 
 impl TaggedMetrics {
     pub fn new(registry: Registry, buckets: Vec<f64>, refused: IntCounterVec) -> Self {
+        let mut families = Families::default();
+        // The flat families every plugin shares (admin/metrics).
+        families
+            .taken
+            .extend(exposition_names(0, "sluice_wasm_counter"));
+        families
+            .taken
+            .extend(exposition_names(1, "sluice_wasm_gauge"));
+        families
+            .taken
+            .extend(exposition_names(2, "sluice_wasm_histogram"));
         Self {
             registry,
             buckets,
-            families: Mutex::default(),
+            families: Mutex::new(families),
             series: Mutex::default(),
             refused,
         }
@@ -134,16 +168,27 @@ impl TaggedMetrics {
             .families
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !families.contains_key(&name.family) {
-            let family = self.register(kind, &name.family, &keys)?;
+        if !families.defined.contains_key(&name.family) {
+            let names = exposition_names(kind, &name.family);
+            let clashes = families.refused.contains(&name.family)
+                || names.iter().any(|n| families.taken.contains(n));
+            let Some(family) = (!clashes)
+                .then(|| self.register(kind, &name.family, &keys))
+                .flatten()
+            else {
+                families.refused.insert(name.family.clone());
+                self.refuse(plugin, "conflict", &name.family);
+                return None;
+            };
+            families.taken.extend(names);
             let registered = Registered {
                 kind,
                 keys: keys.clone(),
                 family,
             };
-            families.insert(name.family.clone(), registered);
+            families.defined.insert(name.family.clone(), registered);
         }
-        let registered = families.get(&name.family)?;
+        let registered = families.defined.get(&name.family)?;
         if registered.kind != kind || registered.keys != keys {
             self.refuse(plugin, "conflict", &name.family);
             return None;
@@ -188,11 +233,12 @@ impl TaggedMetrics {
             }
             _ => return None,
         };
-        // A name the proxy's own families use is refused by the registry.
+        // A name the proxy's own families use, or a reserved label such as a histogram's
+        // `le`, is refused by the registry.
         match self.registry.register(collector) {
             Ok(()) => Some(family),
             Err(error) => {
-                tracing::warn!(family = name, %error, "a tagged plugin metric cannot be exported");
+                tracing::debug!(family = name, %error, "the registry refused a tagged plugin metric");
                 None
             }
         }

@@ -349,6 +349,8 @@ async fn past_max_memory_the_proxy_sheds_new_connections_and_requests_until_it_i
     let shed = open.get("/").await;
     assert_eq!(shed.status, 503);
     assert_eq!(shed.header("x-sluice-reason"), Some("overload"));
+    // The connection closes after it, so its memory can go.
+    assert_eq!(shed.header("connection"), Some("close"));
     let refused = raw_exchange(
         proxy.addr,
         b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
@@ -368,7 +370,8 @@ async fn past_max_memory_the_proxy_sheds_new_connections_and_requests_until_it_i
         .apply(test_config(&config(""), &[&upstream]))
         .await
         .unwrap();
-    assert_eq!(open.get("/").await.status, 200);
+    let mut fresh = KeptConnection::open(proxy.addr).await;
+    assert_eq!(fresh.get("/").await.status, 200);
     assert_eq!(get(proxy.addr, "/").await.status, 200);
     assert!(
         proxy

@@ -66,7 +66,7 @@ impl Metrics {
             ),
         );
         let metrics = Self {
-            overload: crate::runtime::overload::Overload::start(overloaded),
+            overload: crate::runtime::overload::Overload::new(overloaded),
             requests: counter_vec(
                 &registry,
                 "sluice_http_requests_total",

@@ -4,10 +4,14 @@
 //! sends (and the DATA frames it is sent) as they pass, and cuts the connection off when it
 //! goes past a budget no well-behaved client comes near, as Envoy's flood limits do:
 //!
-//! - PING, SETTINGS and PRIORITY (not acknowledgements): a bucket of 1,000, refilled by 100
-//!   for each request the client starts and by 10 a second (keepalive pings are far fewer);
-//! - WINDOW_UPDATE: 1,000, plus 10 for each DATA frame the proxy sent the client;
-//! - DATA or CONTINUATION frames with no payload and no END_STREAM: 10 in a row.
+//! - PING, SETTINGS and PRIORITY frames (acknowledgements too): a bucket of 1,000, refilled
+//!   by 100 for each HEADERS frame the client sends (up to 10,000), by 1 for each DATA frame
+//!   the proxy sends (gRPC clients ping as data arrives, to size their window), and by 10 a
+//!   second (keepalive pings are far fewer);
+//! - WINDOW_UPDATE: 1,000, plus 10 for each DATA frame the proxy sent the client and 2 for
+//!   each HEADERS frame the client sent (some clients open each stream's window at once);
+//! - DATA or CONTINUATION frames with no payload and no END_STREAM: 10 in a row, a run only
+//!   a DATA frame with payload or a HEADERS frame ends.
 //!
 //! HTTP/1 connections are left alone after their first bytes.
 
@@ -31,11 +35,14 @@ const PING: u8 = 0x6;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
 
 const CONTROL_BURST: f64 = 1000.0;
 const CONTROL_PER_REQUEST: f64 = 100.0;
 const CONTROL_PER_SECOND: f64 = 10.0;
+const CONTROL_PER_DATA_SENT: f64 = 1.0;
+/// Credit earned by requests and data stops here.
+const CONTROL_CAP: f64 = 10_000.0;
+const WINDOW_UPDATES_PER_REQUEST: u64 = 2;
 const WINDOW_UPDATES_FREE: u64 = 1000;
 const WINDOW_UPDATES_PER_DATA_SENT: u64 = 10;
 const EMPTY_IN_A_ROW: u32 = 10;
@@ -65,6 +72,7 @@ struct Budget {
     refilled_at: Option<Instant>,
     window_updates: u64,
     data_sent: u64,
+    headers_received: u64,
     empty_in_a_row: u32,
 }
 
@@ -75,6 +83,7 @@ impl Budget {
             refilled_at: None,
             window_updates: 0,
             data_sent: 0,
+            headers_received: 0,
             empty_in_a_row: 0,
         }
     }
@@ -88,23 +97,25 @@ impl Budget {
                 if self.empty_in_a_row > EMPTY_IN_A_ROW {
                     return Err(Flood::EmptyFrames);
                 }
-                return Ok(());
             }
+            DATA => self.empty_in_a_row = 0,
             HEADERS => {
-                self.control = (self.control + CONTROL_PER_REQUEST).min(CONTROL_BURST * 10.0)
+                self.empty_in_a_row = 0;
+                self.headers_received += 1;
+                self.control = (self.control + CONTROL_PER_REQUEST).min(CONTROL_CAP);
             }
-            PRIORITY => self.spend_control()?,
-            SETTINGS | PING if head.flags & ACK == 0 => self.spend_control()?,
+            PRIORITY | SETTINGS | PING => self.spend_control()?,
             WINDOW_UPDATE => {
                 self.window_updates += 1;
-                let allowed = WINDOW_UPDATES_FREE + self.data_sent * WINDOW_UPDATES_PER_DATA_SENT;
+                let allowed = WINDOW_UPDATES_FREE
+                    + self.data_sent * WINDOW_UPDATES_PER_DATA_SENT
+                    + self.headers_received * WINDOW_UPDATES_PER_REQUEST;
                 if self.window_updates > allowed {
                     return Err(Flood::WindowUpdate);
                 }
             }
             _ => {}
         }
-        self.empty_in_a_row = 0;
         Ok(())
     }
 
@@ -126,6 +137,7 @@ impl Budget {
     fn sent(&mut self, head: FrameHead) {
         if head.kind == DATA {
             self.data_sent += 1;
+            self.control = (self.control + CONTROL_PER_DATA_SENT).min(CONTROL_CAP);
         }
     }
 }
@@ -274,9 +286,11 @@ mod tests {
             budget.received(head(PING, 0, 8)).unwrap();
             tokio::time::advance(Duration::from_secs(10)).await;
         }
-        // Acknowledgements cost nothing.
-        for _ in 0..10_000 {
-            budget.received(head(PING, ACK, 8)).unwrap();
+        // A gRPC client pinging as each message arrives, to size its window.
+        let mut budget = Budget::new();
+        for _ in 0..100_000 {
+            budget.sent(head(DATA, 0, 100));
+            budget.received(head(PING, 0, 8)).unwrap();
         }
         let mut budget = Budget::new();
         let sent = (0..100_000).find(|_| budget.received(head(PING, 0, 8)).is_err());
@@ -319,6 +333,13 @@ mod tests {
         }
         let mut budget = Budget::new();
         let sent = (0..100).find(|_| budget.received(head(DATA, 0, 0)).is_err());
+        assert_eq!(sent, Some(10));
+        // A PING between them does not end the run.
+        let mut budget = Budget::new();
+        let sent = (0..100).find(|_| {
+            budget.received(head(PING, 1, 8)).unwrap();
+            budget.received(head(DATA, 0, 0)).is_err()
+        });
         assert_eq!(sent, Some(10));
     }
 }

@@ -144,6 +144,7 @@ impl Exchange<'_> {
             let upstream = hyper::upgrade::on(&mut response);
             spawn_tunnel(downstream, upstream, active.take());
         }
+        self.scope.response_started.set(true);
         let (parts, body) = response.into_parts();
         let completion = Completion::new(stats.clone(), parts.status, self.started)
             .hold(Rc::clone(&attempt.guards));

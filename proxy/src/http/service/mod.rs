@@ -36,11 +36,17 @@ struct RequestScope {
     _in_flight: InFlight,
     _stream: crate::http::connection::StreamGuard,
     client_body_failure: RefCell<Option<ClientBodyError>>,
+    /// Set when the upstream's response headers arrive.
+    response_started: std::cell::Cell<bool>,
 }
 
 impl ClientBodyWatch for RequestScope {
     fn body_failed(&self, failure: ClientBodyError) {
         self.client_body_failure.borrow_mut().get_or_insert(failure);
+    }
+
+    fn response_started(&self) -> bool {
+        self.response_started.get()
     }
 }
 
@@ -119,6 +125,7 @@ pub async fn handle(
         _in_flight: InFlight::start(&listener.stats.requests_active),
         _stream: conn.activity.stream(),
         client_body_failure: RefCell::new(None),
+        response_started: std::cell::Cell::new(false),
     });
     let exchange = Exchange {
         conn: &conn,
@@ -136,9 +143,10 @@ pub async fn handle(
     let limit = listener.max_requests_per_connection;
     let mut response = exchange.forward(request).await;
     reset_watch.answered();
-    if let Some(limit) = limit
-        && conn.activity.requests_started() >= u64::from(limit)
-    {
+    let last_request =
+        limit.is_some_and(|limit| conn.activity.requests_started() >= u64::from(limit));
+    // While shedding load, connections close too, so their memory can go.
+    if last_request || listener.stats.overload.is_shedding() {
         // Its last request: HTTP/1.1 says so on the response, HTTP/2 with a GOAWAY.
         match (&mut response, version < http::Version::HTTP_2) {
             (Ok(response), true) => {
