@@ -5,6 +5,10 @@
 //! subscribed again (to any replica) first. A replica that dies stops renewing too, so its
 //! proxies' instances last exactly as long as a disconnection's.
 //!
+//! Writes are fenced by `registry-fence/<proxy id>`, which holds the sequence of the proxy's
+//! newest subscription (or deregistration): a late write of an older subscription, or a
+//! keeper still running after the proxy deregistered, finds a greater sequence and stops.
+//!
 //! Every replica mirrors the folder into its view through a watch, so callers discover the
 //! instances of proxies subscribed to any replica.
 
