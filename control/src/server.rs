@@ -97,7 +97,11 @@ impl RunningControl {
             address: settings.listen,
             source,
         })?;
-        // Bound first, so a port already taken is reported before waiting on etcd.
+        // Bound first, so a port already taken is reported before waiting on etcd; then let
+        // go until the store is read, so clients are refused and try another replica rather
+        // than waiting on this one (a connection accepted and closed looks, to an HTTP/2
+        // client, like a replica that failed only at its first call).
+        drop(listener);
         let store = Arc::new(Store::open(&settings.store).await?);
         let current = store.versions().current_version();
         let ca = Arc::new(store.mesh_ca(&settings.identity.trust_domain).await?);
@@ -144,6 +148,9 @@ impl RunningControl {
                 .max_encoding_message_size(limit),
             RequireBearer::new(settings.token.as_deref()),
         );
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| ControlError::Bind { address, source })?;
         let incoming = ReceiverStream::new(crate::tls::accept(listener, tls));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(

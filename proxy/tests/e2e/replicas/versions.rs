@@ -281,3 +281,55 @@ async fn a_replica_reaches_etcd_over_mutual_tls() {
     assert_eq!(pushed.version, 1);
     assert!(a.log().contains("TLS"), "{}", a.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_for_etcd_turns_clients_away_at_once() {
+    let Some(cluster) = EtcdCluster::start("replicas-waiting", 3).await else {
+        return;
+    };
+    let a = replica(&cluster, "waiting-a");
+    // A replica whose etcd is nowhere: it waits, and says why, and refuses connections.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut waiting = sluice()
+        .args([
+            "control",
+            "--listen",
+            &listen,
+            "--store",
+            "etcd://127.0.0.1:1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once it has checked the port is free, it lets go of it while it waits.
+    let refused = eventually(Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(&listen).await.is_err()
+    })
+    .await;
+    assert!(refused, "the waiting replica accepted connections");
+    // A client listing it first goes on to the replica that serves, without waiting.
+    let started = tokio::time::Instant::now();
+    let output = sluice()
+        .args(["status", "--control", &format!("http://{listen},{}", a.url)])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("answered by replica waiting-a"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+}
