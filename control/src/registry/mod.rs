@@ -16,6 +16,7 @@ mod checks;
 mod leases;
 mod shared;
 mod view;
+mod watchers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use crate::store::{EtcdStore, StoreError, WatchTask};
 pub use checks::{check_label_key, check_registrations, check_service_name};
 use view::RegistryView;
 pub use view::{Change, InstanceRecord};
+pub use watchers::{WatchedServices, WatcherProgress};
 
 /// How long instances outlive their proxy's subscription, unless told otherwise.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -83,12 +85,6 @@ pub struct Registry {
     watched: Mutex<BTreeMap<String, usize>>,
 }
 
-/// Counts a discovery stream's services as watched until dropped.
-pub struct WatchedServices {
-    registry: Arc<Registry>,
-    services: Vec<String>,
-}
-
 /// Holds a proxy's instances while its subscription lasts; dropping it starts the lease.
 pub struct RegistrationGuard {
     registry: Arc<Registry>,
@@ -105,9 +101,6 @@ pub enum DeregisterError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-/// A watcher's handle on its progress: it reports each change it has dealt with.
-pub struct WatcherProgress(watch::Sender<u64>);
 
 // === impl Registry ===
 
@@ -293,51 +286,6 @@ impl Registry {
         last
     }
 
-    /// Changes from now on, and a progress handle the watcher reports through.
-    pub fn watch(&self) -> (broadcast::Receiver<Change>, WatcherProgress) {
-        let receiver = self.changes.subscribe();
-        let sequence = self.view().sequence();
-        let (progress, watched) = watch::channel(sequence);
-        self.watchers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(watched);
-        (receiver, WatcherProgress(progress))
-    }
-
-    /// The number of the latest change.
-    pub fn sequence(&self) -> u64 {
-        self.view().sequence()
-    }
-
-    /// Counts `services` as asked for by one more discovery stream, until the guard drops.
-    pub fn watch_services(self: &Arc<Self>, services: &[String]) -> WatchedServices {
-        let mut watched = self.watched();
-        for service in services {
-            *watched.entry(service.clone()).or_default() += 1;
-        }
-        WatchedServices {
-            registry: Arc::clone(self),
-            services: services.to_vec(),
-        }
-    }
-
-    /// Services some discovery stream asks for that have no instance, with how many ask.
-    pub fn unregistered_wanted(&self) -> Vec<(String, usize)> {
-        let view = self.view();
-        self.watched()
-            .iter()
-            .filter(|(service, _)| view.instances(service).is_empty())
-            .map(|(service, watchers)| (service.clone(), *watchers))
-            .collect()
-    }
-
-    fn watched(&self) -> MutexGuard<'_, BTreeMap<String, usize>> {
-        self.watched
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The instances of `service` now (empty if it has none).
     pub fn instances(&self, service: &str) -> Arc<[InstanceRecord]> {
         self.view().instances(service)
@@ -379,37 +327,6 @@ impl Drop for RegistrationGuard {
         let lease_until = Instant::now() + self.registry.ttl;
         self.registry.view().let_go(&self.proxy_id, lease_until);
         self.registry.lease_started.notify_one();
-    }
-}
-
-// === impl WatchedServices ===
-
-impl Drop for WatchedServices {
-    fn drop(&mut self) {
-        let mut watched = self.registry.watched();
-        for service in &self.services {
-            if let Some(count) = watched.get_mut(service) {
-                *count -= 1;
-                if *count == 0 {
-                    watched.remove(service);
-                }
-            }
-        }
-    }
-}
-
-// === impl WatcherProgress ===
-
-impl WatcherProgress {
-    /// The watcher has sent on every change up to `sequence`.
-    pub fn sent(&self, sequence: u64) {
-        self.0.send_if_modified(|sent| {
-            let newer = sequence > *sent;
-            if newer {
-                *sent = sequence;
-            }
-            newer
-        });
     }
 }
 

@@ -9,6 +9,7 @@ mod load;
 mod model;
 mod overlay;
 mod snapshot;
+mod snapshot_reuse;
 mod units;
 mod validate;
 

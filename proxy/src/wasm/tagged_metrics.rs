@@ -137,18 +137,18 @@ pub struct TaggedMetrics {
 }
 
 impl TaggedMetrics {
-    pub fn new(registry: Registry, buckets: Vec<f64>, refused: IntCounterVec) -> Self {
+    /// Tagged families in `registry`; `taken` are families of a kind (0 counter, 1 gauge,
+    /// 2 histogram) already there that none may clash with.
+    pub fn new(
+        registry: Registry,
+        buckets: Vec<f64>,
+        refused: IntCounterVec,
+        taken: &[(u32, &str)],
+    ) -> Self {
         let mut families = Families::default();
-        // The flat families every plugin shares (admin/metrics).
-        families
-            .taken
-            .extend(exposition_names(0, "sluice_wasm_counter"));
-        families
-            .taken
-            .extend(exposition_names(1, "sluice_wasm_gauge"));
-        families
-            .taken
-            .extend(exposition_names(2, "sluice_wasm_histogram"));
+        for (kind, name) in taken {
+            families.taken.extend(exposition_names(*kind, name));
+        }
         Self {
             registry,
             buckets,
@@ -288,7 +288,8 @@ mod tests {
     fn series_are_capped_per_plugin_and_conflicts_refused() {
         let registry = Registry::new();
         let refused = IntCounterVec::new(Opts::new("refused", "r"), &["plugin", "reason"]).unwrap();
-        let metrics = TaggedMetrics::new(registry.clone(), vec![1.0], refused.clone());
+        let flat = [(0, "sluice_wasm_counter"), (2, "sluice_wasm_histogram")];
+        let metrics = TaggedMetrics::new(registry.clone(), vec![1.0], refused.clone(), &flat);
         let name = |i: usize| TaggedName::parse(&format!("hits;n={i}")).unwrap();
         for i in 0..MAX_SERIES_PER_PLUGIN {
             assert!(metrics.define("p", 0, &name(i)).is_some());

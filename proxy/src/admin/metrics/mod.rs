@@ -13,8 +13,9 @@ use prometheus::{
 };
 
 use crate::upstream::EndpointStats;
-use crate::wasm::{PluginHealth, TaggedMetrics, WasmMetricFamilies};
+use crate::wasm::{PluginHealth, WasmMetricFamilies};
 
+mod plugins;
 mod stats;
 pub use stats::{ListenerStats, RouteStats};
 
@@ -156,38 +157,7 @@ impl Metrics {
                 "Times an endpoint was ejected after consecutive connect failures",
                 &["cluster", "endpoint"],
             ),
-            wasm: WasmMetricFamilies {
-                counters: counter_vec(
-                    &registry,
-                    "sluice_wasm_counter",
-                    "Counters defined by Wasm plugins",
-                    &["plugin", "name"],
-                ),
-                gauges: gauge_vec(
-                    &registry,
-                    "sluice_wasm_gauge",
-                    "Gauges defined by Wasm plugins",
-                    &["plugin", "name"],
-                ),
-                histograms: {
-                    let opts = HistogramOpts::new(
-                        "sluice_wasm_histogram",
-                        "Histograms defined by Wasm plugins",
-                    )
-                    .buckets(wasm_buckets());
-                    register(&registry, HistogramVec::new(opts, &["plugin", "name"]))
-                },
-                tagged: Arc::new(TaggedMetrics::new(
-                    registry.clone(),
-                    wasm_buckets(),
-                    counter_vec(
-                        &registry,
-                        "sluice_wasm_metrics_refused_total",
-                        "Tagged plugin metrics not exported, by reason (series_limit, conflict)",
-                        &["plugin", "reason"],
-                    ),
-                )),
-            },
+            wasm: plugins::plugin_families(&registry),
             plugin_failures: counter_vec(
                 &registry,
                 "sluice_wasm_vm_failures_total",
@@ -389,11 +359,6 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
         .register(Box::new(metric.clone()))
         .expect("metric names are unique");
     metric
-}
-
-/// Buckets of plugins' histograms (`proxy_record_metric` values: often milliseconds).
-fn wasm_buckets() -> Vec<f64> {
-    prometheus::exponential_buckets(1.0, 4.0, 12).unwrap_or_default()
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
