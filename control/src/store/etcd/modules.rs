@@ -74,12 +74,9 @@ struct ModuleMeta {
 impl EtcdStore {
     /// Drops a damaged module's meta key, so uploading it again writes every chunk anew
     /// (an upload skips a module whose meta is there).
-    async fn forget_module(&self, meta_key: &str) {
-        let path = meta_key
-            .strip_prefix(&format!("{}/", self.settings.prefix))
-            .unwrap_or(meta_key);
-        if let Err(error) = self.delete(path).await {
-            tracing::warn!(key = meta_key, %error, "could not drop a damaged module's meta key");
+    async fn forget_module(&self, digest: &str) {
+        if let Err(error) = self.delete(&format!("modules/{digest}/meta")).await {
+            tracing::warn!(module = digest, %error, "could not drop a damaged module's meta key");
         }
     }
 
@@ -138,7 +135,7 @@ impl EtcdStore {
             let key = self.module_key(digest, &format!("chunks/{index:06}"));
             let chunk = self.get(&key).await?;
             let Some(pair) = chunk.kvs().first() else {
-                self.forget_module(&meta_key).await;
+                self.forget_module(digest).await;
                 return Err(StoreError::Invalid {
                     key,
                     what: "missing: upload the module again".into(),
@@ -148,7 +145,7 @@ impl EtcdStore {
         }
         let actual = sha256_hex(&bytes);
         if actual != digest {
-            self.forget_module(&meta_key).await;
+            self.forget_module(digest).await;
             return Err(StoreError::Invalid {
                 key: meta_key,
                 what: format!(
